@@ -1,0 +1,1 @@
+"""The HTTP edge: FastAPI routers over the service layer."""

@@ -1,0 +1,116 @@
+"""The case study's three functions, compatible with the original emulator URLs.
+
+Served at `/<name>` and `/<project>/<region>/<name>`. createGenerationRequest answers once the image is
+done (or failed and refunded), as the original did.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from imagegen import service
+from imagegen.api.auth import PrincipalDep, RuntimeDep
+from imagegen.api.common import image_url, json_body, page_size, wait_until_done
+from imagegen.clock import utcnow
+from imagegen.domain import reports
+from imagegen.domain.generation import GenerationRequest, Status
+from imagegen.domain.ledger import LedgerEntry
+from imagegen.errors import InvalidInput
+
+router = APIRouter(tags=["case study"])
+FAILED_MESSAGE = "AI generation failed, credits refunded."
+
+
+def _both_paths(name: str) -> list[str]:
+    return [f"/{name}", f"/{{project}}/{{region}}/{name}"]
+
+
+async def create_generation_request(
+    request: Request,
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=255),
+) -> JSONResponse:
+    body = await json_body(request)
+    created, _ = await run_in_threadpool(
+        service.create_generation,
+        runtime.storage,
+        body,
+        max_prompt_length=runtime.settings.max_prompt_length,
+        now=utcnow(),
+        idempotency_key=idempotency_key,
+        authorize=principal.may_act_for,
+    )
+    runtime.signal.enqueued()
+    done = await wait_until_done(runtime, created.id, runtime.settings.wait_timeout_seconds)
+    return _generation_response(request, runtime, done)
+
+
+def _generation_response(request: Request, runtime: RuntimeDep, done: GenerationRequest) -> JSONResponse:
+    body: dict[str, Any] = {
+        "generationRequestId": done.id,
+        "deductedCredits": done.cost,
+        "imageUrl": image_url(request, runtime, done.image_url),
+        "status": done.status.value,
+    }
+    if done.status is Status.FAILED:
+        return JSONResponse({"error": FAILED_MESSAGE, "reason": done.error, **body}, status_code=500)
+    return JSONResponse(body, status_code=200 if done.status.terminal else 202)
+
+
+async def get_user_credits(
+    request: Request,
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    userId: str | None = None,  # noqa: N803 - the case study's parameter name
+    limit: str | None = None,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    if not userId:
+        raise InvalidInput("Missing required query parameter: userId")
+    service.check_user_id(userId)
+    principal.may_act_for(userId)
+    user, page = await run_in_threadpool(
+        service.get_credits, runtime.storage, userId, limit=page_size(limit, runtime), cursor=cursor or None
+    )
+    return {
+        "currentCredits": user.credits,
+        "transactions": [ledger_entry(entry) for entry in page.items],
+        "nextCursor": page.next_cursor,
+    }
+
+
+def ledger_entry(entry: LedgerEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "type": entry.type.value,
+        "credits": entry.credits,
+        "generationRequestId": entry.generation_request_id,
+        "reason": entry.reason,
+        "balanceAfter": entry.balance_after,
+        "timestamp": entry.timestamp.isoformat().replace("+00:00", "Z"),
+    }
+
+
+async def schedule_weekly_report(
+    runtime: RuntimeDep, principal: PrincipalDep, week: str | None = None
+) -> dict[str, Any]:
+    principal.require_admin()
+    now = utcnow()
+    try:
+        period = reports.iso_week(week) if week else reports.last_7_days(now)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from exc
+    return await run_in_threadpool(service.run_report, runtime.storage, period, now)
+
+
+for path in _both_paths("createGenerationRequest"):
+    router.add_api_route(path, create_generation_request, methods=["POST"], summary="Create a generation and wait for it")
+for path in _both_paths("getUserCredits"):
+    router.add_api_route(path, get_user_credits, methods=["GET"], summary="A user's balance and ledger")
+for path in _both_paths("scheduleWeeklyReport"):
+    router.add_api_route(path, schedule_weekly_report, methods=["GET", "POST"], summary="Run the weekly report")

@@ -1,0 +1,109 @@
+"""One place that turns imagegen's errors into HTTP responses.
+
+/v1 and admin routes answer RFC 9457 problem details with a stable `code`; the case-study routes answer
+`{"error": message}` as the original functions did (see `case_study_error`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from imagegen.domain.validation import Problem
+from imagegen.errors import ImagegenError, InsufficientCredits
+
+log = logging.getLogger("imagegen.api")
+PROBLEM_JSON = "application/problem+json"
+TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    402: "Insufficient credits",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Request body too large",
+    422: "Invalid request",
+    429: "Too many requests",
+    500: "Internal error",
+    503: "Service unavailable",
+}
+
+
+def problem(status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
+    body = {
+        "type": f"https://imagegen.dev/problems/{code}",
+        "title": TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        "code": code,
+        **extra,
+    }
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+
+
+def _details(exc: ImagegenError) -> dict[str, Any]:
+    details = dict(exc.details)
+    problems = details.pop("problems", None)
+    if problems:
+        details["errors"] = [_problem_field(p) for p in problems]
+    return details
+
+
+def _problem_field(p: Problem) -> dict[str, Any]:
+    field: dict[str, Any] = {"field": p.field, "message": p.message}
+    if p.allowed:
+        field["allowed"] = list(p.allowed)
+    return field
+
+
+def v1_error(exc: ImagegenError) -> JSONResponse:
+    # A request the catalog rejects is a 422 on /v1; the case-study routes keep their 400.
+    status = 422 if exc.code == "validation_error" else exc.status
+    return problem(status, exc.code, exc.message, **_details(exc))
+
+
+def case_study_error(exc: ImagegenError) -> JSONResponse:
+    # The original functions answered 400 for insufficient credits.
+    status = 400 if isinstance(exc, InsufficientCredits) else exc.status
+    return JSONResponse({"error": exc.message, "code": exc.code, **_details(exc)}, status_code=status)
+
+
+def is_case_study(request: Request) -> bool:
+    return not request.url.path.startswith("/v1")
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ImagegenError)
+    async def _imagegen_error(request: Request, exc: ImagegenError) -> JSONResponse:
+        if exc.status >= 500:
+            log.error("%s %s: %s", request.method, request.url.path, exc.message)
+        return case_study_error(exc) if is_case_study(request) else v1_error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"][1:]) or "body", "message": e["msg"]}
+            for e in exc.errors()
+        ]
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        if is_case_study(request):
+            return JSONResponse({"error": detail, "code": "validation_error", "errors": errors}, status_code=400)
+        return problem(422, "validation_error", detail, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        if is_case_study(request):
+            return JSONResponse({"error": str(exc.detail), "code": code}, status_code=exc.status_code)
+        return problem(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return problem(500, "internal_error", "An internal error occurred; nothing you sent caused it")

@@ -1,0 +1,35 @@
+"""Health checks and generated images: no API key needed."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from imagegen.api.auth import RuntimeDep
+from imagegen.errors import NotFound, StorageUnavailable
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/healthz", summary="The process is up")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="The database answers")
+async def readyz(runtime: RuntimeDep) -> JSONResponse:
+    try:
+        await run_in_threadpool(runtime.storage.ping)
+    except StorageUnavailable as exc:
+        return JSONResponse({"status": "unavailable", "detail": exc.message}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/images/{image_id}.png", summary="A generated image", response_class=Response)
+async def image(image_id: str, runtime: RuntimeDep) -> Response:
+    png = await run_in_threadpool(runtime.images.open, image_id)
+    if png is None:
+        raise NotFound("Image not found", id=image_id)
+    # Images never change once written: let browsers and CDNs keep them.
+    return Response(png, media_type="image/png", headers={"Cache-Control": "public, max-age=31536000, immutable"})

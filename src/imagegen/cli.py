@@ -1,0 +1,202 @@
+"""The `imagegen` command: a thin shell over the service layer, one short function per subcommand."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+from imagegen import service, transfer
+from imagegen.clock import utcnow
+from imagegen.domain import reports
+from imagegen.errors import ImagegenError
+from imagegen.ports import Storage
+from imagegen.runtime import open_storage
+from imagegen.settings import Settings
+
+app = typer.Typer(help="imagegen: a backend that sells AI image generation for credits.", no_args_is_help=True)
+users_app = typer.Typer(help="Manage users.", no_args_is_help=True)
+credits_app = typer.Typer(help="Move credits.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+app.add_typer(credits_app, name="credits")
+
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option("--database-url", help="sqlite:///path or postgresql://... [env IMAGEGEN_DATABASE_URL]"),
+]
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="Images, SQLite file, key file [env IMAGEGEN_DATA_DIR; ./var]")
+]
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        messages = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        _fail(f"invalid settings: {messages}")
+
+
+def _storage(database_url: str | None, data_dir: Path | None) -> Storage:
+    return open_storage(_settings(database_url=database_url, data_dir=data_dir))
+
+
+def _fail(message: str, code: int = 2) -> Any:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind [env IMAGEGEN_HOST; 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [env IMAGEGEN_PORT; 8080]")] = None,
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="No API keys (loopback only)")] = False,
+    workers: Annotated[int | None, typer.Option(help="Job workers in this process [env IMAGEGEN_WORKERS; 4]")] = None,
+) -> None:
+    """Serve the HTTP API with its job workers (embedded mode: one process does everything)."""
+    import uvicorn
+
+    from imagegen.api.app import create_app
+
+    settings = _settings(
+        host=host, port=port, database_url=database_url, data_dir=data_dir, no_auth=no_auth or None, workers=workers
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, access_log=False, log_level="info")
+
+
+@users_app.command("create")
+def users_create(
+    user_id: Annotated[str, typer.Argument(help="The new user's id")],
+    credits: Annotated[int, typer.Option(help="Opening balance")] = 0,
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Create a user; the new API key is printed alone on the last line."""
+    storage = _storage(database_url, data_dir)
+    user, key = _run(service.create_user, storage, user_id, credits, utcnow())
+    typer.echo(f"created user {user.id} with {user.credits} credits; API key:", err=True)
+    typer.echo(key)
+
+
+@credits_app.command("grant")
+def credits_grant(
+    user_id: Annotated[str, typer.Argument(help="The user")],
+    amount: Annotated[int, typer.Argument(help="> 0 grants; < 0 adjusts down (never below 0)")],
+    reason: Annotated[str, typer.Option(help="Why: kept in the ledger")],
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Grant credits to a user (or adjust them down), with a reason kept in the ledger."""
+    storage = _storage(database_url, data_dir)
+    entry = _run(service.move_credits, storage, user_id, amount, reason, utcnow())
+    typer.echo(f"{entry.type.value} of {entry.credits} to {user_id}: balance {entry.balance_after}")
+
+
+@app.command("export")
+def export(
+    file: Annotated[Path, typer.Argument(help="JSONL file to write ('-' for stdout)")],
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Export users, requests, ledger entries and reports as JSONL in the case study's field names."""
+    storage = _storage(database_url, data_dir)
+    out = sys.stdout if str(file) == "-" else file.open("w", encoding="utf-8")
+    counts: dict[str, int] = {}
+    with out:
+        for record in storage.export_records():
+            out.write(json.dumps(transfer.to_case_study(record), ensure_ascii=False) + "\n")
+            counts[record["collection"]] = counts.get(record["collection"], 0) + 1
+    typer.echo(f"exported {_counts(counts)}", err=True)
+
+
+@app.command("import")
+def import_(
+    file: Annotated[Path, typer.Argument(help="JSONL file to read", exists=True, dir_okay=False)],
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Import JSONL (idempotent by id); a bad line aborts the whole import, which then writes nothing."""
+    storage = _storage(database_url, data_dir)
+    with _progress(file) as lines:
+        counts = _run(storage.import_records, transfer.parse_lines(lines), utcnow())
+    typer.echo(f"imported {_counts(counts)}")
+
+
+@app.command()
+def verify(database_url: DatabaseUrl = None, data_dir: DataDir = None) -> None:
+    """Audit invariants 1-3 over the whole database; exit 1 if anything is wrong."""
+    storage = _storage(database_url, data_dir)
+    found = 0
+    for violation in service.verify(storage):
+        found += 1
+        typer.echo(f"invariant {violation.invariant}: {violation.message}")
+    if found:
+        _fail(f"{found} violation(s)", code=1)
+    typer.echo("ok: every balance matches its ledger and every request its deduction and refunds")
+
+
+@app.command()
+def report(
+    week: Annotated[str | None, typer.Option(help="An ISO week, e.g. 2026-W47")] = None,
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Run the usage report for an ISO week, or for the 7 days ending now, and print it as JSON."""
+    storage = _storage(database_url, data_dir)
+    now = utcnow()
+    try:
+        period = reports.iso_week(week) if week else reports.last_7_days(now)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(_run(service.run_report, storage, period, now), indent=2))
+
+
+def _run(function: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return function(*args, **kwargs)
+    except ImagegenError as exc:
+        _fail(exc.message, code=1)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {name}" for name, n in counts.items()) or "nothing"
+
+
+class _progress:
+    """Yields a file's lines while a progress bar follows the bytes read (on a terminal)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.bar = Progress(
+            TextColumn("importing"), BarColumn(), DownloadColumn(), TimeRemainingColumn(), transient=True
+        )
+
+    def __enter__(self) -> Iterator[str]:
+        self.bar.start()
+        task = self.bar.add_task("import", total=self.path.stat().st_size)
+        self.file = self.path.open("rb")
+
+        def lines() -> Iterator[str]:
+            for raw in self.file:
+                self.bar.advance(task, len(raw))
+                yield raw.decode("utf-8", errors="replace")
+
+        return lines()
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+        self.bar.stop()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Pure rules of imagegen: no I/O, no imports from the rest of the package."""

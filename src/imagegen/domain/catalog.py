@@ -1,0 +1,66 @@
+"""The catalog: which models, styles, colors and sizes exist, and what each size costs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    name: str
+    failure_rate: float = 0.05
+    latency_ms: int = 300
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Catalog:
+    models: dict[str, ModelSettings]
+    styles: frozenset[str]
+    colors: frozenset[str]
+    sizes: dict[str, int]  # size -> cost in credits
+
+    def enabled_models(self) -> list[str]:
+        return sorted(name for name, m in self.models.items() if m.enabled)
+
+    def cost_of(self, size: str) -> int:
+        return self.sizes[size]
+
+    def problems(self, *, model: str, style: str, color: str, size: str) -> list[tuple[str, str, list[str]]]:
+        """(field, value, allowed values) for each field whose value the catalog does not offer."""
+        checks = [
+            ("model", model, self.enabled_models()),
+            ("style", style, sorted(self.styles)),
+            ("color", color, sorted(self.colors)),
+            ("size", size, sorted(self.sizes, key=_size_order)),
+        ]
+        return [(name, value, allowed) for name, value, allowed in checks if value not in allowed]
+
+
+def _size_order(size: str) -> tuple[int, str]:
+    width, _, height = size.partition("x")
+    try:
+        return (int(width) * int(height), size)
+    except ValueError:
+        return (0, size)
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    width, _, height = size.partition("x")
+    return int(width), int(height)
+
+
+@dataclass(frozen=True)
+class InitialData:
+    """The case study's emulator data set, loaded on a new database's first start."""
+
+    models: tuple[ModelSettings, ...] = (ModelSettings("model-a"), ModelSettings("model-b"))
+    styles: tuple[str, ...] = ("realistic", "anime", "oil painting", "sketch", "cyberpunk", "watercolor")
+    colors: tuple[str, ...] = ("vibrant", "monochrome", "pastel", "neon", "vintage")
+    sizes: dict[str, int] = field(
+        default_factory=lambda: {"512x512": 1, "1024x1024": 3, "1024x1792": 4}
+    )
+    users: dict[str, int] = field(default_factory=lambda: {"testUser1": 100, "testUser2": 10})
+
+
+INITIAL_DATA = InitialData()

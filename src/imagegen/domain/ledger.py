@@ -1,0 +1,48 @@
+"""Ledger entries: every change of a user's credits is one entry, and the balance is their sum.
+
+Invariant 1 of DESIGN.md: credits = grants + refunds + adjustments - deductions, and credits >= 0.
+Entries store a signed `delta`; the case study's `credits` field is its magnitude, except for an
+adjustment, which keeps its sign (an operator may take credits away).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+
+class EntryType(StrEnum):
+    DEDUCTION = "deduction"
+    REFUND = "refund"
+    GRANT = "grant"
+    ADJUSTMENT = "adjustment"
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    id: str
+    user_id: str
+    type: EntryType
+    delta: int
+    balance_after: int | None
+    generation_request_id: str | None
+    reason: str | None
+    timestamp: datetime
+
+    @property
+    def credits(self) -> int:
+        return self.delta if self.type is EntryType.ADJUSTMENT else abs(self.delta)
+
+
+def signed_delta(entry_type: EntryType, credits: int) -> int:
+    """The change to the balance that an entry of this type and case-study `credits` makes."""
+    if entry_type is EntryType.DEDUCTION:
+        return -abs(credits)
+    if entry_type is EntryType.ADJUSTMENT:
+        return credits
+    return abs(credits)
+
+
+def balance_of(deltas: list[int]) -> int:
+    return sum(deltas)

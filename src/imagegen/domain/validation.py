@@ -1,0 +1,89 @@
+"""Validation of a client's generation request against the catalog, before anything is written.
+
+Only the known fields are read; anything else in the body is ignored (never stored), so a client can
+never set a request's cost, status or id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from imagegen.domain.catalog import Catalog
+from imagegen.domain.generation import ID_RULE, GenerationSpec, valid_id
+
+REQUIRED = ("userId", "model", "style", "color", "size")
+
+
+@dataclass(frozen=True)
+class Problem:
+    field: str
+    message: str
+    allowed: tuple[str, ...] = ()
+
+
+class InvalidGeneration(ValueError):
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__(summary(problems))
+
+
+def summary(problems: list[Problem]) -> str:
+    missing = [p.field for p in problems if p.message == "missing"]
+    if missing:
+        return f"Missing required fields: [{', '.join(missing)}]"
+    return "; ".join(p.message for p in problems)
+
+
+def parse_generation(body: object, catalog: Catalog, *, max_prompt_length: int) -> GenerationSpec:
+    if not isinstance(body, Mapping):
+        raise InvalidGeneration([Problem("body", "Request body must be a JSON object")])
+    missing = [name for name in REQUIRED if body.get(name) in (None, "")]
+    if missing:
+        raise InvalidGeneration([Problem(name, "missing") for name in missing])
+    problems = _type_problems(body)
+    if problems:
+        raise InvalidGeneration(problems)
+    problems = _value_problems(body, catalog, max_prompt_length)
+    if problems:
+        raise InvalidGeneration(problems)
+    return GenerationSpec(
+        user_id=body["userId"],
+        model=body["model"],
+        style=body["style"],
+        color=body["color"],
+        size=body["size"],
+        prompt=body.get("prompt") or "",
+    )
+
+
+def _type_problems(body: Mapping[str, object]) -> list[Problem]:
+    fields = [*REQUIRED, "prompt"]
+    return [
+        Problem(name, f"Field '{name}' must be a string")
+        for name in fields
+        if body.get(name) is not None and not isinstance(body[name], str)
+    ]
+
+
+def _value_problems(body: Mapping[str, object], catalog: Catalog, max_prompt_length: int) -> list[Problem]:
+    problems = []
+    user_id = str(body["userId"])
+    if not valid_id(user_id):
+        problems.append(Problem("userId", f"Invalid userId '{_shown(user_id)}': {ID_RULE}"))
+    prompt = body.get("prompt") or ""
+    if len(str(prompt)) > max_prompt_length:
+        problems.append(
+            Problem("prompt", f"Prompt is {len(str(prompt))} characters; the limit is {max_prompt_length}")
+        )
+    for name, value, allowed in catalog.problems(
+        model=str(body["model"]), style=str(body["style"]), color=str(body["color"]), size=str(body["size"])
+    ):
+        problems.append(
+            Problem(name, f"Invalid {name} '{_shown(value)}'. Valid values: {', '.join(allowed)}", tuple(allowed))
+        )
+    return problems
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    return value if len(value) <= limit else value[:limit] + "…"

@@ -1,0 +1,82 @@
+"""imagegen's exceptions: each carries a stable code and the HTTP status the API answers with.
+
+Adapters translate driver errors into these; the API maps them to responses in one place.
+"""
+
+from __future__ import annotations
+
+
+class ImagegenError(Exception):
+    code = "error"
+    status = 500
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class InvalidInput(ImagegenError):
+    code = "validation_error"
+    status = 400
+
+
+class Unauthenticated(ImagegenError):
+    code = "unauthenticated"
+    status = 401
+
+
+class Forbidden(ImagegenError):
+    code = "forbidden"
+    status = 403
+
+
+class InsufficientCredits(ImagegenError):
+    code = "insufficient_credits"
+    status = 402
+
+
+class NotFound(ImagegenError):
+    code = "not_found"
+    status = 404
+
+
+class UserNotFound(NotFound):
+    code = "user_not_found"
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__("User not found", userId=user_id)
+
+
+class GenerationNotFound(NotFound):
+    code = "generation_not_found"
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__("Generation request not found", id=request_id)
+
+
+class Conflict(ImagegenError):
+    code = "conflict"
+    status = 409
+
+
+class UserExists(Conflict):
+    code = "user_exists"
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"User '{user_id}' already exists", userId=user_id)
+
+
+class IdempotencyConflict(Conflict):
+    code = "idempotency_key_reused"
+
+
+class InvalidState(Conflict):
+    code = "invalid_state"
+
+
+class StorageUnavailable(ImagegenError):
+    """The database could not be reached or kept timing out: a server-side problem."""
+
+    code = "storage_unavailable"
+    status = 503

@@ -1,0 +1,38 @@
+"""Image storage: the local folder adapter (the default; also fine on a shared network mount)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from imagegen.domain.generation import valid_id
+
+
+class FolderImageStore:
+    """Stores `<id>.png` under a two-character shard folder, written atomically (temp file + rename)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def put(self, image_id: str, png: bytes) -> str:
+        path = self._path(image_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as out:
+            out.write(png)
+        os.replace(tmp, path)
+        return f"/images/{image_id}.png"
+
+    def open(self, image_id: str) -> bytes | None:
+        if not valid_id(image_id):
+            return None
+        try:
+            return self._path(image_id).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _path(self, image_id: str) -> Path:
+        if not valid_id(image_id):
+            raise ValueError(f"invalid image id {image_id!r}")
+        return self.root / image_id[:2] / f"{image_id}.png"

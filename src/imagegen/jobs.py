@@ -1,0 +1,77 @@
+"""The job use cases: run one claimed generation to its end, and recover jobs whose worker died.
+
+A job ends in exactly one of: completed (image stored), failed and refunded (the model failed, or the
+job kept losing its worker), or handed back to the queue for another try. Each end is one conditional
+storage call, so a duplicate delivery or a late worker changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from imagegen.clock import utcnow
+from imagegen.domain.generation import GenerationRequest, GenerationSpec
+from imagegen.models.base import ImageModel, ModelFailure
+from imagegen.ports import ImageStore, Storage
+
+log = logging.getLogger("imagegen.jobs")
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    request_id: str
+    status: str  # completed | failed | lost (another worker owns it now)
+
+
+def run_job(
+    storage: Storage,
+    model: ImageModel,
+    images: ImageStore,
+    request: GenerationRequest,
+    worker_id: str,
+) -> JobOutcome:
+    settings = storage.catalog().models.get(request.model)
+    spec = GenerationSpec(request.user_id, request.model, request.style, request.color, request.size, request.prompt)
+    try:
+        if settings is None:
+            raise ModelFailure(f"model '{request.model}' is no longer in the catalog")
+        png = model.generate(spec, settings)
+        url = images.put(request.id, png)
+    except ModelFailure as exc:
+        return _fail(storage, request, worker_id, str(exc))
+    except Exception as exc:  # our fault, not the client's: refund rather than charge for nothing
+        log.exception("job %s failed unexpectedly", request.id)
+        return _fail(storage, request, worker_id, f"internal error: {type(exc).__name__}")
+    done = storage.complete(request.id, worker_id, url, utcnow())
+    return JobOutcome(request.id, "completed" if done else "lost")
+
+
+def _fail(storage: Storage, request: GenerationRequest, worker_id: str, error: str) -> JobOutcome:
+    failed = storage.fail_and_refund(request.id, error, utcnow(), worker_id=worker_id)
+    return JobOutcome(request.id, "failed" if failed else "lost")
+
+
+@dataclass(frozen=True)
+class Recovery:
+    requeued: int
+    failed: int
+
+
+def recover_expired_jobs(storage: Storage, now: datetime, *, max_attempts: int) -> Recovery:
+    """Jobs whose lease ran out (their worker died) go back to the queue, or fail and are refunded."""
+    requeued = failed = 0
+    for job in storage.expired_jobs(now):
+        if job.attempts >= max_attempts:
+            error = f"worker lost {job.attempts} times; giving up"
+            failed += storage.fail_and_refund(job.id, error, now, lease_expired=True)
+        else:
+            requeued += storage.requeue(job.id, now)
+    if requeued or failed:
+        log.warning("recovered expired jobs: %d requeued, %d failed and refunded", requeued, failed)
+    return Recovery(requeued, failed)
+
+
+def lease_until(now: datetime, lease_seconds: float) -> datetime:
+    return now + timedelta(seconds=lease_seconds)

@@ -1,0 +1,71 @@
+"""The composition root: builds storage, image store, model, workers from Settings, in one place."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from imagegen import service
+from imagegen.clock import utcnow
+from imagegen.completions import Completions
+from imagegen.images import FolderImageStore
+from imagegen.models.simulated import SimulatedModel
+from imagegen.ports import ImageStore, Storage
+from imagegen.settings import Settings
+from imagegen.storage.sql.adapter import SqlStorage
+from imagegen.worker import JobSignal, WorkerPool
+
+log = logging.getLogger("imagegen")
+
+
+def open_storage(settings: Settings) -> Storage:
+    """Connects, applies migrations and, on a new database, loads the initial data set."""
+    storage = SqlStorage(settings.sql_url)
+    storage.migrate()
+    first = service.first_start(storage, utcnow())
+    if first is not None:
+        write_initial_keys(settings, first)
+    return storage
+
+
+def write_initial_keys(settings: Settings, first: service.FirstStart) -> None:
+    """Writes the first start's keys once, readable only by the owner, and says where they are."""
+    path = settings.keys_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"admin {first.admin_key}"] + [f"{user} {key}" for user, key in first.user_keys.items()]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write("# imagegen API keys created at first start (shown once; stored hashed)\n")
+        out.write("\n".join(lines) + "\n")
+    log.warning("first start: initial data loaded; API keys written to %s", path.resolve())
+    for line in lines:
+        log.warning("  %s", line)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    storage: Storage
+    images: ImageStore
+    signal: JobSignal = field(default_factory=JobSignal)
+    completions: Completions = field(default_factory=Completions)
+    pool: WorkerPool | None = None
+
+    @classmethod
+    def build(cls, settings: Settings) -> Runtime:
+        runtime = cls(settings, open_storage(settings), FolderImageStore(settings.images_dir))
+        model = SimulatedModel(failure_rate=settings.ai_failure_rate, latency_ms=settings.model_latency_ms)
+        runtime.pool = WorkerPool(
+            runtime.storage, model, runtime.images, settings, runtime.signal, runtime.completions.finished
+        )
+        return runtime
+
+    def start(self) -> None:
+        if self.pool is not None:
+            self.pool.start()
+
+    def stop(self) -> None:
+        if self.pool is not None:
+            self.pool.stop()
+        self.storage.close()

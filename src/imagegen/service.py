@@ -1,0 +1,220 @@
+"""imagegen's use cases, written against the storage port: one atomic storage call per state change.
+
+The HTTP API, the CLI, the workers, the scheduler and the Cloud Functions all call these functions;
+none of them talks to a database directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from imagegen.domain import reports
+from imagegen.domain.catalog import INITIAL_DATA, Catalog, InitialData
+from imagegen.domain.generation import ID_RULE, GenerationRequest, GenerationSpec, Status, valid_id
+from imagegen.domain.ledger import EntryType, LedgerEntry
+from imagegen.domain.validation import InvalidGeneration, parse_generation
+from imagegen.errors import (
+    GenerationNotFound,
+    InvalidInput,
+    InvalidState,
+    NotFound,
+    Unauthenticated,
+    UserNotFound,
+)
+from imagegen.ids import new_id
+from imagegen.ports import ApiKey, NewGeneration, Page, Storage, User, Violation
+
+KEY_PREFIX = "ig_"
+BASELINE_WEEKS = 8
+
+
+# -- generations ----------------------------------------------------------------------------
+def validate_generation(
+    storage: Storage, body: object, *, max_prompt_length: int
+) -> tuple[GenerationSpec, Catalog]:
+    catalog = storage.catalog()
+    try:
+        spec = parse_generation(body, catalog, max_prompt_length=max_prompt_length)
+    except InvalidGeneration as exc:
+        raise InvalidInput(str(exc), problems=exc.problems) from exc
+    return spec, catalog
+
+
+def create_generation(
+    storage: Storage,
+    body: object,
+    *,
+    max_prompt_length: int,
+    now: datetime,
+    idempotency_key: str | None = None,
+    authorize: Callable[[str], None] = lambda user_id: None,
+) -> tuple[GenerationRequest, bool]:
+    """Validates, prices, debits and enqueues in one transaction; (request, False) for a replay.
+
+    `authorize(user_id)` runs after validation and before anything is written.
+    """
+    spec, catalog = validate_generation(storage, body, max_prompt_length=max_prompt_length)
+    authorize(spec.user_id)
+    new = NewGeneration(
+        id=new_id(),
+        spec=spec,
+        cost=catalog.cost_of(spec.size),
+        created_at=now,
+        idempotency_key=idempotency_key,
+        fingerprint=fingerprint(asdict(spec)) if idempotency_key else None,
+    )
+    return storage.debit_and_enqueue(new)
+
+
+def fingerprint(body: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def get_generation(storage: Storage, request_id: str) -> GenerationRequest:
+    request = storage.get_request(request_id)
+    if request is None:
+        raise GenerationNotFound(request_id)
+    return request
+
+
+def cancel_generation(storage: Storage, request_id: str, now: datetime) -> GenerationRequest:
+    if not storage.cancel_and_refund(request_id, now):
+        request = get_generation(storage, request_id)
+        raise InvalidState(
+            f"Only a pending request can be canceled; this one is {request.status.value}",
+            id=request_id,
+            status=request.status.value,
+        )
+    return get_generation(storage, request_id)
+
+
+# -- users and credits ----------------------------------------------------------------------
+def check_user_id(user_id: str) -> str:
+    if not valid_id(user_id):
+        raise InvalidInput(f"Invalid userId '{user_id[:80]}': {ID_RULE}")
+    return user_id
+
+
+def get_user(storage: Storage, user_id: str) -> User:
+    user = storage.get_user(check_user_id(user_id))
+    if user is None:
+        raise UserNotFound(user_id)
+    return user
+
+
+def get_credits(storage: Storage, user_id: str, *, limit: int, cursor: str | None) -> tuple[User, Page[LedgerEntry]]:
+    user = get_user(storage, user_id)
+    return user, storage.ledger(user_id, limit, cursor)
+
+
+def create_user(storage: Storage, user_id: str, credits: int, now: datetime) -> tuple[User, str]:
+    """Creates a user with an opening grant and returns the user's new API key."""
+    check_user_id(user_id)
+    if credits < 0:
+        raise InvalidInput("credits must be 0 or more")
+    user = storage.create_user(user_id, credits, now)
+    return user, issue_key(storage, user_id, now)
+
+
+def move_credits(storage: Storage, user_id: str, amount: int, reason: str, now: datetime) -> LedgerEntry:
+    """A grant (amount > 0) or a negative adjustment, which never takes the balance below 0."""
+    check_user_id(user_id)
+    if amount == 0:
+        raise InvalidInput("amount must not be 0")
+    if not reason.strip():
+        raise InvalidInput("reason must not be empty")
+    entry_type = EntryType.GRANT if amount > 0 else EntryType.ADJUSTMENT
+    return storage.move_credits(user_id, entry_type, amount, reason.strip(), now)
+
+
+# -- API keys -------------------------------------------------------------------------------
+def hash_key(key: str) -> str:
+    # Keys carry 256 random bits, so a fast hash is as safe as a slow one and costs nothing per call.
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def issue_key(storage: Storage, user_id: str | None, now: datetime) -> str:
+    key = new_key()
+    storage.add_api_key(new_id(), hash_key(key), user_id, now)
+    return key
+
+
+def authenticate(storage: Storage, key: str | None) -> ApiKey:
+    if not key:
+        raise Unauthenticated("Missing API key: send 'Authorization: Bearer <key>'")
+    found = storage.find_api_key(hash_key(key))
+    if found is None:
+        raise Unauthenticated("Unknown or revoked API key")
+    return found
+
+
+@dataclass(frozen=True)
+class FirstStart:
+    admin_key: str
+    user_keys: dict[str, str]
+
+
+def first_start(storage: Storage, now: datetime, data: InitialData = INITIAL_DATA) -> FirstStart | None:
+    """Loads the initial data set and creates its keys, once per database; None if already done."""
+    catalog = Catalog(
+        models={m.name: m for m in data.models},
+        styles=frozenset(data.styles),
+        colors=frozenset(data.colors),
+        sizes=dict(data.sizes),
+    )
+    admin_key = new_key()
+    user_keys = {user_id: new_key() for user_id in data.users}
+    keys = [(new_id(), hash_key(admin_key), None)]
+    keys += [(new_id(), hash_key(key), user_id) for user_id, key in user_keys.items()]
+    if not storage.load_initial_data(catalog, dict(data.users), keys, now):
+        return None
+    return FirstStart(admin_key, user_keys)
+
+
+# -- reports --------------------------------------------------------------------------------
+def run_report(
+    storage: Storage,
+    period: reports.Period,
+    now: datetime,
+    *,
+    thresholds: reports.Thresholds | None = None,
+    baseline_weeks: int = BASELINE_WEEKS,
+) -> dict[str, Any]:
+    """Aggregates the period in the database, compares it with the preceding weeks, stores it."""
+    metrics = _metrics(storage, period)
+    baseline = [_metrics(storage, week) for week in reports.weeks_before(period, baseline_weeks)]
+    detection = reports.detect(metrics, baseline, thresholds or reports.Thresholds())
+    document = reports.report_document(period, metrics, detection, now)
+    storage.save_report(period.id, document, now)
+    return document
+
+
+def _metrics(storage: Storage, period: reports.Period) -> reports.Metrics:
+    groups = storage.group_counts(period.start, period.end)
+    return reports.summarize(groups, storage.unique_users(period.start, period.end))
+
+
+def get_report(storage: Storage, report_id: str) -> dict[str, Any]:
+    document = storage.get_report(report_id)
+    if document is None:
+        raise NotFound(f"Report '{report_id}' not found", id=report_id)
+    return document
+
+
+# -- audit ----------------------------------------------------------------------------------
+def verify(storage: Storage) -> Iterator[Violation]:
+    return storage.violations()
+
+
+def is_terminal(request: GenerationRequest) -> bool:
+    return request.status in (Status.COMPLETED, Status.FAILED, Status.CANCELED)

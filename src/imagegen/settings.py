@@ -1,0 +1,78 @@
+"""All of imagegen's settings in one typed object, read from the environment (IMAGEGEN_*).
+
+Nothing reads the environment at import time: `Settings()` is built by the composition root (the CLI
+or `create_app`) and passed down.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IMAGEGEN_", extra="ignore")
+
+    data_dir: Path = Field(Path("var"), description="Images, the SQLite file and the key file live here")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default sqlite:///<data_dir>/imagegen.db"
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    public_url: str | None = Field(
+        None, description="Base URL for imageUrl (default: the URL the client called)"
+    )
+    no_auth: bool = Field(False, description="Skip API keys; only on a loopback address")
+    workers: int = Field(4, ge=0, le=256, description="Job workers in this process")
+
+    # The case study's variable name, kept without our prefix so its scripts still work.
+    ai_failure_rate: float | None = Field(
+        None, ge=0.0, le=1.0, validation_alias=AliasChoices("AI_FAILURE_RATE", "IMAGEGEN_AI_FAILURE_RATE")
+    )
+    model_latency_ms: int | None = Field(None, ge=0, le=600_000)
+
+    job_lease_seconds: float = Field(30.0, gt=0)
+    job_max_attempts: int = Field(3, ge=1)
+    recovery_interval_seconds: float = Field(5.0, gt=0)
+    poll_interval_seconds: float = Field(0.5, gt=0)
+    wait_timeout_seconds: float = Field(
+        60.0, ge=0, description="How long createGenerationRequest waits for the image"
+    )
+
+    max_prompt_length: int = Field(1000, ge=1)
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+    max_page_size: int = Field(200, ge=1)
+    default_page_size: int = Field(50, ge=1)
+
+    @model_validator(mode="after")
+    def _refuse_public_no_auth(self) -> Settings:
+        if self.no_auth and not is_loopback(self.host):
+            raise ValueError(
+                f"--no-auth serves without API keys and only binds to a loopback address; "
+                f"'{self.host}' is not one (use 127.0.0.1 or ::1, or turn auth on)"
+            )
+        return self
+
+    @property
+    def sql_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'imagegen.db'}"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    @property
+    def keys_file(self) -> Path:
+        return self.data_dir / "initial-keys.txt"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

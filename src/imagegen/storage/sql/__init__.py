@@ -1,0 +1,1 @@
+"""The SQL adapter: SQLite (embedded) and PostgreSQL (scale-out) on SQLAlchemy Core."""

@@ -1,0 +1,576 @@
+"""The SQL storage adapter: every port method is one transaction on SQLite or PostgreSQL.
+
+Credit moves are single conditional UPDATEs (`credits = credits - cost WHERE credits >= cost`), so no
+interleaving of clients can overdraw a balance; the unique index on (request, entry type) makes a
+second deduction or refund for one request impossible even if a bug tried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Row, and_, case, delete, func, insert, literal, select, text, update
+from sqlalchemy.exc import IntegrityError
+
+from imagegen.domain.catalog import Catalog, ModelSettings
+from imagegen.domain.generation import GenerationRequest, Status
+from imagegen.domain.ledger import EntryType, LedgerEntry
+from imagegen.domain.reports import GroupCount
+from imagegen.errors import (
+    IdempotencyConflict,
+    InsufficientCredits,
+    InvalidInput,
+    UserExists,
+    UserNotFound,
+)
+from imagegen.ids import new_id
+from imagegen.ports import ApiKey, NewGeneration, Page, User, Violation
+from imagegen.storage.sql import tables as t
+from imagegen.storage.sql.engine import Transactions, create_sql_engine
+from imagegen.storage.sql.transfer import export_records, import_records
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+INITIAL_DATA_MARKER = "initial_data_loaded"
+gr = t.generation_requests
+
+
+class SqlStorage:
+    def __init__(self, url: str) -> None:
+        self.engine = create_sql_engine(url)
+        self.tx = Transactions(self.engine)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def migrate(self) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self.tx.write() as conn:
+            if self.tx.dialect == "postgresql":
+                # Several processes may start at once: one migrates, the others wait for it.
+                conn.execute(text("SELECT pg_advisory_xact_lock(7236451)"))
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+
+    def load_initial_data(
+        self,
+        catalog: Catalog,
+        users: dict[str, int],
+        keys: list[tuple[str, str, str | None]],
+        now: datetime,
+    ) -> bool:
+        with self.tx.write() as conn:
+            marker = conn.execute(select(t.meta.c.value).where(t.meta.c.key == INITIAL_DATA_MARKER))
+            if marker.first() is not None:
+                return False
+            _insert_catalog(conn, catalog)
+            for user_id, credits in users.items():
+                _insert_user(conn, user_id, credits, now, reason="initial data")
+            for key_id, key_hash, user_id in keys:
+                conn.execute(insert(t.api_keys).values(id=key_id, key_hash=key_hash, user_id=user_id, created_at=now))
+            conn.execute(insert(t.meta).values(key=INITIAL_DATA_MARKER, value=now.isoformat()))
+            return True
+
+    def ping(self) -> None:
+        with self.tx.read() as conn:
+            conn.execute(select(literal(1)))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- catalog ----------------------------------------------------------------------------
+    def catalog(self) -> Catalog:
+        with self.tx.read() as conn:
+            models = {
+                row.name: ModelSettings(row.name, row.failure_rate, row.latency_ms, row.enabled)
+                for row in conn.execute(select(t.models))
+            }
+            styles = conn.execute(select(t.styles.c.name).where(t.styles.c.enabled)).scalars()
+            colors = conn.execute(select(t.colors.c.name).where(t.colors.c.enabled)).scalars()
+            sizes = conn.execute(select(t.sizes.c.name, t.sizes.c.cost).where(t.sizes.c.enabled))
+            return Catalog(models, frozenset(styles), frozenset(colors), {name: cost for name, cost in sizes})
+
+    def put_model(self, model: ModelSettings) -> None:
+        values = {
+            "failure_rate": model.failure_rate,
+            "latency_ms": model.latency_ms,
+            "enabled": model.enabled,
+        }
+        with self.tx.write() as conn:
+            changed = conn.execute(update(t.models).where(t.models.c.name == model.name).values(values))
+            if changed.rowcount == 0:
+                conn.execute(insert(t.models).values(name=model.name, **values))
+
+    # -- users and credits ------------------------------------------------------------------
+    def create_user(self, user_id: str, credits: int, now: datetime) -> User:
+        try:
+            with self.tx.write() as conn:
+                _insert_user(conn, user_id, credits, now, reason="opening balance")
+        except IntegrityError as exc:
+            raise UserExists(user_id) from exc
+        return User(user_id, credits, now)
+
+    def get_user(self, user_id: str) -> User | None:
+        with self.tx.read() as conn:
+            row = conn.execute(select(t.users).where(t.users.c.id == user_id)).first()
+        return None if row is None else User(row.id, row.credits, row.created_at)
+
+    def move_credits(
+        self, user_id: str, entry_type: EntryType, delta: int, reason: str | None, now: datetime
+    ) -> LedgerEntry:
+        with self.tx.write() as conn:
+            balance = _add_credits(conn, user_id, delta)
+            return _append_entry(conn, user_id, entry_type, delta, balance, None, reason, now)
+
+    def ledger(self, user_id: str, limit: int, cursor: str | None) -> Page[LedgerEntry]:
+        query = select(t.ledger).where(t.ledger.c.user_id == user_id)
+        if cursor is not None:
+            query = query.where(t.ledger.c.seq < _int_cursor(cursor))
+        query = query.order_by(t.ledger.c.seq.desc()).limit(limit + 1)
+        with self.tx.read() as conn:
+            rows = conn.execute(query).all()
+        next_cursor = str(rows[limit - 1].seq) if len(rows) > limit else None
+        return Page([_entry(row) for row in rows[:limit]], next_cursor)
+
+    # -- generation requests and jobs -------------------------------------------------------
+    def debit_and_enqueue(self, new: NewGeneration) -> tuple[GenerationRequest, bool]:
+        try:
+            return self._debit_and_enqueue(new)
+        except IntegrityError:
+            # A concurrent duplicate with the same Idempotency-Key won the race: replay it.
+            if new.idempotency_key is None:
+                raise
+            return self._debit_and_enqueue(new)
+
+    def _debit_and_enqueue(self, new: NewGeneration) -> tuple[GenerationRequest, bool]:
+        spec = new.spec
+        with self.tx.write() as conn:
+            if new.idempotency_key is not None:
+                existing = _by_idempotency_key(conn, spec.user_id, new.idempotency_key)
+                if existing is not None:
+                    if existing.fingerprint != new.fingerprint:
+                        raise IdempotencyConflict(
+                            "Idempotency-Key was already used with a different request body",
+                            idempotencyKey=new.idempotency_key,
+                        )
+                    return _request(existing), False
+            balance = _add_credits(conn, spec.user_id, -new.cost)
+            values = {
+                "id": new.id,
+                "user_id": spec.user_id,
+                "model": spec.model,
+                "style": spec.style,
+                "color": spec.color,
+                "size": spec.size,
+                "prompt": spec.prompt,
+                "cost": new.cost,
+                "status": Status.PENDING.value,
+                "attempts": 0,
+                "idempotency_key": new.idempotency_key,
+                "fingerprint": new.fingerprint,
+                "created_at": new.created_at,
+            }
+            row = conn.execute(insert(gr).values(values).returning(*gr.c)).one()
+            _append_entry(
+                conn, spec.user_id, EntryType.DEDUCTION, -new.cost, balance, new.id, None, new.created_at
+            )
+            return _request(row), True
+
+    def get_request(self, request_id: str) -> GenerationRequest | None:
+        with self.tx.read() as conn:
+            row = conn.execute(select(gr).where(gr.c.id == request_id)).first()
+        return None if row is None else _request(row)
+
+    def list_requests(
+        self, user_id: str | None, status: Status | None, limit: int, cursor: str | None
+    ) -> Page[GenerationRequest]:
+        query = select(gr)
+        if user_id is not None:
+            query = query.where(gr.c.user_id == user_id)
+        if status is not None:
+            query = query.where(gr.c.status == status.value)
+        if cursor is not None:
+            created, _, last_id = cursor.partition("|")
+            at = _parse_cursor_time(created)
+            query = query.where((gr.c.created_at < at) | ((gr.c.created_at == at) & (gr.c.id < last_id)))
+        query = query.order_by(gr.c.created_at.desc(), gr.c.id.desc()).limit(limit + 1)
+        with self.tx.read() as conn:
+            rows = conn.execute(query).all()
+        next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            next_cursor = f"{last.created_at.isoformat()}|{last.id}"
+        return Page([_request(row) for row in rows[:limit]], next_cursor)
+
+    def claim_job(self, worker_id: str, now: datetime, lease_until: datetime) -> GenerationRequest | None:
+        oldest_pending = (
+            select(gr.c.id)
+            .where(gr.c.status == Status.PENDING.value)
+            .order_by(gr.c.created_at)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        claim = (
+            update(gr)
+            .where(gr.c.id == oldest_pending, gr.c.status == Status.PENDING.value)
+            .values(
+                status=Status.RUNNING.value,
+                lease_owner=worker_id,
+                lease_expires_at=lease_until,
+                attempts=gr.c.attempts + 1,
+                started_at=func.coalesce(gr.c.started_at, literal(now, t.UTCDateTime())),
+            )
+            .returning(*gr.c)
+        )
+        with self.tx.write() as conn:
+            row = conn.execute(claim).first()
+        return None if row is None else _request(row)
+
+    def extend_leases(self, leases: dict[str, str], lease_until: datetime) -> int:
+        if not leases:
+            return 0
+        with self.tx.write() as conn:
+            result = conn.execute(
+                update(gr)
+                .where(
+                    gr.c.id.in_(list(leases)),
+                    gr.c.lease_owner.in_(list(leases.values())),
+                    gr.c.status == Status.RUNNING.value,
+                )
+                .values(lease_expires_at=lease_until)
+            )
+            return result.rowcount
+
+    def complete(self, request_id: str, worker_id: str, image_url: str, now: datetime) -> bool:
+        with self.tx.write() as conn:
+            result = conn.execute(
+                update(gr)
+                .where(gr.c.id == request_id, gr.c.status == Status.RUNNING.value, gr.c.lease_owner == worker_id)
+                .values(
+                    status=Status.COMPLETED.value,
+                    image_url=image_url,
+                    completed_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+            return result.rowcount == 1
+
+    def fail_and_refund(
+        self,
+        request_id: str,
+        error: str,
+        now: datetime,
+        *,
+        worker_id: str | None = None,
+        lease_expired: bool = False,
+    ) -> bool:
+        conditions = [gr.c.id == request_id, gr.c.status == Status.RUNNING.value]
+        if worker_id is not None:
+            conditions.append(gr.c.lease_owner == worker_id)
+        if lease_expired:
+            conditions.append(gr.c.lease_expires_at < now)
+        return self._finish_with_refund(and_(*conditions), Status.FAILED, error, now)
+
+    def cancel_and_refund(self, request_id: str, now: datetime) -> bool:
+        pending = and_(gr.c.id == request_id, gr.c.status == Status.PENDING.value)
+        return self._finish_with_refund(pending, Status.CANCELED, "canceled", now)
+
+    def _finish_with_refund(self, condition: Any, status: Status, error: str, now: datetime) -> bool:
+        with self.tx.write() as conn:
+            row = conn.execute(
+                update(gr)
+                .where(condition)
+                .values(status=status.value, error=error, completed_at=now, lease_owner=None, lease_expires_at=None)
+                .returning(gr.c.id, gr.c.user_id, gr.c.cost)
+            ).first()
+            if row is None:
+                return False
+            balance = _add_credits(conn, row.user_id, row.cost)
+            _append_entry(conn, row.user_id, EntryType.REFUND, row.cost, balance, row.id, error, now)
+            return True
+
+    def expired_jobs(self, now: datetime) -> list[GenerationRequest]:
+        query = (
+            select(gr)
+            .where(gr.c.status == Status.RUNNING.value, gr.c.lease_expires_at < now)
+            .order_by(gr.c.lease_expires_at)
+            .limit(100)
+        )
+        with self.tx.read() as conn:
+            return [_request(row) for row in conn.execute(query)]
+
+    def requeue(self, request_id: str, now: datetime) -> bool:
+        with self.tx.write() as conn:
+            result = conn.execute(
+                update(gr)
+                .where(gr.c.id == request_id, gr.c.status == Status.RUNNING.value, gr.c.lease_expires_at < now)
+                .values(status=Status.PENDING.value, lease_owner=None, lease_expires_at=None)
+            )
+            return result.rowcount == 1
+
+    # -- api keys ---------------------------------------------------------------------------
+    def add_api_key(self, key_id: str, key_hash: str, user_id: str | None, now: datetime) -> ApiKey:
+        with self.tx.write() as conn:
+            conn.execute(insert(t.api_keys).values(id=key_id, key_hash=key_hash, user_id=user_id, created_at=now))
+        return ApiKey(key_id, user_id, now)
+
+    def find_api_key(self, key_hash: str) -> ApiKey | None:
+        query = select(t.api_keys).where(t.api_keys.c.key_hash == key_hash, t.api_keys.c.revoked_at.is_(None))
+        with self.tx.read() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else ApiKey(row.id, row.user_id, row.created_at, row.revoked_at)
+
+    def revoke_api_key(self, key_id: str, now: datetime) -> bool:
+        with self.tx.write() as conn:
+            result = conn.execute(
+                update(t.api_keys)
+                .where(t.api_keys.c.id == key_id, t.api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            return result.rowcount == 1
+
+    # -- reports ----------------------------------------------------------------------------
+    def group_counts(self, start: datetime, end: datetime) -> list[GroupCount]:
+        dims = (gr.c.model, gr.c.style, gr.c.color, gr.c.size, gr.c.status)
+        query = (
+            select(*dims, func.count(), func.coalesce(func.sum(gr.c.cost), 0))
+            .where(gr.c.created_at >= start, gr.c.created_at < end)
+            .group_by(*dims)
+        )
+        with self.tx.read() as conn:
+            return [GroupCount(*row) for row in conn.execute(query)]
+
+    def unique_users(self, start: datetime, end: datetime) -> int:
+        query = select(func.count(func.distinct(gr.c.user_id))).where(
+            gr.c.created_at >= start, gr.c.created_at < end
+        )
+        with self.tx.read() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def save_report(self, report_id: str, document: dict[str, Any], now: datetime) -> None:
+        start = datetime.fromisoformat(document["periodStart"])
+        end = datetime.fromisoformat(document["periodEnd"])
+        with self.tx.write() as conn:
+            conn.execute(delete(t.reports).where(t.reports.c.id == report_id))
+            conn.execute(
+                insert(t.reports).values(
+                    id=report_id, period_start=start, period_end=end, document=document, generated_at=now
+                )
+            )
+
+    def get_report(self, report_id: str) -> dict[str, Any] | None:
+        with self.tx.read() as conn:
+            row = conn.execute(select(t.reports.c.document).where(t.reports.c.id == report_id)).first()
+        return None if row is None else dict(row.document)
+
+    # -- audit, import, export --------------------------------------------------------------
+    def violations(self) -> Iterator[Violation]:
+        with self.tx.read() as conn:
+            yield from _balance_violations(conn)
+            yield from _request_violations(conn)
+            yield from _orphan_entries(conn)
+
+    def export_records(self) -> Iterator[dict[str, Any]]:
+        with self.tx.read() as conn:
+            yield from export_records(conn)
+
+    def import_records(self, records: Iterable[dict[str, Any]], now: datetime) -> dict[str, int]:
+        with self.tx.write() as conn:
+            return import_records(conn, records, now)
+
+
+# -- helpers shared by the methods above (each runs inside the caller's transaction) -----------
+def _insert_catalog(conn: Connection, catalog: Catalog) -> None:
+    for model in catalog.models.values():
+        conn.execute(
+            insert(t.models).values(
+                name=model.name, failure_rate=model.failure_rate, latency_ms=model.latency_ms, enabled=model.enabled
+            )
+        )
+    conn.execute(insert(t.styles), [{"name": name, "enabled": True} for name in sorted(catalog.styles)])
+    conn.execute(insert(t.colors), [{"name": name, "enabled": True} for name in sorted(catalog.colors)])
+    conn.execute(
+        insert(t.sizes), [{"name": name, "cost": cost, "enabled": True} for name, cost in catalog.sizes.items()]
+    )
+
+
+def _insert_user(conn: Connection, user_id: str, credits: int, now: datetime, *, reason: str) -> None:
+    conn.execute(insert(t.users).values(id=user_id, credits=credits, created_at=now))
+    if credits:
+        _append_entry(conn, user_id, EntryType.GRANT, credits, credits, None, reason, now)
+
+
+def _add_credits(conn: Connection, user_id: str, delta: int) -> int:
+    """Moves a balance by `delta` unless that would take it below 0; returns the new balance."""
+    users = t.users
+    row = conn.execute(
+        update(users)
+        .where(users.c.id == user_id, users.c.credits + delta >= 0)
+        .values(credits=users.c.credits + delta)
+        .returning(users.c.credits)
+    ).first()
+    if row is not None:
+        return int(row.credits)
+    if conn.execute(select(users.c.id).where(users.c.id == user_id)).first() is None:
+        raise UserNotFound(user_id)
+    raise InsufficientCredits("Insufficient credits", userId=user_id, required=-delta)
+
+
+def _append_entry(
+    conn: Connection,
+    user_id: str,
+    entry_type: EntryType,
+    delta: int,
+    balance_after: int,
+    request_id: str | None,
+    reason: str | None,
+    now: datetime,
+) -> LedgerEntry:
+    entry = LedgerEntry(new_id(), user_id, entry_type, delta, balance_after, request_id, reason, now)
+    conn.execute(
+        insert(t.ledger).values(
+            id=entry.id,
+            user_id=user_id,
+            type=entry_type.value,
+            delta=delta,
+            balance_after=balance_after,
+            generation_request_id=request_id,
+            reason=reason,
+            created_at=now,
+        )
+    )
+    return entry
+
+
+def _by_idempotency_key(conn: Connection, user_id: str, key: str) -> Row[Any] | None:
+    query = select(gr).where(gr.c.user_id == user_id, gr.c.idempotency_key == key)
+    return conn.execute(query).first()
+
+
+def _request(row: Row[Any]) -> GenerationRequest:
+    return GenerationRequest(
+        id=row.id,
+        user_id=row.user_id,
+        model=row.model,
+        style=row.style,
+        color=row.color,
+        size=row.size,
+        prompt=row.prompt,
+        cost=row.cost,
+        status=Status(row.status),
+        image_url=row.image_url,
+        error=row.error,
+        attempts=row.attempts,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        completed_at=row.completed_at,
+        idempotency_key=row.idempotency_key,
+    )
+
+
+def _entry(row: Row[Any]) -> LedgerEntry:
+    return LedgerEntry(
+        id=row.id,
+        user_id=row.user_id,
+        type=EntryType(row.type),
+        delta=row.delta,
+        balance_after=row.balance_after,
+        generation_request_id=row.generation_request_id,
+        reason=row.reason,
+        timestamp=row.created_at,
+    )
+
+
+def _int_cursor(cursor: str) -> int:
+    try:
+        return int(cursor)
+    except ValueError as exc:
+        raise InvalidInput(f"Invalid cursor '{cursor}'") from exc
+
+
+def _parse_cursor_time(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise InvalidInput(f"Invalid cursor '{value}'") from exc
+    if parsed.tzinfo is None:
+        raise InvalidInput(f"Invalid cursor '{value}'")
+    return parsed
+
+
+def _balance_violations(conn: Connection) -> Iterator[Violation]:
+    ledger_sum = func.coalesce(func.sum(t.ledger.c.delta), 0)
+    query = (
+        select(t.users.c.id, t.users.c.credits, ledger_sum.label("ledger_sum"))
+        .select_from(t.users.outerjoin(t.ledger, t.ledger.c.user_id == t.users.c.id))
+        .group_by(t.users.c.id, t.users.c.credits)
+        .having((t.users.c.credits != ledger_sum) | (t.users.c.credits < 0))
+    )
+    for row in conn.execute(query):
+        if row.credits < 0:
+            yield Violation(1, row.id, f"user {row.id} has a negative balance ({row.credits})")
+        if row.credits != row.ledger_sum:
+            yield Violation(
+                1, row.id, f"user {row.id} has {row.credits} credits but the ledger sums to {row.ledger_sum}"
+            )
+
+
+def _request_violations(conn: Connection) -> Iterator[Violation]:
+    led = t.ledger
+    is_deduction = led.c.type == EntryType.DEDUCTION.value
+    is_refund = led.c.type == EntryType.REFUND.value
+    deductions = func.sum(case((is_deduction, 1), else_=0))
+    deducted = func.coalesce(func.sum(case((is_deduction, -led.c.delta), else_=0)), 0)
+    refunds = func.sum(case((is_refund, 1), else_=0))
+    refunded = func.coalesce(func.sum(case((is_refund, led.c.delta), else_=0)), 0)
+    refund_expected = case((gr.c.status.in_([Status.FAILED.value, Status.CANCELED.value]), 1), else_=0)
+    healthy = and_(
+        deductions == 1, deducted == gr.c.cost, refunds == refund_expected, refunded == refund_expected * gr.c.cost
+    )
+    history_only = and_(gr.c.source == "import", func.count(led.c.id) == 0)
+    query = (
+        select(
+            gr.c.id,
+            gr.c.status,
+            gr.c.cost,
+            deductions.label("deductions"),
+            deducted.label("deducted"),
+            refunds.label("refunds"),
+            refunded.label("refunded"),
+        )
+        .select_from(gr.outerjoin(led, led.c.generation_request_id == gr.c.id))
+        .group_by(gr.c.id, gr.c.status, gr.c.cost, gr.c.source)
+        .having(~healthy & ~history_only)
+    )
+    for row in conn.execute(query):
+        status = Status(row.status)
+        invariant = 3 if row.deductions == 1 else 2
+        want = "one refund" if status.refunded else "no refund"
+        yield Violation(
+            invariant,
+            row.id,
+            f"request {row.id} ({status.value}, cost {row.cost}) has {row.deductions or 0} deduction(s) "
+            f"of {row.deducted} and {row.refunds or 0} refund(s) of {row.refunded}; "
+            f"expected one deduction of {row.cost} and {want}",
+        )
+
+
+def _orphan_entries(conn: Connection) -> Iterator[Violation]:
+    led = t.ledger
+    query = (
+        select(led.c.id, led.c.type, led.c.generation_request_id)
+        .select_from(led.outerjoin(gr, gr.c.id == led.c.generation_request_id))
+        .where(
+            led.c.type.in_([EntryType.DEDUCTION.value, EntryType.REFUND.value]),
+            gr.c.id.is_(None),
+        )
+    )
+    for row in conn.execute(query):
+        yield Violation(
+            2, row.id, f"{row.type} {row.id} points at request {row.generation_request_id}, which does not exist"
+        )
