@@ -1,0 +1,88 @@
+"""Shared fixtures: a fresh database per test on every SQL backend there is, and a real server."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from imagegen import service
+from imagegen.clock import utcnow
+from imagegen.storage.sql.adapter import SqlStorage
+from tests.support import ServerFactory
+
+POSTGRES_ENV = "IMAGEGEN_TEST_POSTGRES_URL"
+
+
+def require_or_skip(reason: str) -> None:
+    """CI sets IMAGEGEN_REQUIRE_SERVICES: there a missing service fails the run instead of skipping."""
+    if os.environ.get("IMAGEGEN_REQUIRE_SERVICES"):
+        pytest.fail(f"{reason} (IMAGEGEN_REQUIRE_SERVICES is set, so this is mandatory)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[str]:
+    """A migrated template database; each test clones it, which is faster than migrating again."""
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        require_or_skip(f"PostgreSQL tests need {POSTGRES_ENV}")
+    name = f"imagegen_template_{os.getpid()}"
+    _admin(url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}")
+    storage = SqlStorage(_with_database(url, name))
+    storage.migrate()
+    storage.close()
+    yield name
+    _admin(url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def postgres_url(postgres_template: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    base = os.environ[POSTGRES_ENV]
+    name = f"imagegen_t_{os.getpid()}_{abs(hash(request.node.nodeid)) % 10**8}"
+    _admin(base, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name} TEMPLATE {postgres_template}")
+    yield _with_database(base, name)
+    _admin(base, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _admin(url: str, *statements: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)  # type: ignore[arg-type]
+
+
+def _with_database(url: str, name: str) -> str:
+    head, _, _ = url.rpartition("/")
+    return f"{head}/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'imagegen.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'imagegen.db'}"
+
+
+@pytest.fixture
+def storage(database_url: str) -> Iterator[SqlStorage]:
+    """A migrated database with the initial data set (testUser1: 100, testUser2: 10)."""
+    storage = SqlStorage(database_url)
+    storage.migrate()
+    service.first_start(storage, utcnow())
+    yield storage
+    storage.close()
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[ServerFactory]:
+    factory = ServerFactory(tmp_path)
+    yield factory
+    factory.stop_all()
