@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -21,7 +21,9 @@ from imagegen.ports import Storage
 from imagegen.runtime import open_storage
 from imagegen.settings import Settings
 
-app = typer.Typer(help="imagegen: a backend that sells AI image generation for credits.", no_args_is_help=True)
+app = typer.Typer(
+    help="imagegen: a backend that sells AI image generation for credits.", no_args_is_help=True
+)
 users_app = typer.Typer(help="Manage users.", no_args_is_help=True)
 credits_app = typer.Typer(help="Move credits.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
@@ -32,7 +34,8 @@ DatabaseUrl = Annotated[
     typer.Option("--database-url", help="sqlite:///path or postgresql://... [env IMAGEGEN_DATABASE_URL]"),
 ]
 DataDir = Annotated[
-    Path | None, typer.Option("--data-dir", help="Images, SQLite file, key file [env IMAGEGEN_DATA_DIR; ./var]")
+    Path | None,
+    typer.Option("--data-dir", help="Images, SQLite file, key file [env IMAGEGEN_DATA_DIR; ./var]"),
 ]
 
 
@@ -48,7 +51,7 @@ def _storage(database_url: str | None, data_dir: Path | None) -> Storage:
     return open_storage(_settings(database_url=database_url, data_dir=data_dir))
 
 
-def _fail(message: str, code: int = 2) -> Any:
+def _fail(message: str, code: int = 2) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
@@ -60,7 +63,9 @@ def serve(
     database_url: DatabaseUrl = None,
     data_dir: DataDir = None,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="No API keys (loopback only)")] = False,
-    workers: Annotated[int | None, typer.Option(help="Job workers in this process [env IMAGEGEN_WORKERS; 4]")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Job workers in this process [env IMAGEGEN_WORKERS; 4]")
+    ] = None,
 ) -> None:
     """Serve the HTTP API with its job workers (embedded mode: one process does everything)."""
     import uvicorn
@@ -68,10 +73,21 @@ def serve(
     from imagegen.api.app import create_app
 
     settings = _settings(
-        host=host, port=port, database_url=database_url, data_dir=data_dir, no_auth=no_auth or None, workers=workers
+        host=host,
+        port=port,
+        database_url=database_url,
+        data_dir=data_dir,
+        no_auth=no_auth or None,
+        workers=workers,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, access_log=False, log_level="info")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log=False,
+        log_level="info",
+    )
 
 
 @users_app.command("create")
@@ -178,7 +194,11 @@ class _progress:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.bar = Progress(
-            TextColumn("importing"), BarColumn(), DownloadColumn(), TimeRemainingColumn(), transient=True
+            TextColumn("importing"),
+            BarColumn(),
+            DownloadColumn(),
+            TimeRemainingColumn(),
+            transient=True,
         )
 
     def __enter__(self) -> Iterator[str]:

@@ -33,7 +33,9 @@ def run_job(
     worker_id: str,
 ) -> JobOutcome:
     settings = storage.catalog().models.get(request.model)
-    spec = GenerationSpec(request.user_id, request.model, request.style, request.color, request.size, request.prompt)
+    spec = GenerationSpec(
+        request.user_id, request.model, request.style, request.color, request.size, request.prompt
+    )
     try:
         if settings is None:
             raise ModelFailure(f"model '{request.model}' is no longer in the catalog")

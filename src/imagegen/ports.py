@@ -68,7 +68,10 @@ class Storage(Protocol):
     # lifecycle
     def migrate(self) -> None: ...
     def load_initial_data(
-        self, catalog: Catalog, users: dict[str, int], keys: list[tuple[str, str, str | None]],
+        self,
+        catalog: Catalog,
+        users: dict[str, int],
+        keys: list[tuple[str, str, str | None]],
         now: datetime,
     ) -> bool: ...
     def ping(self) -> None: ...
@@ -96,7 +99,12 @@ class Storage(Protocol):
     def extend_leases(self, leases: dict[str, str], lease_until: datetime) -> int: ...
     def complete(self, request_id: str, worker_id: str, image_url: str, now: datetime) -> bool: ...
     def fail_and_refund(
-        self, request_id: str, error: str, now: datetime, *, worker_id: str | None = None,
+        self,
+        request_id: str,
+        error: str,
+        now: datetime,
+        *,
+        worker_id: str | None = None,
         lease_expired: bool = False,
     ) -> bool: ...
     def cancel_and_refund(self, request_id: str, now: datetime) -> bool: ...

@@ -57,7 +57,12 @@ class Runtime:
         runtime = cls(settings, open_storage(settings), FolderImageStore(settings.images_dir))
         model = SimulatedModel(failure_rate=settings.ai_failure_rate, latency_ms=settings.model_latency_ms)
         runtime.pool = WorkerPool(
-            runtime.storage, model, runtime.images, settings, runtime.signal, runtime.completions.finished
+            runtime.storage,
+            model,
+            runtime.images,
+            settings,
+            runtime.signal,
+            runtime.completions.finished,
         )
         return runtime
 

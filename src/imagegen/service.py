@@ -108,7 +108,9 @@ def get_user(storage: Storage, user_id: str) -> User:
     return user
 
 
-def get_credits(storage: Storage, user_id: str, *, limit: int, cursor: str | None) -> tuple[User, Page[LedgerEntry]]:
+def get_credits(
+    storage: Storage, user_id: str, *, limit: int, cursor: str | None
+) -> tuple[User, Page[LedgerEntry]]:
     user = get_user(storage, user_id)
     return user, storage.ledger(user_id, limit, cursor)
 
@@ -174,7 +176,7 @@ def first_start(storage: Storage, now: datetime, data: InitialData = INITIAL_DAT
     )
     admin_key = new_key()
     user_keys = {user_id: new_key() for user_id in data.users}
-    keys = [(new_id(), hash_key(admin_key), None)]
+    keys: list[tuple[str, str, str | None]] = [(new_id(), hash_key(admin_key), None)]
     keys += [(new_id(), hash_key(key), user_id) for user_id, key in user_keys.items()]
     if not storage.load_initial_data(catalog, dict(data.users), keys, now):
         return None

@@ -30,7 +30,10 @@ class Settings(BaseSettings):
 
     # The case study's variable name, kept without our prefix so its scripts still work.
     ai_failure_rate: float | None = Field(
-        None, ge=0.0, le=1.0, validation_alias=AliasChoices("AI_FAILURE_RATE", "IMAGEGEN_AI_FAILURE_RATE")
+        None,
+        ge=0.0,
+        le=1.0,
+        validation_alias=AliasChoices("AI_FAILURE_RATE", "IMAGEGEN_AI_FAILURE_RATE"),
     )
     model_latency_ms: int | None = Field(None, ge=0, le=600_000)
 

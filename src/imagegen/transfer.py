@@ -141,7 +141,12 @@ def _report(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-PARSERS = {"users": _user, "generationRequests": _request, "transactions": _entry, "reports": _report}
+PARSERS = {
+    "users": _user,
+    "generationRequests": _request,
+    "transactions": _entry,
+    "reports": _report,
+}
 
 
 def parse_lines(lines: Iterable[str]) -> Iterator[dict[str, Any]]:

@@ -7,6 +7,7 @@ is alive, and a periodic recovery pass requeues or refunds the jobs of workers t
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -71,7 +72,7 @@ class WorkerPool:
         self._spawn(self._heartbeat_loop, "imagegen-heartbeat")
         for n in range(self.settings.workers):
             worker_id = f"{self.process_id}/{n}"
-            self._spawn(lambda w=worker_id: self._work_loop(w), f"imagegen-worker-{n}")
+            self._spawn(functools.partial(self._work_loop, worker_id), f"imagegen-worker-{n}")
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()

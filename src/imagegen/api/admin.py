@@ -31,13 +31,17 @@ class CreditMove(BaseModel):
 
 @router.post("/users", status_code=201, summary="Create a user (prints its API key once)")
 async def create_user(body: NewUser, runtime: RuntimeDep, _admin: AdminDep) -> JSONResponse:
-    user, key = await run_in_threadpool(service.create_user, runtime.storage, body.userId, body.credits, utcnow())
+    user, key = await run_in_threadpool(
+        service.create_user, runtime.storage, body.userId, body.credits, utcnow()
+    )
     payload = {"id": user.id, "credits": user.credits, "apiKey": key}
     return JSONResponse(payload, status_code=201, headers={"Location": f"/v1/users/{user.id}"})
 
 
 @router.post("/users/{user_id}/credits", status_code=201, summary="Grant credits or adjust them down")
-async def move_credits(user_id: str, body: CreditMove, runtime: RuntimeDep, _admin: AdminDep) -> dict[str, Any]:
+async def move_credits(
+    user_id: str, body: CreditMove, runtime: RuntimeDep, _admin: AdminDep
+) -> dict[str, Any]:
     entry = await run_in_threadpool(
         service.move_credits, runtime.storage, user_id, body.amount, body.reason, utcnow()
     )

@@ -75,7 +75,11 @@ async def get_user_credits(
     service.check_user_id(userId)
     principal.may_act_for(userId)
     user, page = await run_in_threadpool(
-        service.get_credits, runtime.storage, userId, limit=page_size(limit, runtime), cursor=cursor or None
+        service.get_credits,
+        runtime.storage,
+        userId,
+        limit=page_size(limit, runtime),
+        cursor=cursor or None,
     )
     return {
         "currentCredits": user.credits,
@@ -109,8 +113,15 @@ async def schedule_weekly_report(
 
 
 for path in _both_paths("createGenerationRequest"):
-    router.add_api_route(path, create_generation_request, methods=["POST"], summary="Create a generation and wait for it")
+    router.add_api_route(
+        path,
+        create_generation_request,
+        methods=["POST"],
+        summary="Create a generation and wait for it",
+    )
 for path in _both_paths("getUserCredits"):
     router.add_api_route(path, get_user_credits, methods=["GET"], summary="A user's balance and ledger")
 for path in _both_paths("scheduleWeeklyReport"):
-    router.add_api_route(path, schedule_weekly_report, methods=["GET", "POST"], summary="Run the weekly report")
+    router.add_api_route(
+        path, schedule_weekly_report, methods=["GET", "POST"], summary="Run the weekly report"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import Any
@@ -52,9 +53,7 @@ async def wait_until_done(runtime: Runtime, request_id: str, timeout: float) -> 
                 return current
             # In-process workers wake us at once; the re-read covers workers in other processes.
             recheck = min(remaining, max(runtime.settings.poll_interval_seconds, 0.05) * 2)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(future), recheck)
-            except TimeoutError:
-                pass
         finally:
             runtime.completions.unregister(request_id, future)

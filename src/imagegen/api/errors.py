@@ -50,7 +50,7 @@ def problem(status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
 def _details(exc: ImagegenError) -> dict[str, Any]:
     details = dict(exc.details)
     problems = details.pop("problems", None)
-    if problems:
+    if isinstance(problems, list):
         details["errors"] = [_problem_field(p) for p in problems]
     return details
 
@@ -93,7 +93,9 @@ def install(app: FastAPI) -> None:
         ]
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         if is_case_study(request):
-            return JSONResponse({"error": detail, "code": "validation_error", "errors": errors}, status_code=400)
+            return JSONResponse(
+                {"error": detail, "code": "validation_error", "errors": errors}, status_code=400
+            )
         return problem(422, "validation_error", detail, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)

@@ -52,8 +52,13 @@ class BodySizeLimit:
         body: dict[str, Any] = {"error": detail, "code": "body_too_large"}
         media = b"application/json"
         if scope["path"].startswith("/v1"):
-            body = {"type": "https://imagegen.dev/problems/body_too_large", "title": "Request body too large",
-                    "status": 413, "detail": detail, "code": "body_too_large"}
+            body = {
+                "type": "https://imagegen.dev/problems/body_too_large",
+                "title": "Request body too large",
+                "status": 413,
+                "detail": detail,
+                "code": "body_too_large",
+            }
             media = b"application/problem+json"
         payload = json.dumps(body).encode()
         headers = [(b"content-type", media), (b"content-length", str(len(payload)).encode())]

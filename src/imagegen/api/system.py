@@ -32,4 +32,8 @@ async def image(image_id: str, runtime: RuntimeDep) -> Response:
     if png is None:
         raise NotFound("Image not found", id=image_id)
     # Images never change once written: let browsers and CDNs keep them.
-    return Response(png, media_type="image/png", headers={"Cache-Control": "public, max-age=31536000, immutable"})
+    return Response(
+        png,
+        media_type="image/png",
+        headers={"Cache-Control": "public, max-age=31536000, immutable"},
+    )

@@ -18,4 +18,8 @@ async def get_user(user_id: str, runtime: RuntimeDep, principal: PrincipalDep) -
     service.check_user_id(user_id)
     principal.may_act_for(user_id)
     user = await run_in_threadpool(service.get_user, runtime.storage, user_id)
-    return {"id": user.id, "credits": user.credits, "createdAt": user.created_at.isoformat().replace("+00:00", "Z")}
+    return {
+        "id": user.id,
+        "credits": user.credits,
+        "createdAt": user.created_at.isoformat().replace("+00:00", "Z"),
+    }

@@ -55,11 +55,16 @@ class InitialData:
     """The case study's emulator data set, loaded on a new database's first start."""
 
     models: tuple[ModelSettings, ...] = (ModelSettings("model-a"), ModelSettings("model-b"))
-    styles: tuple[str, ...] = ("realistic", "anime", "oil painting", "sketch", "cyberpunk", "watercolor")
-    colors: tuple[str, ...] = ("vibrant", "monochrome", "pastel", "neon", "vintage")
-    sizes: dict[str, int] = field(
-        default_factory=lambda: {"512x512": 1, "1024x1024": 3, "1024x1792": 4}
+    styles: tuple[str, ...] = (
+        "realistic",
+        "anime",
+        "oil painting",
+        "sketch",
+        "cyberpunk",
+        "watercolor",
     )
+    colors: tuple[str, ...] = ("vibrant", "monochrome", "pastel", "neon", "vintage")
+    sizes: dict[str, int] = field(default_factory=lambda: {"512x512": 1, "1024x1024": 3, "1024x1792": 4})
     users: dict[str, int] = field(default_factory=lambda: {"testUser1": 100, "testUser2": 10})
 
 

@@ -526,9 +526,7 @@ def _credit_anomalies(current: Metrics, history: list[Metrics], t: Thresholds) -
     return [_anomaly("spike", "totalCreditsSpent", observed, base, z, severity, message)]
 
 
-def _success_rate_anomalies(
-    current: Metrics, history: list[Metrics], t: Thresholds
-) -> list[Anomaly]:
+def _success_rate_anomalies(current: Metrics, history: list[Metrics], t: Thresholds) -> list[Anomaly]:
     observed = current.success_rate
     rates = [w.success_rate for w in history if w.success_rate is not None]
     if observed is None or current.finished_requests < t.min_requests:
@@ -544,9 +542,7 @@ def _success_rate_anomalies(
     return [_anomaly("success_rate_drop", "successRate", observed, base, z, severity, message)]
 
 
-def _failure_rate_anomalies(
-    current: Metrics, history: list[Metrics], t: Thresholds
-) -> list[Anomaly]:
+def _failure_rate_anomalies(current: Metrics, history: list[Metrics], t: Thresholds) -> list[Anomaly]:
     found = []
     for dim in DIMENSIONS:
         for key, now in current.breakdown(dim).items():

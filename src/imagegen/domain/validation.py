@@ -74,13 +74,23 @@ def _value_problems(body: Mapping[str, object], catalog: Catalog, max_prompt_len
     prompt = body.get("prompt") or ""
     if len(str(prompt)) > max_prompt_length:
         problems.append(
-            Problem("prompt", f"Prompt is {len(str(prompt))} characters; the limit is {max_prompt_length}")
+            Problem(
+                "prompt",
+                f"Prompt is {len(str(prompt))} characters; the limit is {max_prompt_length}",
+            )
         )
     for name, value, allowed in catalog.problems(
-        model=str(body["model"]), style=str(body["style"]), color=str(body["color"]), size=str(body["size"])
+        model=str(body["model"]),
+        style=str(body["style"]),
+        color=str(body["color"]),
+        size=str(body["size"]),
     ):
         problems.append(
-            Problem(name, f"Invalid {name} '{_shown(value)}'. Valid values: {', '.join(allowed)}", tuple(allowed))
+            Problem(
+                name,
+                f"Invalid {name} '{_shown(value)}'. Valid values: {', '.join(allowed)}",
+                tuple(allowed),
+            )
         )
     return problems
 

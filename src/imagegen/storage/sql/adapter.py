@@ -14,7 +14,19 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Row, and_, case, delete, func, insert, literal, select, text, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    and_,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from imagegen.domain.catalog import Catalog, ModelSettings
@@ -69,8 +81,10 @@ class SqlStorage:
             _insert_catalog(conn, catalog)
             for user_id, credits in users.items():
                 _insert_user(conn, user_id, credits, now, reason="initial data")
-            for key_id, key_hash, user_id in keys:
-                conn.execute(insert(t.api_keys).values(id=key_id, key_hash=key_hash, user_id=user_id, created_at=now))
+            for key_id, key_hash, key_user in keys:
+                conn.execute(
+                    insert(t.api_keys).values(id=key_id, key_hash=key_hash, user_id=key_user, created_at=now)
+                )
             conn.execute(insert(t.meta).values(key=INITIAL_DATA_MARKER, value=now.isoformat()))
             return True
 
@@ -175,7 +189,14 @@ class SqlStorage:
             }
             row = conn.execute(insert(gr).values(values).returning(*gr.c)).one()
             _append_entry(
-                conn, spec.user_id, EntryType.DEDUCTION, -new.cost, balance, new.id, None, new.created_at
+                conn,
+                spec.user_id,
+                EntryType.DEDUCTION,
+                -new.cost,
+                balance,
+                new.id,
+                None,
+                new.created_at,
             )
             return _request(row), True
 
@@ -249,7 +270,11 @@ class SqlStorage:
         with self.tx.write() as conn:
             result = conn.execute(
                 update(gr)
-                .where(gr.c.id == request_id, gr.c.status == Status.RUNNING.value, gr.c.lease_owner == worker_id)
+                .where(
+                    gr.c.id == request_id,
+                    gr.c.status == Status.RUNNING.value,
+                    gr.c.lease_owner == worker_id,
+                )
                 .values(
                     status=Status.COMPLETED.value,
                     image_url=image_url,
@@ -285,7 +310,13 @@ class SqlStorage:
             row = conn.execute(
                 update(gr)
                 .where(condition)
-                .values(status=status.value, error=error, completed_at=now, lease_owner=None, lease_expires_at=None)
+                .values(
+                    status=status.value,
+                    error=error,
+                    completed_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
                 .returning(gr.c.id, gr.c.user_id, gr.c.cost)
             ).first()
             if row is None:
@@ -308,7 +339,11 @@ class SqlStorage:
         with self.tx.write() as conn:
             result = conn.execute(
                 update(gr)
-                .where(gr.c.id == request_id, gr.c.status == Status.RUNNING.value, gr.c.lease_expires_at < now)
+                .where(
+                    gr.c.id == request_id,
+                    gr.c.status == Status.RUNNING.value,
+                    gr.c.lease_expires_at < now,
+                )
                 .values(status=Status.PENDING.value, lease_owner=None, lease_expires_at=None)
             )
             return result.rowcount == 1
@@ -316,7 +351,9 @@ class SqlStorage:
     # -- api keys ---------------------------------------------------------------------------
     def add_api_key(self, key_id: str, key_hash: str, user_id: str | None, now: datetime) -> ApiKey:
         with self.tx.write() as conn:
-            conn.execute(insert(t.api_keys).values(id=key_id, key_hash=key_hash, user_id=user_id, created_at=now))
+            conn.execute(
+                insert(t.api_keys).values(id=key_id, key_hash=key_hash, user_id=user_id, created_at=now)
+            )
         return ApiKey(key_id, user_id, now)
 
     def find_api_key(self, key_hash: str) -> ApiKey | None:
@@ -359,7 +396,11 @@ class SqlStorage:
             conn.execute(delete(t.reports).where(t.reports.c.id == report_id))
             conn.execute(
                 insert(t.reports).values(
-                    id=report_id, period_start=start, period_end=end, document=document, generated_at=now
+                    id=report_id,
+                    period_start=start,
+                    period_end=end,
+                    document=document,
+                    generated_at=now,
                 )
             )
 
@@ -389,13 +430,17 @@ def _insert_catalog(conn: Connection, catalog: Catalog) -> None:
     for model in catalog.models.values():
         conn.execute(
             insert(t.models).values(
-                name=model.name, failure_rate=model.failure_rate, latency_ms=model.latency_ms, enabled=model.enabled
+                name=model.name,
+                failure_rate=model.failure_rate,
+                latency_ms=model.latency_ms,
+                enabled=model.enabled,
             )
         )
     conn.execute(insert(t.styles), [{"name": name, "enabled": True} for name in sorted(catalog.styles)])
     conn.execute(insert(t.colors), [{"name": name, "enabled": True} for name in sorted(catalog.colors)])
     conn.execute(
-        insert(t.sizes), [{"name": name, "cost": cost, "enabled": True} for name, cost in catalog.sizes.items()]
+        insert(t.sizes),
+        [{"name": name, "cost": cost, "enabled": True} for name, cost in catalog.sizes.items()],
     )
 
 
@@ -516,7 +561,9 @@ def _balance_violations(conn: Connection) -> Iterator[Violation]:
             yield Violation(1, row.id, f"user {row.id} has a negative balance ({row.credits})")
         if row.credits != row.ledger_sum:
             yield Violation(
-                1, row.id, f"user {row.id} has {row.credits} credits but the ledger sums to {row.ledger_sum}"
+                1,
+                row.id,
+                f"user {row.id} has {row.credits} credits but the ledger sums to {row.ledger_sum}",
             )
 
 
@@ -530,7 +577,10 @@ def _request_violations(conn: Connection) -> Iterator[Violation]:
     refunded = func.coalesce(func.sum(case((is_refund, led.c.delta), else_=0)), 0)
     refund_expected = case((gr.c.status.in_([Status.FAILED.value, Status.CANCELED.value]), 1), else_=0)
     healthy = and_(
-        deductions == 1, deducted == gr.c.cost, refunds == refund_expected, refunded == refund_expected * gr.c.cost
+        deductions == 1,
+        deducted == gr.c.cost,
+        refunds == refund_expected,
+        refunded == refund_expected * gr.c.cost,
     )
     history_only = and_(gr.c.source == "import", func.count(led.c.id) == 0)
     query = (
@@ -572,5 +622,7 @@ def _orphan_entries(conn: Connection) -> Iterator[Violation]:
     )
     for row in conn.execute(query):
         yield Violation(
-            2, row.id, f"{row.type} {row.id} points at request {row.generation_request_id}, which does not exist"
+            2,
+            row.id,
+            f"{row.type} {row.id} points at request {row.generation_request_id}, which does not exist",
         )

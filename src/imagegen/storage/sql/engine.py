@@ -24,13 +24,17 @@ def create_sql_engine(url: str) -> Engine:
         return _sqlite_engine(url)
     if backend == "postgresql":
         return _postgres_engine(url)
-    raise InvalidInput(f"Unsupported database URL '{parsed.render_as_string()}': use sqlite:/// or postgresql://")
+    raise InvalidInput(
+        f"Unsupported database URL '{parsed.render_as_string()}': use sqlite:/// or postgresql://"
+    )
 
 
 def _sqlite_engine(url: str) -> Engine:
     parsed = make_url(url)
     if not parsed.database or parsed.database == ":memory:":
-        raise InvalidInput("imagegen needs a SQLite file (sqlite:///path/to/file.db), not an in-memory database")
+        raise InvalidInput(
+            "imagegen needs a SQLite file (sqlite:///path/to/file.db), not an in-memory database"
+        )
     Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
         parsed, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}

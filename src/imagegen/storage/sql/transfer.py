@@ -31,7 +31,12 @@ COLLECTIONS = ("users", "generationRequests", "transactions", "reports")
 def export_records(conn: Connection) -> Iterator[dict[str, Any]]:
     streaming = conn.execution_options(yield_per=BATCH)
     for row in streaming.execute(select(t.users).order_by(t.users.c.id)):
-        yield {"collection": "users", "id": row.id, "credits": row.credits, "created_at": row.created_at}
+        yield {
+            "collection": "users",
+            "id": row.id,
+            "credits": row.credits,
+            "created_at": row.created_at,
+        }
     gr = t.generation_requests
     for row in streaming.execute(select(gr).order_by(gr.c.created_at, gr.c.id)):
         yield {"collection": "generationRequests", **{c: getattr(row, c) for c in REQUEST_FIELDS}}
@@ -42,11 +47,30 @@ def export_records(conn: Connection) -> Iterator[dict[str, Any]]:
 
 
 REQUEST_FIELDS = (
-    "id", "user_id", "model", "style", "color", "size", "prompt", "cost", "status",
-    "image_url", "error", "created_at", "started_at", "completed_at",
+    "id",
+    "user_id",
+    "model",
+    "style",
+    "color",
+    "size",
+    "prompt",
+    "cost",
+    "status",
+    "image_url",
+    "error",
+    "created_at",
+    "started_at",
+    "completed_at",
 )
 ENTRY_FIELDS = (
-    "id", "user_id", "type", "delta", "balance_after", "generation_request_id", "reason", "created_at",
+    "id",
+    "user_id",
+    "type",
+    "delta",
+    "balance_after",
+    "generation_request_id",
+    "reason",
+    "created_at",
 )
 
 
@@ -72,7 +96,9 @@ class _Import:
         for record in records:
             by_collection[record["collection"]].append(record)
         self._users(by_collection["users"])
-        referenced = {r["user_id"] for name in ("generationRequests", "transactions") for r in by_collection[name]}
+        referenced = {
+            r["user_id"] for name in ("generationRequests", "transactions") for r in by_collection[name]
+        }
         self._ensure_users(referenced)
         self._requests(by_collection["generationRequests"])
         self._entries(by_collection["transactions"])
@@ -137,7 +163,7 @@ class _Import:
         stmt = dialect.insert(table).on_conflict_do_nothing(index_elements=["id"])
         columns = (table.c.id, table.c.user_id, table.c.delta) if returning else (table.c.id,)
         try:
-            return self.conn.execute(stmt.returning(*columns), rows).all()
+            return list(self.conn.execute(stmt.returning(*columns), rows).all())
         except IntegrityError as exc:  # a foreign key or check constraint: the file's fault
             raise InvalidInput(f"import refused: {str(exc.orig).splitlines()[0]}") from exc
 
