@@ -80,3 +80,18 @@ class StorageUnavailable(ImagegenError):
 
     code = "storage_unavailable"
     status = 503
+
+
+class TooManyRequests(ImagegenError):
+    """A user is over their rate or in-flight limit; `retry_after` seconds is a fair wait."""
+
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, message: str, retry_after: int, **details: object) -> None:
+        super().__init__(message, **details)
+        self.retry_after = retry_after
+
+
+class RequestInProgress(Conflict):
+    code = "idempotency_key_in_use"

@@ -55,6 +55,45 @@ class NewGeneration:
     created_at: datetime
     idempotency_key: str | None = None
     fingerprint: str | None = None  # a hash of the body, to tell a replay from a reused key
+    webhook: str | None = None
+    webhook_events: frozenset[str] = frozenset()
+    max_in_flight: int | None = None  # refuse (429) when the user already has this many queued or running
+
+
+@dataclass(frozen=True)
+class LedgerFilter:
+    types: frozenset[EntryType] = frozenset()
+    since: datetime | None = None  # inclusive
+    until: datetime | None = None  # exclusive
+
+
+NO_FILTER = LedgerFilter()
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    status: int
+    body: Any
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """What to do with a request carrying an Idempotency-Key: run it, replay, or wait (in flight)."""
+
+    state: str  # "new" | "replay" | "busy"
+    response: StoredResponse | None = None
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    id: str
+    generation_request_id: str
+    event: str
+    url: str
+    payload: dict[str, Any]
+    attempts: int
+    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -80,14 +119,24 @@ class Storage(Protocol):
     # catalog
     def catalog(self) -> Catalog: ...
     def put_model(self, model: ModelSettings) -> None: ...
+    def put_option(self, kind: str, name: str, *, enabled: bool, cost: int | None = None) -> None: ...
 
     # users and credits
     def create_user(self, user_id: str, credits: int, now: datetime) -> User: ...
     def get_user(self, user_id: str) -> User | None: ...
     def move_credits(
-        self, user_id: str, entry_type: EntryType, delta: int, reason: str | None, now: datetime
+        self,
+        user_id: str,
+        entry_type: EntryType,
+        delta: int,
+        reason: str | None,
+        now: datetime,
+        idempotency_key: str | None = None,
     ) -> LedgerEntry: ...
-    def ledger(self, user_id: str, limit: int, cursor: str | None) -> Page[LedgerEntry]: ...
+    def ledger(
+        self, user_id: str, limit: int, cursor: str | None, where: LedgerFilter = NO_FILTER
+    ) -> Page[LedgerEntry]: ...
+    def ledger_totals(self, user_id: str) -> dict[EntryType, int]: ...
 
     # generation requests and jobs
     def debit_and_enqueue(self, new: NewGeneration) -> tuple[GenerationRequest, bool]: ...
@@ -115,6 +164,21 @@ class Storage(Protocol):
     def add_api_key(self, key_id: str, key_hash: str, user_id: str | None, now: datetime) -> ApiKey: ...
     def revoke_api_key(self, key_id: str, now: datetime) -> bool: ...
     def find_api_key(self, key_hash: str) -> ApiKey | None: ...
+
+    # idempotency keys (responses kept for replay; see api/idempotency.py)
+    def begin_idempotent(
+        self, scope: str, key: str, fingerprint: str, now: datetime, lock_until: datetime
+    ) -> Idempotency: ...
+    def finish_idempotent(self, scope: str, key: str, response: StoredResponse) -> None: ...
+    def release_idempotent(self, scope: str, key: str) -> None: ...
+    def purge_idempotency(self, created_before: datetime) -> int: ...
+
+    # webhooks (an outbox written in the same transaction as the state change it reports)
+    def claim_webhooks(self, now: datetime, lease_until: datetime, limit: int) -> list[WebhookDelivery]: ...
+    def webhook_delivered(self, delivery_id: str, now: datetime) -> None: ...
+    def webhook_failed(self, delivery_id: str, error: str, retry_at: datetime | None) -> None: ...
+    def get_meta(self, key: str) -> str | None: ...
+    def put_meta_once(self, key: str, value: str) -> str: ...
 
     # reports
     def group_counts(self, start: datetime, end: datetime) -> list[GroupCount]: ...

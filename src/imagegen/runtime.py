@@ -12,8 +12,10 @@ from imagegen.completions import Completions
 from imagegen.images import FolderImageStore
 from imagegen.models.simulated import SimulatedModel
 from imagegen.ports import ImageStore, Storage
+from imagegen.ratelimit import RateLimiter
 from imagegen.settings import Settings
 from imagegen.storage.sql.adapter import SqlStorage
+from imagegen.webhooks import Dispatcher, signing_secret
 from imagegen.worker import JobSignal, WorkerPool
 
 log = logging.getLogger("imagegen")
@@ -51,6 +53,11 @@ class Runtime:
     signal: JobSignal = field(default_factory=JobSignal)
     completions: Completions = field(default_factory=Completions)
     pool: WorkerPool | None = None
+    dispatcher: Dispatcher | None = None
+    limiter: RateLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limiter = RateLimiter(self.settings.rate_per_user_per_second, self.settings.rate_burst_per_user)
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -64,13 +71,20 @@ class Runtime:
             runtime.signal,
             runtime.completions.finished,
         )
+        secret = signing_secret(runtime.storage, settings)
+        base_url = settings.public_url or f"http://{settings.host}:{settings.port}"
+        runtime.dispatcher = Dispatcher(runtime.storage, settings, secret, base_url)
         return runtime
 
     def start(self) -> None:
         if self.pool is not None:
             self.pool.start()
+        if self.dispatcher is not None:
+            self.dispatcher.start()
 
     def stop(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
         if self.pool is not None:
             self.pool.stop()
         self.storage.close()

@@ -10,15 +10,15 @@ import hashlib
 import json
 import secrets
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from imagegen.domain import reports
-from imagegen.domain.catalog import INITIAL_DATA, Catalog, InitialData
+from imagegen.domain.catalog import INITIAL_DATA, Catalog, InitialData, ModelSettings
 from imagegen.domain.generation import ID_RULE, GenerationRequest, GenerationSpec, Status, valid_id
 from imagegen.domain.ledger import EntryType, LedgerEntry
-from imagegen.domain.validation import InvalidGeneration, parse_generation
+from imagegen.domain.validation import InvalidGeneration, parse_generation, parse_webhook
 from imagegen.errors import (
     GenerationNotFound,
     InvalidInput,
@@ -28,7 +28,7 @@ from imagegen.errors import (
     UserNotFound,
 )
 from imagegen.ids import new_id
-from imagegen.ports import ApiKey, NewGeneration, Page, Storage, User, Violation
+from imagegen.ports import ApiKey, LedgerFilter, NewGeneration, Page, Storage, User, Violation
 
 KEY_PREFIX = "ig_"
 BASELINE_WEEKS = 8
@@ -54,12 +54,19 @@ def create_generation(
     now: datetime,
     idempotency_key: str | None = None,
     authorize: Callable[[str], None] = lambda user_id: None,
+    allow_private_webhooks: bool = False,
+    max_in_flight: int | None = None,
 ) -> tuple[GenerationRequest, bool]:
     """Validates, prices, debits and enqueues in one transaction; (request, False) for a replay.
 
     `authorize(user_id)` runs after validation and before anything is written.
     """
     spec, catalog = validate_generation(storage, body, max_prompt_length=max_prompt_length)
+    assert isinstance(body, Mapping)
+    try:
+        webhook, events = parse_webhook(body, allow_private=allow_private_webhooks)
+    except InvalidGeneration as exc:
+        raise InvalidInput(str(exc), problems=exc.problems) from exc
     authorize(spec.user_id)
     new = NewGeneration(
         id=new_id(),
@@ -67,9 +74,27 @@ def create_generation(
         cost=catalog.cost_of(spec.size),
         created_at=now,
         idempotency_key=idempotency_key,
-        fingerprint=fingerprint(asdict(spec)) if idempotency_key else None,
+        fingerprint=fingerprint({**asdict(spec), "webhook": webhook, "events": sorted(events)})
+        if idempotency_key
+        else None,
+        webhook=webhook,
+        webhook_events=events,
+        max_in_flight=max_in_flight,
     )
     return storage.debit_and_enqueue(new)
+
+
+def list_generations(
+    storage: Storage, user_id: str | None, status: str | None, *, limit: int, cursor: str | None
+) -> Page[GenerationRequest]:
+    if user_id is not None:
+        check_user_id(user_id)
+    try:
+        wanted = Status(status) if status else None
+    except ValueError as exc:
+        allowed = ", ".join(s.value for s in Status)
+        raise InvalidInput(f"Invalid status '{status}'. Valid values: {allowed}") from exc
+    return storage.list_requests(user_id, wanted, limit, cursor)
 
 
 def fingerprint(body: Mapping[str, Any]) -> str:
@@ -89,7 +114,7 @@ def cancel_generation(storage: Storage, request_id: str, now: datetime) -> Gener
         raise InvalidState(
             f"Only a pending request can be canceled; this one is {request.status.value}",
             id=request_id,
-            status=request.status.value,
+            currentStatus=request.status.value,
         )
     return get_generation(storage, request_id)
 
@@ -121,10 +146,19 @@ def create_user(storage: Storage, user_id: str, credits: int, now: datetime) -> 
     if credits < 0:
         raise InvalidInput("credits must be 0 or more")
     user = storage.create_user(user_id, credits, now)
-    return user, issue_key(storage, user_id, now)
+    _, key = issue_key(storage, user_id, now)
+    return user, key
 
 
-def move_credits(storage: Storage, user_id: str, amount: int, reason: str, now: datetime) -> LedgerEntry:
+def move_credits(
+    storage: Storage,
+    user_id: str,
+    amount: int,
+    reason: str,
+    now: datetime,
+    *,
+    idempotency_key: str | None = None,
+) -> LedgerEntry:
     """A grant (amount > 0) or a negative adjustment, which never takes the balance below 0."""
     check_user_id(user_id)
     if amount == 0:
@@ -132,7 +166,66 @@ def move_credits(storage: Storage, user_id: str, amount: int, reason: str, now: 
     if not reason.strip():
         raise InvalidInput("reason must not be empty")
     entry_type = EntryType.GRANT if amount > 0 else EntryType.ADJUSTMENT
-    return storage.move_credits(user_id, entry_type, amount, reason.strip(), now)
+    return storage.move_credits(user_id, entry_type, amount, reason.strip(), now, idempotency_key)
+
+
+def user_totals(storage: Storage, user_id: str) -> tuple[User, dict[EntryType, int]]:
+    user = get_user(storage, user_id)
+    return user, storage.ledger_totals(user_id)
+
+
+def ledger_page(
+    storage: Storage, user_id: str, *, limit: int, cursor: str | None, where: LedgerFilter
+) -> Page[LedgerEntry]:
+    get_user(storage, user_id)
+    return storage.ledger(user_id, limit, cursor, where)
+
+
+# -- catalog --------------------------------------------------------------------------------
+CATALOG_KINDS = ("styles", "colors", "sizes")
+
+
+def set_option(storage: Storage, kind: str, name: str, *, enabled: bool, cost: int | None) -> Catalog:
+    if kind not in CATALOG_KINDS:
+        raise InvalidInput(f"Unknown catalog kind '{kind}'. Valid values: {', '.join(CATALOG_KINDS)}")
+    if not valid_id(name.replace(" ", "_")) or name != name.strip():
+        raise InvalidInput(f"Invalid name '{name[:80]}': 1-128 letters, digits, spaces and _ . @ : + -")
+    if kind != "sizes" and cost is not None:
+        raise InvalidInput("Only sizes have a cost")
+    if kind == "sizes" and not _is_size(name):
+        raise InvalidInput(f"Invalid size '{name}': WIDTHxHEIGHT, each from 1 to 4096")
+    if cost is not None and cost <= 0:
+        raise InvalidInput("cost must be a positive number of credits")
+    storage.put_option(kind, name, enabled=enabled, cost=cost)
+    return storage.catalog()
+
+
+def _is_size(name: str) -> bool:
+    width, sep, height = name.partition("x")
+    if not (sep and width.isdigit() and height.isdigit()):
+        return False
+    return all(1 <= int(side) <= 4096 for side in (width, height))
+
+
+def set_model(
+    storage: Storage,
+    name: str,
+    *,
+    failure_rate: float | None = None,
+    latency_ms: int | None = None,
+    enabled: bool | None = None,
+) -> ModelSettings:
+    if not valid_id(name):
+        raise InvalidInput(f"Invalid model name '{name[:80]}': {ID_RULE}")
+    current = storage.catalog().models.get(name) or ModelSettings(name)
+    updated = replace(
+        current,
+        failure_rate=current.failure_rate if failure_rate is None else failure_rate,
+        latency_ms=current.latency_ms if latency_ms is None else latency_ms,
+        enabled=current.enabled if enabled is None else enabled,
+    )
+    storage.put_model(updated)
+    return updated
 
 
 # -- API keys -------------------------------------------------------------------------------
@@ -145,10 +238,11 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def issue_key(storage: Storage, user_id: str | None, now: datetime) -> str:
+def issue_key(storage: Storage, user_id: str | None, now: datetime) -> tuple[str, str]:
+    """A new key for a user (or an admin key for None): (key id, the key, shown only now)."""
     key = new_key()
-    storage.add_api_key(new_id(), hash_key(key), user_id, now)
-    return key
+    stored = storage.add_api_key(new_id(), hash_key(key), user_id, now)
+    return stored.id, key
 
 
 def authenticate(storage: Storage, key: str | None) -> ApiKey:

@@ -45,6 +45,23 @@ class Settings(BaseSettings):
         60.0, ge=0, description="How long createGenerationRequest waits for the image"
     )
 
+    max_in_flight_per_user: int = Field(
+        100, ge=1, description="Generations a user may have queued or running at once (429 above)"
+    )
+    rate_per_user_per_second: float = Field(20.0, gt=0, description="Sustained creates per second per user")
+    rate_burst_per_user: int = Field(200, ge=1, description="Creates a user may send at once")
+
+    webhook_secret: str | None = Field(
+        None, description="whsec_<base64>; default: generated once and kept in the database"
+    )
+    webhook_allow_private: bool = Field(
+        False, description="Allow webhooks to loopback and private addresses (tests, private networks)"
+    )
+    webhook_timeout_seconds: float = Field(10.0, gt=0)
+    webhook_max_retry_seconds: float = Field(3600.0, gt=0, description="Retry a delivery this long")
+    webhook_poll_seconds: float = Field(0.5, gt=0)
+    idempotency_retention_hours: float = Field(24.0, ge=1, description="Idempotency keys are kept this long")
+
     max_prompt_length: int = Field(1000, ge=1)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     max_page_size: int = Field(200, ge=1)

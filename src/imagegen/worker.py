@@ -12,7 +12,9 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
+from datetime import timedelta
 
 from imagegen.clock import utcnow
 from imagegen.ids import new_id
@@ -22,6 +24,7 @@ from imagegen.ports import ImageStore, Storage
 from imagegen.settings import Settings
 
 log = logging.getLogger("imagegen.worker")
+PURGE_EVERY_SECONDS = 60.0
 
 
 class JobSignal:
@@ -64,6 +67,7 @@ class WorkerPool:
         self._running: dict[str, str] = {}  # request id -> worker id
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._last_purge = 0.0
 
     def start(self) -> None:
         self._spawn(self._recovery_loop, "imagegen-recovery")
@@ -112,6 +116,13 @@ class WorkerPool:
             self.on_finished(job.id)
         return True
 
+    def _purge_idempotency_keys(self) -> None:
+        if time.monotonic() - self._last_purge < PURGE_EVERY_SECONDS:
+            return
+        self._last_purge = time.monotonic()
+        retention = timedelta(hours=self.settings.idempotency_retention_hours)
+        self.storage.purge_idempotency(utcnow() - retention)
+
     def _heartbeat_loop(self) -> None:
         interval = self.settings.job_lease_seconds / 3
         while not self._stop.wait(interval):
@@ -126,6 +137,7 @@ class WorkerPool:
         while True:
             try:
                 recover_expired_jobs(self.storage, utcnow(), max_attempts=self.settings.job_max_attempts)
+                self._purge_idempotency_keys()
             except Exception:
                 log.exception("recovery pass failed; will retry")
             if self._stop.wait(self.settings.recovery_interval_seconds):

@@ -1,18 +1,22 @@
-"""Admin routes (admin key only): create users and move credits with a reason."""
+"""Admin routes (admin key only): users and their keys, credit moves, the catalog, webhook secret."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from imagegen import service
 from imagegen.api.auth import AdminDep, RuntimeDep
-from imagegen.api.case_study import ledger_entry
+from imagegen.api.catalog import CatalogOut, catalog_body
+from imagegen.api.idempotency import idempotent
+from imagegen.api.users import Entry, ledger_entry
 from imagegen.clock import utcnow
+from imagegen.errors import NotFound
+from imagegen.webhooks import signing_secret
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -29,20 +33,106 @@ class CreditMove(BaseModel):
     reason: str = Field(min_length=1, max_length=500)
 
 
-@router.post("/users", status_code=201, summary="Create a user (prints its API key once)")
-async def create_user(body: NewUser, runtime: RuntimeDep, _admin: AdminDep) -> JSONResponse:
-    user, key = await run_in_threadpool(
-        service.create_user, runtime.storage, body.userId, body.credits, utcnow()
-    )
-    payload = {"id": user.id, "credits": user.credits, "apiKey": key}
-    return JSONResponse(payload, status_code=201, headers={"Location": f"/v1/users/{user.id}"})
+class OptionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    cost: int | None = Field(None, ge=1, le=1_000_000, description="Sizes only: the price in credits")
 
 
-@router.post("/users/{user_id}/credits", status_code=201, summary="Grant credits or adjust them down")
+class ModelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    failureRate: float | None = Field(None, ge=0, le=1)  # noqa: N815
+    latencyMs: int | None = Field(None, ge=0, le=600_000)  # noqa: N815
+    enabled: bool | None = None
+
+
+@router.post("/users", status_code=201, summary="Create a user (its API key is shown once)")
+async def create_user(
+    body: NewUser,
+    request: Request,
+    runtime: RuntimeDep,
+    admin: AdminDep,
+    idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
+) -> JSONResponse:
+    async def run() -> JSONResponse:
+        user, key = await run_in_threadpool(
+            service.create_user, runtime.storage, body.userId, body.credits, utcnow()
+        )
+        payload = {"id": user.id, "credits": user.credits, "apiKey": key}
+        return JSONResponse(payload, status_code=201, headers={"Location": f"/v1/users/{user.id}"})
+
+    return await idempotent(request, runtime, admin, idempotency_key, body.model_dump(), run)
+
+
+@router.post(
+    "/users/{user_id}/credits", status_code=201, response_model=Entry, summary="Grant or adjust credits"
+)
 async def move_credits(
-    user_id: str, body: CreditMove, runtime: RuntimeDep, _admin: AdminDep
+    user_id: str,
+    body: CreditMove,
+    request: Request,
+    runtime: RuntimeDep,
+    admin: AdminDep,
+    idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
+) -> JSONResponse:
+    async def run() -> JSONResponse:
+        entry = await run_in_threadpool(
+            service.move_credits,
+            runtime.storage,
+            user_id,
+            body.amount,
+            body.reason,
+            utcnow(),
+            idempotency_key=idempotency_key,
+        )
+        return JSONResponse(ledger_entry(entry), status_code=201)
+
+    return await idempotent(request, runtime, admin, idempotency_key, body.model_dump(), run)
+
+
+@router.post("/users/{user_id}/keys", status_code=201, summary="Issue another API key for a user")
+async def issue_key(user_id: str, runtime: RuntimeDep, _admin: AdminDep) -> dict[str, str]:
+    await run_in_threadpool(service.get_user, runtime.storage, user_id)
+    key_id, key = await run_in_threadpool(service.issue_key, runtime.storage, user_id, utcnow())
+    return {"keyId": key_id, "apiKey": key}
+
+
+@router.delete("/keys/{key_id}", status_code=204, summary="Revoke an API key at once")
+async def revoke_key(key_id: str, runtime: RuntimeDep, _admin: AdminDep) -> Response:
+    if not await run_in_threadpool(runtime.storage.revoke_api_key, key_id, utcnow()):
+        raise NotFound("No active key with this id", keyId=key_id)
+    return Response(status_code=204)
+
+
+@router.put("/catalog/{kind}/{name}", response_model=CatalogOut, summary="Add, reprice, enable or disable")
+async def put_option(
+    kind: str, name: str, body: OptionIn, runtime: RuntimeDep, _admin: AdminDep
 ) -> dict[str, Any]:
-    entry = await run_in_threadpool(
-        service.move_credits, runtime.storage, user_id, body.amount, body.reason, utcnow()
+    catalog = await run_in_threadpool(
+        lambda: service.set_option(runtime.storage, kind, name, enabled=body.enabled, cost=body.cost)
     )
-    return ledger_entry(entry)
+    return catalog_body(catalog)
+
+
+@router.put("/models/{name}", summary="Set a model's failure rate, latency or enabled flag")
+async def put_model(name: str, body: ModelIn, runtime: RuntimeDep, _admin: AdminDep) -> dict[str, Any]:
+    model = await run_in_threadpool(
+        lambda: service.set_model(
+            runtime.storage,
+            name,
+            failure_rate=body.failureRate,
+            latency_ms=body.latencyMs,
+            enabled=body.enabled,
+        )
+    )
+    return {
+        "name": model.name,
+        "failureRate": model.failure_rate,
+        "latencyMs": model.latency_ms,
+        "enabled": model.enabled,
+    }
+
+
+@router.get("/webhooks/secret", summary="The secret that signs webhooks (whsec_...)")
+async def webhook_secret(runtime: RuntimeDep, _admin: AdminDep) -> dict[str, str]:
+    return {"secret": await run_in_threadpool(signing_secret, runtime.storage, runtime.settings)}

@@ -15,10 +15,10 @@ from starlette.concurrency import run_in_threadpool
 from imagegen import service
 from imagegen.api.auth import PrincipalDep, RuntimeDep
 from imagegen.api.common import image_url, json_body, page_size, wait_until_done
+from imagegen.api.users import ledger_entry
 from imagegen.clock import utcnow
 from imagegen.domain import reports
 from imagegen.domain.generation import GenerationRequest, Status
-from imagegen.domain.ledger import LedgerEntry
 from imagegen.errors import InvalidInput
 
 router = APIRouter(tags=["case study"])
@@ -36,6 +36,8 @@ async def create_generation_request(
     idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=255),
 ) -> JSONResponse:
     body = await json_body(request)
+    if isinstance(body, dict) and isinstance(body.get("userId"), str):
+        runtime.limiter.take(body["userId"])
     created, _ = await run_in_threadpool(
         service.create_generation,
         runtime.storage,
@@ -44,6 +46,8 @@ async def create_generation_request(
         now=utcnow(),
         idempotency_key=idempotency_key,
         authorize=principal.may_act_for,
+        allow_private_webhooks=runtime.settings.webhook_allow_private,
+        max_in_flight=runtime.settings.max_in_flight_per_user,
     )
     runtime.signal.enqueued()
     done = await wait_until_done(runtime, created.id, runtime.settings.wait_timeout_seconds)
@@ -85,18 +89,6 @@ async def get_user_credits(
         "currentCredits": user.credits,
         "transactions": [ledger_entry(entry) for entry in page.items],
         "nextCursor": page.next_cursor,
-    }
-
-
-def ledger_entry(entry: LedgerEntry) -> dict[str, Any]:
-    return {
-        "id": entry.id,
-        "type": entry.type.value,
-        "credits": entry.credits,
-        "generationRequestId": entry.generation_request_id,
-        "reason": entry.reason,
-        "balanceAfter": entry.balance_after,
-        "timestamp": entry.timestamp.isoformat().replace("+00:00", "Z"),
     }
 
 

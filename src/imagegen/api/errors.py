@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imagegen.domain.validation import Problem
-from imagegen.errors import ImagegenError, InsufficientCredits
+from imagegen.errors import ImagegenError, InsufficientCredits, TooManyRequests
 
 log = logging.getLogger("imagegen.api")
 PROBLEM_JSON = "application/problem+json"
@@ -35,14 +35,15 @@ TITLES = {
 }
 
 
-def problem(status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
+def problem(status: int, code: str, detail: str, extra: dict[str, Any] | None = None) -> JSONResponse:
+    # Details never overwrite the RFC 9457 members.
     body = {
+        **(extra or {}),
         "type": f"https://imagegen.dev/problems/{code}",
         "title": TITLES.get(status, "Error"),
         "status": status,
         "detail": detail,
         "code": code,
-        **extra,
     }
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
 
@@ -65,13 +66,20 @@ def _problem_field(p: Problem) -> dict[str, Any]:
 def v1_error(exc: ImagegenError) -> JSONResponse:
     # A request the catalog rejects is a 422 on /v1; the case-study routes keep their 400.
     status = 422 if exc.code == "validation_error" else exc.status
-    return problem(status, exc.code, exc.message, **_details(exc))
+    return _with_retry_after(problem(status, exc.code, exc.message, _details(exc)), exc)
 
 
 def case_study_error(exc: ImagegenError) -> JSONResponse:
     # The original functions answered 400 for insufficient credits.
     status = 400 if isinstance(exc, InsufficientCredits) else exc.status
-    return JSONResponse({"error": exc.message, "code": exc.code, **_details(exc)}, status_code=status)
+    body = {**_details(exc), "error": exc.message, "code": exc.code}
+    return _with_retry_after(JSONResponse(body, status_code=status), exc)
+
+
+def _with_retry_after(response: JSONResponse, exc: ImagegenError) -> JSONResponse:
+    if isinstance(exc, TooManyRequests):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def is_case_study(request: Request) -> bool:
@@ -96,7 +104,7 @@ def install(app: FastAPI) -> None:
             return JSONResponse(
                 {"error": detail, "code": "validation_error", "errors": errors}, status_code=400
             )
-        return problem(422, "validation_error", detail, errors=errors)
+        return problem(422, "validation_error", detail, {"errors": errors})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -1,25 +1,118 @@
-"""/v1/users: a user's balance."""
+"""/v1/users: a user's balance with totals, and the ledger with filters and cursor pages."""
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from imagegen import service
 from imagegen.api.auth import PrincipalDep, RuntimeDep
+from imagegen.api.common import page_size
+from imagegen.domain.generation import iso
+from imagegen.domain.ledger import EntryType, LedgerEntry
+from imagegen.errors import InvalidInput
+from imagegen.ports import LedgerFilter
 
 router = APIRouter(prefix="/v1/users", tags=["users"])
 
 
-@router.get("/{user_id}", summary="A user's balance")
+class Totals(BaseModel):
+    granted: int
+    deducted: int
+    refunded: int
+    adjusted: int
+
+
+class UserOut(BaseModel):
+    id: str
+    credits: int
+    createdAt: str  # noqa: N815
+    totals: Totals
+
+
+class Entry(BaseModel):
+    id: str
+    type: str
+    credits: int
+    generationRequestId: str | None  # noqa: N815
+    reason: str | None
+    balanceAfter: int | None  # noqa: N815
+    timestamp: str
+
+
+class EntryPage(BaseModel):
+    items: list[Entry]
+    nextCursor: str | None  # noqa: N815
+
+
+def ledger_entry(entry: LedgerEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "type": entry.type.value,
+        "credits": entry.credits,
+        "generationRequestId": entry.generation_request_id,
+        "reason": entry.reason,
+        "balanceAfter": entry.balance_after,
+        "timestamp": iso(entry.timestamp),
+    }
+
+
+@router.get("/{user_id}", response_model=UserOut, summary="A user's balance and lifetime totals")
 async def get_user(user_id: str, runtime: RuntimeDep, principal: PrincipalDep) -> dict[str, Any]:
     service.check_user_id(user_id)
     principal.may_act_for(user_id)
-    user = await run_in_threadpool(service.get_user, runtime.storage, user_id)
+    user, totals = await run_in_threadpool(service.user_totals, runtime.storage, user_id)
     return {
         "id": user.id,
         "credits": user.credits,
-        "createdAt": user.created_at.isoformat().replace("+00:00", "Z"),
+        "createdAt": iso(user.created_at),
+        "totals": {
+            "granted": totals.get(EntryType.GRANT, 0),
+            "deducted": -totals.get(EntryType.DEDUCTION, 0),
+            "refunded": totals.get(EntryType.REFUND, 0),
+            "adjusted": totals.get(EntryType.ADJUSTMENT, 0),
+        },
     }
+
+
+@router.get("/{user_id}/transactions", response_model=EntryPage, summary="The ledger, newest first")
+async def transactions(
+    user_id: str,
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    type: Annotated[list[str] | None, Query(description="deduction, refund, grant, adjustment")] = None,  # noqa: A002
+    since: Annotated[datetime | None, Query(description="ISO 8601, inclusive")] = None,
+    until: Annotated[datetime | None, Query(description="ISO 8601, exclusive")] = None,
+    limit: str | None = None,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    service.check_user_id(user_id)
+    principal.may_act_for(user_id)
+    where = LedgerFilter(types=_types(type or []), since=_aware(since), until=_aware(until))
+    page = await run_in_threadpool(
+        service.ledger_page,
+        runtime.storage,
+        user_id,
+        limit=page_size(limit, runtime),
+        cursor=cursor or None,
+        where=where,
+    )
+    return {"items": [ledger_entry(e) for e in page.items], "nextCursor": page.next_cursor}
+
+
+def _types(values: list[str]) -> frozenset[EntryType]:
+    try:
+        return frozenset(EntryType(v) for value in values for v in value.split(",") if v)
+    except ValueError as exc:
+        allowed = ", ".join(e.value for e in EntryType)
+        raise InvalidInput(f"Invalid type: valid values are {allowed}") from exc
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise InvalidInput("since and until need a time zone, e.g. 2026-11-26T00:00:00Z")
+    return value

@@ -32,12 +32,12 @@ class Catalog:
             ("model", model, self.enabled_models()),
             ("style", style, sorted(self.styles)),
             ("color", color, sorted(self.colors)),
-            ("size", size, sorted(self.sizes, key=_size_order)),
+            ("size", size, sorted(self.sizes, key=size_order)),
         ]
         return [(name, value, allowed) for name, value, allowed in checks if value not in allowed]
 
 
-def _size_order(size: str) -> tuple[int, str]:
+def size_order(size: str) -> tuple[int, str]:
     width, _, height = size.partition("x")
     try:
         return (int(width) * int(height), size)

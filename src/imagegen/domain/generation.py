@@ -80,3 +80,40 @@ class GenerationRequest:
     started_at: datetime | None
     completed_at: datetime | None
     idempotency_key: str | None = None
+    webhook: str | None = None
+    webhook_events: frozenset[str] = frozenset()
+
+    def wants_webhook(self, event: str) -> bool:
+        return self.webhook is not None and event in self.webhook_events
+
+
+WEBHOOK_EVENTS = ("start", "completed")
+
+
+def to_resource(request: GenerationRequest) -> dict[str, object]:
+    """The /v1 generation resource (and webhook payload), in the case study's camelCase names.
+
+    `imageUrl` is the path the image is served at; the API makes it absolute.
+    """
+    return {
+        "id": request.id,
+        "userId": request.user_id,
+        "model": request.model,
+        "style": request.style,
+        "color": request.color,
+        "size": request.size,
+        "prompt": request.prompt,
+        "cost": request.cost,
+        "status": request.status.value,
+        "imageUrl": request.image_url,
+        "error": request.error,
+        "createdAt": iso(request.created_at),
+        "startedAt": iso(request.started_at),
+        "completedAt": iso(request.completed_at),
+        "webhook": request.webhook,
+        "webhookEvents": sorted(request.webhook_events),
+    }
+
+
+def iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")

@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from imagegen.domain.catalog import Catalog
-from imagegen.domain.generation import ID_RULE, GenerationSpec, valid_id
+from imagegen.domain.generation import ID_RULE, WEBHOOK_EVENTS, GenerationSpec, valid_id
+from imagegen.domain.webhooks import url_problem
 
 REQUIRED = ("userId", "model", "style", "color", "size")
 
@@ -97,3 +98,24 @@ def _value_problems(body: Mapping[str, object], catalog: Catalog, max_prompt_len
 
 def _shown(value: str, limit: int = 80) -> str:
     return value if len(value) <= limit else value[:limit] + "…"
+
+
+def parse_webhook(body: Mapping[str, object], *, allow_private: bool) -> tuple[str | None, frozenset[str]]:
+    """The optional `webhook` URL and `webhookEvents` (default: completed) of a generation request."""
+    url, events = body.get("webhook"), body.get("webhookEvents")
+    if url is None:
+        if events:
+            raise InvalidGeneration([Problem("webhookEvents", "webhookEvents needs a webhook URL")])
+        return None, frozenset()
+    if not isinstance(url, str):
+        raise InvalidGeneration([Problem("webhook", "Field 'webhook' must be a string")])
+    problem = url_problem(url, allow_private=allow_private)
+    if problem:
+        raise InvalidGeneration([Problem("webhook", problem)])
+    if events is None:
+        return url, frozenset({"completed"})
+    if not isinstance(events, list) or not all(isinstance(e, str) and e in WEBHOOK_EVENTS for e in events):
+        allowed = ", ".join(WEBHOOK_EVENTS)
+        message = f"webhookEvents must be a list of: {allowed}"
+        raise InvalidGeneration([Problem("webhookEvents", message, WEBHOOK_EVENTS)])
+    return url, frozenset(events)

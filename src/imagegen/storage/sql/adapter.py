@@ -30,18 +30,30 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from imagegen.domain.catalog import Catalog, ModelSettings
-from imagegen.domain.generation import GenerationRequest, Status
+from imagegen.domain.generation import GenerationRequest, Status, to_resource
 from imagegen.domain.ledger import EntryType, LedgerEntry
 from imagegen.domain.reports import GroupCount
 from imagegen.errors import (
     IdempotencyConflict,
     InsufficientCredits,
     InvalidInput,
+    TooManyRequests,
     UserExists,
     UserNotFound,
 )
 from imagegen.ids import new_id
-from imagegen.ports import ApiKey, NewGeneration, Page, User, Violation
+from imagegen.ports import (
+    NO_FILTER,
+    ApiKey,
+    Idempotency,
+    LedgerFilter,
+    NewGeneration,
+    Page,
+    StoredResponse,
+    User,
+    Violation,
+    WebhookDelivery,
+)
 from imagegen.storage.sql import tables as t
 from imagegen.storage.sql.engine import Transactions, create_sql_engine
 from imagegen.storage.sql.transfer import export_records, import_records
@@ -118,6 +130,18 @@ class SqlStorage:
             if changed.rowcount == 0:
                 conn.execute(insert(t.models).values(name=model.name, **values))
 
+    def put_option(self, kind: str, name: str, *, enabled: bool, cost: int | None = None) -> None:
+        table = {"styles": t.styles, "colors": t.colors, "sizes": t.sizes}[kind]
+        values: dict[str, Any] = {"enabled": enabled}
+        if cost is not None:
+            values["cost"] = cost
+        with self.tx.write() as conn:
+            changed = conn.execute(update(table).where(table.c.name == name).values(values))
+            if changed.rowcount == 0:
+                if kind == "sizes" and cost is None:
+                    raise InvalidInput(f"A new size needs a cost: '{name}' is not in the catalog yet")
+                conn.execute(insert(table).values(name=name, **values))
+
     # -- users and credits ------------------------------------------------------------------
     def create_user(self, user_id: str, credits: int, now: datetime) -> User:
         try:
@@ -133,14 +157,43 @@ class SqlStorage:
         return None if row is None else User(row.id, row.credits, row.created_at)
 
     def move_credits(
-        self, user_id: str, entry_type: EntryType, delta: int, reason: str | None, now: datetime
+        self,
+        user_id: str,
+        entry_type: EntryType,
+        delta: int,
+        reason: str | None,
+        now: datetime,
+        idempotency_key: str | None = None,
     ) -> LedgerEntry:
-        with self.tx.write() as conn:
-            balance = _add_credits(conn, user_id, delta)
-            return _append_entry(conn, user_id, entry_type, delta, balance, None, reason, now)
+        try:
+            with self.tx.write() as conn:
+                if idempotency_key is not None:
+                    existing = _entry_by_key(conn, user_id, idempotency_key)
+                    if existing is not None:
+                        return _same_move(existing, entry_type, delta)
+                balance = _add_credits(conn, user_id, delta)
+                return _append_entry(
+                    conn, user_id, entry_type, delta, balance, None, reason, now, idempotency_key
+                )
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+            with self.tx.read() as conn:  # a concurrent duplicate committed first
+                existing = _entry_by_key(conn, user_id, idempotency_key)
+            if existing is None:
+                raise
+            return _same_move(existing, entry_type, delta)
 
-    def ledger(self, user_id: str, limit: int, cursor: str | None) -> Page[LedgerEntry]:
+    def ledger(
+        self, user_id: str, limit: int, cursor: str | None, where: LedgerFilter = NO_FILTER
+    ) -> Page[LedgerEntry]:
         query = select(t.ledger).where(t.ledger.c.user_id == user_id)
+        if where.types:
+            query = query.where(t.ledger.c.type.in_(sorted(e.value for e in where.types)))
+        if where.since is not None:
+            query = query.where(t.ledger.c.created_at >= where.since)
+        if where.until is not None:
+            query = query.where(t.ledger.c.created_at < where.until)
         if cursor is not None:
             query = query.where(t.ledger.c.seq < _int_cursor(cursor))
         query = query.order_by(t.ledger.c.seq.desc()).limit(limit + 1)
@@ -148,6 +201,15 @@ class SqlStorage:
             rows = conn.execute(query).all()
         next_cursor = str(rows[limit - 1].seq) if len(rows) > limit else None
         return Page([_entry(row) for row in rows[:limit]], next_cursor)
+
+    def ledger_totals(self, user_id: str) -> dict[EntryType, int]:
+        query = (
+            select(t.ledger.c.type, func.sum(t.ledger.c.delta))
+            .where(t.ledger.c.user_id == user_id)
+            .group_by(t.ledger.c.type)
+        )
+        with self.tx.read() as conn:
+            return {EntryType(kind): int(total) for kind, total in conn.execute(query)}
 
     # -- generation requests and jobs -------------------------------------------------------
     def debit_and_enqueue(self, new: NewGeneration) -> tuple[GenerationRequest, bool]:
@@ -171,7 +233,9 @@ class SqlStorage:
                             idempotencyKey=new.idempotency_key,
                         )
                     return _request(existing), False
-            balance = _add_credits(conn, spec.user_id, -new.cost)
+            balance = _add_credits(conn, spec.user_id, -new.cost)  # also locks the user's row
+            if new.max_in_flight is not None:
+                _check_in_flight(conn, spec.user_id, new.max_in_flight)
             values = {
                 "id": new.id,
                 "user_id": spec.user_id,
@@ -186,6 +250,8 @@ class SqlStorage:
                 "idempotency_key": new.idempotency_key,
                 "fingerprint": new.fingerprint,
                 "created_at": new.created_at,
+                "webhook": new.webhook,
+                "webhook_events": ",".join(sorted(new.webhook_events)) or None,
             }
             row = conn.execute(insert(gr).values(values).returning(*gr.c)).one()
             _append_entry(
@@ -249,7 +315,11 @@ class SqlStorage:
         )
         with self.tx.write() as conn:
             row = conn.execute(claim).first()
-        return None if row is None else _request(row)
+            if row is None:
+                return None
+            request = _request(row)
+            _enqueue_webhook(conn, request, "start", now)
+            return request
 
     def extend_leases(self, leases: dict[str, str], lease_until: datetime) -> int:
         if not leases:
@@ -282,8 +352,12 @@ class SqlStorage:
                     lease_owner=None,
                     lease_expires_at=None,
                 )
-            )
-            return result.rowcount == 1
+                .returning(*gr.c)
+            ).first()
+            if result is None:
+                return False
+            _enqueue_webhook(conn, _request(result), "completed", now)
+            return True
 
     def fail_and_refund(
         self,
@@ -317,12 +391,13 @@ class SqlStorage:
                     lease_owner=None,
                     lease_expires_at=None,
                 )
-                .returning(gr.c.id, gr.c.user_id, gr.c.cost)
+                .returning(*gr.c)
             ).first()
             if row is None:
                 return False
             balance = _add_credits(conn, row.user_id, row.cost)
             _append_entry(conn, row.user_id, EntryType.REFUND, row.cost, balance, row.id, error, now)
+            _enqueue_webhook(conn, _request(row), "completed", now)
             return True
 
     def expired_jobs(self, now: datetime) -> list[GenerationRequest]:
@@ -370,6 +445,139 @@ class SqlStorage:
                 .values(revoked_at=now)
             )
             return result.rowcount == 1
+
+    # -- idempotency keys -------------------------------------------------------------------
+    def begin_idempotent(
+        self, scope: str, key: str, fingerprint: str, now: datetime, lock_until: datetime
+    ) -> Idempotency:
+        ik = t.idempotency_keys
+        try:
+            with self.tx.write() as conn:
+                row = conn.execute(select(ik).where(ik.c.scope == scope, ik.c.key == key)).first()
+                if row is None:
+                    conn.execute(
+                        insert(ik).values(
+                            scope=scope,
+                            key=key,
+                            fingerprint=fingerprint,
+                            state="in_progress",
+                            created_at=now,
+                            locked_until=lock_until,
+                        )
+                    )
+                    return Idempotency("new")
+                if row.fingerprint != fingerprint:
+                    raise IdempotencyConflict(
+                        "Idempotency-Key was already used with a different request", idempotencyKey=key
+                    )
+                if row.state == "done":
+                    headers = dict(row.response_headers or {})
+                    return Idempotency(
+                        "replay", StoredResponse(row.response_status, row.response_body, headers)
+                    )
+                if row.locked_until is not None and row.locked_until > now:
+                    return Idempotency("busy")
+                # The first attempt's process died mid-request: take over. The effect itself is
+                # deduplicated where it is written (request or ledger entry keyed by the same key).
+                conn.execute(
+                    update(ik).where(ik.c.scope == scope, ik.c.key == key).values(locked_until=lock_until)
+                )
+                return Idempotency("new")
+        except IntegrityError:
+            return Idempotency("busy")  # a concurrent first attempt inserted the key a moment ago
+
+    def finish_idempotent(self, scope: str, key: str, response: StoredResponse) -> None:
+        ik = t.idempotency_keys
+        with self.tx.write() as conn:
+            conn.execute(
+                update(ik)
+                .where(ik.c.scope == scope, ik.c.key == key)
+                .values(
+                    state="done",
+                    response_status=response.status,
+                    response_body=response.body,
+                    response_headers=response.headers,
+                    locked_until=None,
+                )
+            )
+
+    def release_idempotent(self, scope: str, key: str) -> None:
+        ik = t.idempotency_keys
+        with self.tx.write() as conn:
+            conn.execute(delete(ik).where(ik.c.scope == scope, ik.c.key == key, ik.c.state == "in_progress"))
+
+    def purge_idempotency(self, created_before: datetime) -> int:
+        ik = t.idempotency_keys
+        with self.tx.write() as conn:
+            return conn.execute(delete(ik).where(ik.c.created_at < created_before)).rowcount
+
+    # -- webhooks ---------------------------------------------------------------------------
+    def claim_webhooks(self, now: datetime, lease_until: datetime, limit: int) -> list[WebhookDelivery]:
+        wd = t.webhook_deliveries
+        due = (
+            select(wd.c.id)
+            .where(
+                wd.c.state == "pending",
+                wd.c.next_attempt_at <= now,
+                (wd.c.lease_expires_at.is_(None)) | (wd.c.lease_expires_at < now),
+            )
+            .order_by(wd.c.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        with self.tx.write() as conn:
+            ids = list(conn.execute(due).scalars())
+            if not ids:
+                return []
+            rows = conn.execute(
+                update(wd)
+                .where(wd.c.id.in_(ids))
+                .values(lease_expires_at=lease_until, attempts=wd.c.attempts + 1)
+                .returning(*wd.c)
+            ).all()
+        return [
+            WebhookDelivery(
+                r.id, r.generation_request_id, r.event, r.url, dict(r.payload), r.attempts, r.created_at
+            )
+            for r in sorted(rows, key=lambda r: r.next_attempt_at)
+        ]
+
+    def webhook_delivered(self, delivery_id: str, now: datetime) -> None:
+        wd = t.webhook_deliveries
+        with self.tx.write() as conn:
+            conn.execute(
+                update(wd)
+                .where(wd.c.id == delivery_id)
+                .values(state="delivered", delivered_at=now, lease_expires_at=None, last_error=None)
+            )
+
+    def webhook_failed(self, delivery_id: str, error: str, retry_at: datetime | None) -> None:
+        wd = t.webhook_deliveries
+        values: dict[str, Any] = {"last_error": error[:1000], "lease_expires_at": None}
+        if retry_at is None:
+            values["state"] = "abandoned"
+        else:
+            values["next_attempt_at"] = retry_at
+        with self.tx.write() as conn:
+            conn.execute(update(wd).where(wd.c.id == delivery_id).values(values))
+
+    def get_meta(self, key: str) -> str | None:
+        with self.tx.read() as conn:
+            return conn.execute(select(t.meta.c.value).where(t.meta.c.key == key)).scalar_one_or_none()
+
+    def put_meta_once(self, key: str, value: str) -> str:
+        """Stores `value` unless the key has one already; returns the value that is stored."""
+        try:
+            with self.tx.write() as conn:
+                existing = conn.execute(select(t.meta.c.value).where(t.meta.c.key == key)).first()
+                if existing is not None:
+                    return str(existing.value)
+                conn.execute(insert(t.meta).values(key=key, value=value))
+                return value
+        except IntegrityError:
+            stored = self.get_meta(key)
+            assert stored is not None
+            return stored
 
     # -- reports ----------------------------------------------------------------------------
     def group_counts(self, start: datetime, end: datetime) -> list[GroupCount]:
@@ -475,6 +683,7 @@ def _append_entry(
     request_id: str | None,
     reason: str | None,
     now: datetime,
+    idempotency_key: str | None = None,
 ) -> LedgerEntry:
     entry = LedgerEntry(new_id(), user_id, entry_type, delta, balance_after, request_id, reason, now)
     conn.execute(
@@ -487,9 +696,56 @@ def _append_entry(
             generation_request_id=request_id,
             reason=reason,
             created_at=now,
+            idempotency_key=idempotency_key,
         )
     )
     return entry
+
+
+def _entry_by_key(conn: Connection, user_id: str, key: str) -> LedgerEntry | None:
+    query = select(t.ledger).where(t.ledger.c.user_id == user_id, t.ledger.c.idempotency_key == key)
+    row = conn.execute(query).first()
+    return None if row is None else _entry(row)
+
+
+def _same_move(existing: LedgerEntry, entry_type: EntryType, delta: int) -> LedgerEntry:
+    if (existing.type, existing.delta) != (entry_type, delta):
+        raise IdempotencyConflict("Idempotency-Key was already used for a different credit move")
+    return existing
+
+
+def _check_in_flight(conn: Connection, user_id: str, limit: int) -> None:
+    in_flight = conn.execute(
+        select(func.count())
+        .select_from(gr)
+        .where(gr.c.user_id == user_id, gr.c.status.in_([Status.PENDING.value, Status.RUNNING.value]))
+    ).scalar_one()
+    if in_flight >= limit:
+        raise TooManyRequests(
+            f"User {user_id} already has {in_flight} generations queued or running (limit {limit})",
+            retry_after=1,
+            userId=user_id,
+            inFlight=in_flight,
+            limit=limit,
+        )
+
+
+def _enqueue_webhook(conn: Connection, request: GenerationRequest, event: str, now: datetime) -> None:
+    if not request.wants_webhook(event) or request.webhook is None:
+        return
+    conn.execute(
+        insert(t.webhook_deliveries).values(
+            id="msg_" + new_id(),
+            generation_request_id=request.id,
+            event=event,
+            url=request.webhook,
+            payload={"type": f"generation.{event}", "data": to_resource(request)},
+            state="pending",
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+        )
+    )
 
 
 def _by_idempotency_key(conn: Connection, user_id: str, key: str) -> Row[Any] | None:
@@ -515,6 +771,8 @@ def _request(row: Row[Any]) -> GenerationRequest:
         started_at=row.started_at,
         completed_at=row.completed_at,
         idempotency_key=row.idempotency_key,
+        webhook=row.webhook,
+        webhook_events=frozenset((row.webhook_events or "").split(",")) - {""},
     )
 
 

@@ -71,9 +71,11 @@ ledger = Table(
     Column("generation_request_id", String(64), nullable=True),
     Column("reason", Text, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
+    Column("idempotency_key", String(255), nullable=True),
     # At most one deduction and one refund per request, whatever the retries (invariant 3).
     Index("ux_ledger_request_type", "generation_request_id", "type", unique=True),
     Index("ix_ledger_user_seq", "user_id", "seq"),
+    Index("ux_ledger_idempotency", "user_id", "idempotency_key", unique=True),
 )
 
 generation_requests = Table(
@@ -96,6 +98,8 @@ generation_requests = Table(
     Column("idempotency_key", String(255), nullable=True),
     Column("fingerprint", String(64), nullable=True),
     Column("source", String(16), nullable=False, server_default=text("'api'")),
+    Column("webhook", Text, nullable=True),
+    Column("webhook_events", String(64), nullable=True),  # comma-separated: start,completed
     Column("created_at", UTCDateTime, nullable=False),
     Column("started_at", UTCDateTime, nullable=True),
     Column("completed_at", UTCDateTime, nullable=True),
@@ -107,6 +111,12 @@ generation_requests = Table(
         "created_at",
         sqlite_where=text("status = 'pending'"),
         postgresql_where=text("status = 'pending'"),
+    ),
+    Index(
+        "ix_requests_user_in_flight",
+        "user_id",
+        sqlite_where=text("status IN ('pending', 'running')"),
+        postgresql_where=text("status IN ('pending', 'running')"),
     ),
     Index(
         "ix_requests_running_lease",
@@ -166,4 +176,42 @@ reports = Table(
     Column("period_end", UTCDateTime, nullable=False),
     Column("document", JSON, nullable=False),
     Column("generated_at", UTCDateTime, nullable=False),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("scope", String(128), primary_key=True),  # whose key: a user id, or "admin"
+    Column("key", String(255), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # in_progress | done
+    Column("response_status", Integer, nullable=True),
+    Column("response_body", JSON, nullable=True),
+    Column("response_headers", JSON, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("locked_until", UTCDateTime, nullable=True),
+    Index("ix_idempotency_created", "created_at"),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", String(64), primary_key=True),  # the webhook-id header: the same on every retry
+    Column("generation_request_id", String(64), nullable=False),
+    Column("event", String(16), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("state", String(16), nullable=False),  # pending | delivered | abandoned
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("lease_expires_at", UTCDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("delivered_at", UTCDateTime, nullable=True),
+    Index(
+        "ix_webhooks_due",
+        "next_attempt_at",
+        sqlite_where=text("state = 'pending'"),
+        postgresql_where=text("state = 'pending'"),
+    ),
 )

@@ -1,0 +1,197 @@
+"""/v1/generations: create (202, or the finished resource with `Prefer: wait=N`), get, list, cancel."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from imagegen import service
+from imagegen.api.auth import Principal, PrincipalDep, RuntimeDep
+from imagegen.api.common import image_url, json_body, page_size, wait_until_done
+from imagegen.api.idempotency import idempotent
+from imagegen.clock import utcnow
+from imagegen.domain.generation import GenerationRequest, to_resource
+from imagegen.errors import InvalidInput
+from imagegen.runtime import Runtime
+
+router = APIRouter(prefix="/v1/generations", tags=["generations"])
+MAX_WAIT = 60
+PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait(?:=(\d+))?(?:$|[;,\s])")
+IdempotencyKey = Annotated[
+    str | None, Header(alias="Idempotency-Key", description="Retry-safe: same key and body → same result")
+]
+
+
+class GenerationIn(BaseModel):
+    """The body of a create. Unknown fields are ignored; cost and status are never the client's."""
+
+    userId: str | None = Field(None, description="Defaults to the key's own user", examples=["testUser1"])  # noqa: N815
+    model: str = Field(examples=["model-a"])
+    style: str = Field(examples=["anime"])
+    color: str = Field(examples=["vibrant"])
+    size: str = Field(examples=["512x512"])
+    prompt: str = Field("", examples=["A cat sitting on a futuristic throne"])
+    webhook: str | None = Field(None, description="POSTed signed events for this generation")
+    webhookEvents: list[str] | None = Field(None, description="start, completed (default: completed)")  # noqa: N815
+
+
+class Generation(BaseModel):
+    id: str
+    userId: str  # noqa: N815
+    model: str
+    style: str
+    color: str
+    size: str
+    prompt: str
+    cost: int
+    status: str = Field(description="pending, running, completed, failed or canceled")
+    imageUrl: str | None  # noqa: N815
+    error: str | None
+    createdAt: str  # noqa: N815
+    startedAt: str | None  # noqa: N815
+    completedAt: str | None  # noqa: N815
+    webhook: str | None
+    webhookEvents: list[str]  # noqa: N815
+
+
+class GenerationPage(BaseModel):
+    items: list[Generation]
+    nextCursor: str | None  # noqa: N815
+
+
+def resource(request: Request, runtime: Runtime, generation: GenerationRequest) -> dict[str, Any]:
+    body = to_resource(generation)
+    body["imageUrl"] = image_url(request, runtime, generation.image_url)
+    return body
+
+
+def prefer_wait(prefer: str | None) -> int:
+    """Seconds to wait from `Prefer: wait=N` (RFC 7240); a bare `wait` means the maximum, 60."""
+    if not prefer:
+        return 0
+    match = PREFER_WAIT.search(prefer)
+    if match is None:
+        return 0
+    return min(int(match.group(1) or MAX_WAIT), MAX_WAIT)
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=Generation,
+    summary="Create a generation (debits its cost at once)",
+    responses={
+        200: {"model": Generation, "description": "Finished within `Prefer: wait`"},
+        402: {"description": "Insufficient credits"},
+        409: {"description": "Idempotency-Key reused with a different body"},
+        422: {"description": "Invalid fields, each listed with its allowed values"},
+        429: {"description": "Over the user's rate or in-flight limit (see Retry-After)"},
+    },
+    openapi_extra={
+        "requestBody": {"content": {"application/json": {"schema": GenerationIn.model_json_schema()}}}
+    },
+)
+async def create_generation(
+    request: Request,
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    idempotency_key: IdempotencyKey = None,
+    prefer: Annotated[str | None, Header(description="wait=N: answer when done, up to N ≤ 60 s")] = None,
+) -> JSONResponse:
+    body = await json_body(request)
+    if isinstance(body, dict) and body.get("userId") is None and principal.user_id is not None:
+        body = {**body, "userId": principal.user_id}
+    wait = prefer_wait(prefer)
+
+    async def run() -> JSONResponse:
+        if isinstance(body, dict) and isinstance(body.get("userId"), str):
+            runtime.limiter.take(body["userId"])
+        created, fresh = await run_in_threadpool(
+            service.create_generation,
+            runtime.storage,
+            body,
+            max_prompt_length=runtime.settings.max_prompt_length,
+            now=utcnow(),
+            idempotency_key=idempotency_key,
+            authorize=principal.may_act_for,
+            allow_private_webhooks=runtime.settings.webhook_allow_private,
+            max_in_flight=runtime.settings.max_in_flight_per_user,
+        )
+        if fresh:
+            runtime.signal.enqueued()
+        current = await wait_until_done(runtime, created.id, wait) if wait else created
+        headers = {"Location": f"/v1/generations/{created.id}"}
+        if wait:
+            headers["Preference-Applied"] = f"wait={wait}"
+        status = 200 if current.status.terminal else 202
+        return JSONResponse(resource(request, runtime, current), status_code=status, headers=headers)
+
+    return await idempotent(request, runtime, principal, idempotency_key, body, run)
+
+
+@router.get("/{generation_id}", response_model=Generation, summary="One generation")
+async def get_generation(
+    generation_id: str, request: Request, runtime: RuntimeDep, principal: PrincipalDep
+) -> dict[str, Any]:
+    generation = await _owned(runtime, principal, generation_id)
+    return resource(request, runtime, generation)
+
+
+@router.get("", response_model=GenerationPage, summary="A user's generations, newest first")
+async def list_generations(
+    request: Request,
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    userId: str | None = None,  # noqa: N803
+    status: Annotated[str | None, Query(description="pending, running, completed, failed, canceled")] = None,
+    limit: str | None = None,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    user_id = userId or principal.user_id  # an admin without userId sees everyone's
+    if user_id is not None:
+        principal.may_act_for(user_id)
+    page = await run_in_threadpool(
+        service.list_generations,
+        runtime.storage,
+        user_id,
+        status,
+        limit=page_size(limit, runtime),
+        cursor=cursor or None,
+    )
+    return {"items": [resource(request, runtime, g) for g in page.items], "nextCursor": page.next_cursor}
+
+
+@router.post(
+    "/{generation_id}/cancel",
+    response_model=Generation,
+    summary="Cancel a pending generation (refunded once)",
+    responses={409: {"description": "Already running or finished"}},
+)
+async def cancel_generation(
+    generation_id: str,
+    request: Request,
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    async def run() -> JSONResponse:
+        await _owned(runtime, principal, generation_id)
+        canceled = await run_in_threadpool(
+            service.cancel_generation, runtime.storage, generation_id, utcnow()
+        )
+        return JSONResponse(resource(request, runtime, canceled))
+
+    return await idempotent(request, runtime, principal, idempotency_key, {"cancel": generation_id}, run)
+
+
+async def _owned(runtime: Runtime, principal: Principal, generation_id: str) -> GenerationRequest:
+    if not generation_id or len(generation_id) > 128:
+        raise InvalidInput("Invalid generation id")
+    generation = await run_in_threadpool(service.get_generation, runtime.storage, generation_id)
+    principal.may_act_for(generation.user_id)
+    return generation

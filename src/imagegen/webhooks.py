@@ -1,0 +1,98 @@
+"""Delivers webhooks from the outbox: signed, retried with backoff, never in a generation's way.
+
+Deliveries are rows that the storage wrote in the same transaction as the state change they report,
+so none is lost if a process dies; a dispatcher thread claims due rows with a short lease, POSTs
+them, and records the outcome. The deployment's signing secret is `IMAGEGEN_WEBHOOK_SECRET`, or one
+generated at first use and kept in the database so that every process signs with the same key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from datetime import timedelta
+
+import httpx
+
+from imagegen.clock import utcnow
+from imagegen.domain import webhooks
+from imagegen.ports import Storage, WebhookDelivery
+from imagegen.settings import Settings
+
+log = logging.getLogger("imagegen.webhooks")
+SECRET_KEY = "webhook_secret"
+LEASE = timedelta(seconds=60)
+
+
+def signing_secret(storage: Storage, settings: Settings) -> str:
+    if settings.webhook_secret:
+        return settings.webhook_secret
+    return storage.put_meta_once(SECRET_KEY, webhooks.new_secret())
+
+
+class Dispatcher:
+    def __init__(self, storage: Storage, settings: Settings, secret: str, base_url: str | None) -> None:
+        self.storage = storage
+        self.settings = settings
+        self.secret = secret
+        self.base_url = base_url
+        self.client = httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="imagegen-webhooks", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.client.close()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sent = self.deliver_due()
+            except Exception:
+                log.exception("webhook pass failed; will retry")
+                sent = 0
+            if sent == 0:
+                self._stop.wait(self.settings.webhook_poll_seconds)
+
+    def deliver_due(self) -> int:
+        now = utcnow()
+        due = self.storage.claim_webhooks(now, now + LEASE, limit=20)
+        for delivery in due:
+            self.deliver(delivery)
+        return len(due)
+
+    def deliver(self, delivery: WebhookDelivery) -> None:
+        body = json.dumps(self._payload(delivery), separators=(",", ":")).encode()
+        timestamp = int(time.time())
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "imagegen-webhooks",
+            "webhook-id": delivery.id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": webhooks.sign(self.secret, delivery.id, timestamp, body),
+        }
+        try:
+            response = self.client.post(delivery.url, content=body, headers=headers)
+            error = None if response.is_success else f"receiver answered {response.status_code}"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        if error is None:
+            self.storage.webhook_delivered(delivery.id, utcnow())
+            return
+        max_age = timedelta(seconds=self.settings.webhook_max_retry_seconds)
+        retry_at = webhooks.next_attempt(delivery.attempts, delivery.created_at, utcnow(), max_age=max_age)
+        log.info("webhook %s to %s failed (%s); retry at %s", delivery.id, delivery.url, error, retry_at)
+        self.storage.webhook_failed(delivery.id, error, retry_at)
+
+    def _payload(self, delivery: WebhookDelivery) -> dict[str, object]:
+        data = dict(delivery.payload.get("data", {}))
+        image = data.get("imageUrl")
+        if isinstance(image, str) and image.startswith("/") and self.base_url:
+            data["imageUrl"] = self.base_url.rstrip("/") + image
+        return {**delivery.payload, "data": data}
