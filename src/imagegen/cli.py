@@ -6,12 +6,20 @@ import json
 import logging
 import sys
 from collections.abc import Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from imagegen import service, transfer
 from imagegen.clock import utcnow
@@ -161,20 +169,73 @@ def verify(database_url: DatabaseUrl = None, data_dir: DataDir = None) -> None:
     typer.echo("ok: every balance matches its ledger and every request its deduction and refunds")
 
 
+class Format(StrEnum):
+    json = "json"
+    md = "md"
+    html = "html"
+
+
 @app.command()
 def report(
     week: Annotated[str | None, typer.Option(help="An ISO week, e.g. 2026-W47")] = None,
+    last_7_days: Annotated[
+        bool, typer.Option("--last-7-days", help="The 7 days ending now (default)")
+    ] = False,
+    format: Annotated[Format, typer.Option("--format", help="json, md or html (with charts)")] = Format.json,  # noqa: A002
+    output: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout")] = None,
     database_url: DatabaseUrl = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Run the usage report for an ISO week, or for the 7 days ending now, and print it as JSON."""
+    """Run (or re-run) the usage report for a week or the last 7 days, store it, and print it."""
+    if week and last_7_days:
+        _fail("give --week or --last-7-days, not both")
     storage = _storage(database_url, data_dir)
     now = utcnow()
+    period = _run(service.parse_period, week, now=now)
+    document = _run(service.run_report, storage, period, now)
+    text = _render(storage, document, period, format)
+    if output is None:
+        typer.echo(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+        typer.echo(f"report {document['id']} written to {output}", err=True)
+
+
+def _render(storage: Storage, document: dict[str, Any], period: reports.Period, format: Format) -> str:  # noqa: A002
+    from imagegen.reporting.render import render_html, render_markdown  # TODO(helper-6): move to top
+
+    if format is Format.md:
+        return render_markdown(document)
+    if format is Format.html:
+        return render_html(document, service.report_history(storage, period))
+    return json.dumps(document, indent=2)
+
+
+@app.command()
+def backfill(
+    from_week: Annotated[str, typer.Option("--from", help="First ISO week, e.g. 2026-W01")],
+    to_week: Annotated[str, typer.Option("--to", help="Last ISO week, included")],
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Run the weekly report for every ISO week in a range, oldest first (after an import)."""
+    storage = _storage(database_url, data_dir)
     try:
-        period = reports.iso_week(week) if week else reports.last_7_days(now)
+        weeks = reports.weeks_from(reports.iso_week(from_week), reports.iso_week(to_week))
     except ValueError as exc:
         _fail(str(exc))
-    typer.echo(json.dumps(_run(service.run_report, storage, period, now), indent=2))
+    if not weeks:
+        _fail(f"--from {from_week} is after --to {to_week}")
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
+    ) as bar:
+        task = bar.add_task("backfilling reports", total=len(weeks))
+        anomalies = 0
+        for week in weeks:
+            document = _run(service.run_report, storage, week, utcnow())
+            anomalies += len(document["anomalies"])
+            bar.update(task, advance=1, description=f"report {week.id}")
+    typer.echo(f"reported {len(weeks)} weeks ({weeks[0].id} to {weeks[-1].id}); {anomalies} anomalies")
 
 
 def _run(function: Any, *args: Any, **kwargs: Any) -> Any:

@@ -13,6 +13,7 @@ from imagegen.images import FolderImageStore
 from imagegen.models.simulated import SimulatedModel
 from imagegen.ports import ImageStore, Storage
 from imagegen.ratelimit import RateLimiter
+from imagegen.scheduler import Scheduler
 from imagegen.settings import Settings
 from imagegen.storage.sql.adapter import SqlStorage
 from imagegen.webhooks import Dispatcher, signing_secret
@@ -54,6 +55,7 @@ class Runtime:
     completions: Completions = field(default_factory=Completions)
     pool: WorkerPool | None = None
     dispatcher: Dispatcher | None = None
+    scheduler: Scheduler | None = None
     limiter: RateLimiter = field(init=False)
 
     def __post_init__(self) -> None:
@@ -74,6 +76,7 @@ class Runtime:
         secret = signing_secret(runtime.storage, settings)
         base_url = settings.public_url or f"http://{settings.host}:{settings.port}"
         runtime.dispatcher = Dispatcher(runtime.storage, settings, secret, base_url)
+        runtime.scheduler = Scheduler(runtime.storage, settings)
         return runtime
 
     def start(self) -> None:
@@ -81,8 +84,12 @@ class Runtime:
             self.pool.start()
         if self.dispatcher is not None:
             self.dispatcher.start()
+        if self.scheduler is not None:
+            self.scheduler.start()
 
     def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
         if self.dispatcher is not None:
             self.dispatcher.stop()
         if self.pool is not None:

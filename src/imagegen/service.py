@@ -290,9 +290,39 @@ def run_report(
     metrics = _metrics(storage, period)
     baseline = [_metrics(storage, week) for week in reports.weeks_before(period, baseline_weeks)]
     detection = reports.detect(metrics, baseline, thresholds or reports.Thresholds())
-    document = reports.report_document(period, metrics, detection, now)
+    histograms = storage.generation_time_histogram(period.start, period.end, reports.TIME_BUCKET_MS)
+    times = reports.generation_times(histograms)
+    document = reports.report_document(period, metrics, detection, now, times)
     storage.save_report(period.id, document, now)
     return document
+
+
+def report_history(
+    storage: Storage, period: reports.Period, weeks: int = BASELINE_WEEKS
+) -> list[dict[str, Any]]:
+    """The stored reports of the weeks before `period`, oldest first (for charts)."""
+    found = (storage.get_report(week.id) for week in reports.weeks_before(period, weeks))
+    return [document for document in found if document is not None]
+
+
+def parse_period(
+    week: str | None = None, start: datetime | None = None, end: datetime | None = None, *, now: datetime
+) -> reports.Period:
+    """A named ISO week, an explicit [start, end) range, or the 7 days ending now."""
+    try:
+        if week:
+            return reports.iso_week(week)
+        if start is not None or end is not None:
+            if start is None or end is None:
+                raise ValueError("a range needs both start and end")
+            if start.tzinfo is None or end.tzinfo is None:
+                raise ValueError("start and end need a time zone, e.g. 2026-11-16T00:00:00Z")
+            if not start < end <= now + reports.WEEK * 520:
+                raise ValueError("start must be before end")
+            return reports.between(start, end)
+        return reports.last_7_days(now)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from exc
 
 
 def _metrics(storage: Storage, period: reports.Period) -> reports.Metrics:

@@ -62,6 +62,13 @@ class Settings(BaseSettings):
     webhook_poll_seconds: float = Field(0.5, gt=0)
     idempotency_retention_hours: float = Field(24.0, ge=1, description="Idempotency keys are kept this long")
 
+    report_cron: str = Field(
+        "0 0 * * 1", description="When the weekly report runs (UTC; cron, 5 or 6 fields)"
+    )
+    report_catch_up_weeks: int = Field(
+        52, ge=1, description="How far back missed weekly reports are caught up"
+    )
+
     max_prompt_length: int = Field(1000, ge=1)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     max_page_size: int = Field(200, ge=1)

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from imagegen import __version__
-from imagegen.api import admin, case_study, catalog, errors, generations, system, users
+from imagegen.api import admin, case_study, catalog, errors, generations, reports, system, users
 from imagegen.api.limits import BodySizeLimit
 from imagegen.runtime import Runtime
 from imagegen.settings import Settings
@@ -37,6 +37,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="imagegen", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     errors.install(app)
-    for module in (system, generations, users, catalog, admin, case_study):
+    for module in (system, generations, users, catalog, reports, admin, case_study):
         app.include_router(module.router)
     return app

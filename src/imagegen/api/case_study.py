@@ -17,7 +17,6 @@ from imagegen.api.auth import PrincipalDep, RuntimeDep
 from imagegen.api.common import image_url, json_body, page_size, wait_until_done
 from imagegen.api.users import ledger_entry
 from imagegen.clock import utcnow
-from imagegen.domain import reports
 from imagegen.domain.generation import GenerationRequest, Status
 from imagegen.errors import InvalidInput
 
@@ -97,10 +96,7 @@ async def schedule_weekly_report(
 ) -> dict[str, Any]:
     principal.require_admin()
     now = utcnow()
-    try:
-        period = reports.iso_week(week) if week else reports.last_7_days(now)
-    except ValueError as exc:
-        raise InvalidInput(str(exc)) from exc
+    period = service.parse_period(week, now=now)
     return await run_in_threadpool(service.run_report, runtime.storage, period, now)
 
 

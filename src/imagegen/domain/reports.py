@@ -104,6 +104,23 @@ def weeks_before(period: Period, n: int) -> list[Period]:
     return [_seven_days_from(period.start - WEEK * i) for i in range(n, 0, -1)]
 
 
+def between(start: datetime, end: datetime) -> Period:
+    """A period of any length; an aligned ISO week gets the week's id."""
+    start, end = as_utc(start), as_utc(end)
+    if end - start == WEEK:
+        return _seven_days_from(start)
+    return Period(f"{start:%Y-%m-%d}..{end:%Y-%m-%d}", start, end)
+
+
+def weeks_from(first: Period, last: Period) -> list[Period]:
+    """The ISO weeks from `first` to `last`, both included (for backfills and catch-up)."""
+    weeks, monday = [], first.start
+    while monday <= last.start:
+        weeks.append(_week_starting(monday))
+        monday += WEEK
+    return weeks
+
+
 def _week_starting(monday: datetime) -> Period:
     year, week, _ = monday.isocalendar()
     return Period(f"{year}-W{week:02d}", monday, monday + WEEK)
@@ -619,7 +636,11 @@ def _rate_message(label: str, observed: float, base: _Baseline, overall_note: st
 
 
 def report_document(
-    period: Period, metrics: Metrics, detection: Detection, generated_at: datetime
+    period: Period,
+    metrics: Metrics,
+    detection: Detection,
+    generated_at: datetime,
+    generation_time_ms: Mapping[str, Mapping[str, float]] | None = None,
 ) -> dict[str, Any]:
     """The full report JSON, as stored and served (DESIGN.md, Reports)."""
     return {
@@ -628,7 +649,44 @@ def report_document(
         "periodEnd": isoformat_z(period.end),
         "generatedAt": isoformat_z(generated_at),
         **metrics.to_dict(),
+        "generationTimeMs": {model: dict(times) for model, times in (generation_time_ms or {}).items()},
         "anomalies": [anomaly.to_dict() for anomaly in detection.anomalies],
         "notes": list(detection.notes),
         "baselineWeeks": detection.baseline_weeks,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation time: percentiles from a histogram the database builds (constant memory)
+# ---------------------------------------------------------------------------------------------
+
+TIME_BUCKET_MS = 10
+
+
+def percentile(histogram: Sequence[tuple[int, int]], q: float, bucket_ms: int = TIME_BUCKET_MS) -> float:
+    """The q-th percentile (0-100) of durations given as (bucket, count), bucket = ms // bucket_ms.
+
+    Interpolates inside the bucket, so the error is below one bucket width.
+    """
+    total = sum(count for _, count in histogram)
+    if total == 0:
+        raise ValueError("no durations")
+    rank = q / 100 * total
+    seen = 0
+    for bucket, count in sorted(histogram):
+        if seen + count >= rank:
+            inside = (rank - seen) / count if count else 0.0
+            return round((bucket + inside) * bucket_ms, 1)
+        seen += count
+    return float((max(b for b, _ in histogram) + 1) * bucket_ms)
+
+
+def generation_times(
+    histograms: Mapping[str, Sequence[tuple[int, int]]], bucket_ms: int = TIME_BUCKET_MS
+) -> dict[str, dict[str, float]]:
+    """p50 and p95 of started → completed time per model, in milliseconds."""
+    return {
+        model: {"p50": percentile(rows, 50, bucket_ms), "p95": percentile(rows, 95, bucket_ms)}
+        for model, rows in sorted(histograms.items())
+        if rows
     }

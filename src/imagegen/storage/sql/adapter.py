@@ -16,9 +16,11 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import (
     Connection,
+    Integer,
     Row,
     and_,
     case,
+    cast,
     delete,
     func,
     insert,
@@ -616,6 +618,92 @@ class SqlStorage:
         with self.tx.read() as conn:
             row = conn.execute(select(t.reports.c.document).where(t.reports.c.id == report_id)).first()
         return None if row is None else dict(row.document)
+
+    def list_reports(self, limit: int, cursor: str | None) -> Page[dict[str, Any]]:
+        """Newest period first; the cursor is the last report's period start and id."""
+        rep = t.reports
+        query = select(rep.c.id, rep.c.period_start, rep.c.document)
+        if cursor is not None:
+            at_text, _, last_id = cursor.partition("|")
+            at = _parse_cursor_time(at_text)
+            query = query.where(
+                (rep.c.period_start < at) | ((rep.c.period_start == at) & (rep.c.id < last_id))
+            )
+        query = query.order_by(rep.c.period_start.desc(), rep.c.id.desc()).limit(limit + 1)
+        with self.tx.read() as conn:
+            rows = conn.execute(query).all()
+        next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            next_cursor = f"{last.period_start.isoformat()}|{last.id}"
+        return Page([dict(row.document) for row in rows[:limit]], next_cursor)
+
+    def generation_time_histogram(
+        self, start: datetime, end: datetime, bucket_ms: int
+    ) -> dict[str, list[tuple[int, int]]]:
+        if self.tx.dialect == "sqlite":
+            millis = (func.julianday(gr.c.completed_at) - func.julianday(gr.c.started_at)) * 86_400_000.0
+            bucket = cast(millis / bucket_ms, Integer)
+        else:
+            millis = func.extract("epoch", gr.c.completed_at - gr.c.started_at) * 1000
+            bucket = cast(func.floor(millis / bucket_ms), Integer)
+        query = (
+            select(gr.c.model, bucket.label("bucket"), func.count())
+            .where(
+                gr.c.created_at >= start,
+                gr.c.created_at < end,
+                gr.c.status == Status.COMPLETED.value,
+                gr.c.started_at.is_not(None),
+            )
+            .group_by(gr.c.model, bucket)
+        )
+        histograms: dict[str, list[tuple[int, int]]] = {}
+        with self.tx.read() as conn:
+            for model, slot, count in conn.execute(query):
+                histograms.setdefault(model, []).append((max(int(slot), 0), int(count)))
+        return histograms
+
+    def earliest_request_at(self) -> datetime | None:
+        with self.tx.read() as conn:
+            return conn.execute(select(func.min(gr.c.created_at))).scalar_one_or_none()
+
+    # -- scheduler --------------------------------------------------------------------------
+    def claim_scheduled_run(self, period_id: str, owner: str, now: datetime, stale_before: datetime) -> bool:
+        runs = t.scheduled_runs
+        try:
+            with self.tx.write() as conn:
+                row = conn.execute(select(runs).where(runs.c.period_id == period_id)).first()
+                if row is None:
+                    conn.execute(insert(runs).values(period_id=period_id, claimed_by=owner, claimed_at=now))
+                    return True
+                if row.finished_at is not None or row.claimed_at >= stale_before:
+                    return False
+                # The process that claimed it died before finishing: take it over.
+                taken = conn.execute(
+                    update(runs)
+                    .where(
+                        runs.c.period_id == period_id,
+                        runs.c.finished_at.is_(None),
+                        runs.c.claimed_at < stale_before,
+                    )
+                    .values(claimed_by=owner, claimed_at=now)
+                )
+                return taken.rowcount == 1
+        except IntegrityError:
+            return False  # another process inserted the claim first
+
+    def finish_scheduled_run(self, period_id: str, now: datetime) -> None:
+        runs = t.scheduled_runs
+        with self.tx.write() as conn:
+            conn.execute(update(runs).where(runs.c.period_id == period_id).values(finished_at=now))
+
+    def last_scheduled_run(self) -> str | None:
+        runs = t.scheduled_runs
+        query = (
+            select(runs.c.period_id).where(runs.c.finished_at.is_not(None)).order_by(runs.c.period_id.desc())
+        )
+        with self.tx.read() as conn:
+            return conn.execute(query.limit(1)).scalar_one_or_none()
 
     # -- audit, import, export --------------------------------------------------------------
     def violations(self) -> Iterator[Violation]:

@@ -176,6 +176,7 @@ reports = Table(
     Column("period_end", UTCDateTime, nullable=False),
     Column("document", JSON, nullable=False),
     Column("generated_at", UTCDateTime, nullable=False),
+    Index("ix_reports_period_start", "period_start"),
 )
 
 idempotency_keys = Table(
@@ -214,4 +215,13 @@ webhook_deliveries = Table(
         sqlite_where=text("state = 'pending'"),
         postgresql_where=text("state = 'pending'"),
     ),
+)
+
+scheduled_runs = Table(
+    "scheduled_runs",
+    metadata,
+    Column("period_id", String(64), primary_key=True),  # one row per scheduled period: exactly once
+    Column("claimed_by", String(128), nullable=False),
+    Column("claimed_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=True),
 )
