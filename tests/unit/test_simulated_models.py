@@ -89,19 +89,19 @@ def test_returns_the_drawn_png_when_the_model_succeeds():
 
 
 def test_a_failure_rate_of_one_always_fails():
-    simulated, _ = model(failure_rate=1.0)
+    simulated, _ = model()
+    settings = replace(INSTANT, failure_rate=1.0)
 
     for _ in range(200):
         with pytest.raises(ModelFailure):
-            simulated.generate(TINY, INSTANT)
+            simulated.generate(TINY, settings)
 
 
 def test_a_failure_rate_of_zero_never_fails():
     simulated, _ = model()
-    settings = replace(INSTANT, failure_rate=0.0)
 
     for _ in range(200):
-        simulated.generate(TINY, settings)
+        simulated.generate(TINY, INSTANT)
 
 
 def test_the_failure_message_names_the_model():
