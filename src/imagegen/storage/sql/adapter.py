@@ -57,7 +57,7 @@ from imagegen.ports import (
     WebhookDelivery,
 )
 from imagegen.storage.sql import tables as t
-from imagegen.storage.sql.engine import Transactions, create_sql_engine
+from imagegen.storage.sql.engine import Transactions, create_sql_engine, retrying
 from imagegen.storage.sql.transfer import export_records, import_records
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -81,6 +81,7 @@ class SqlStorage:
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
 
+    @retrying
     def load_initial_data(
         self,
         catalog: Catalog,
@@ -102,6 +103,7 @@ class SqlStorage:
             conn.execute(insert(t.meta).values(key=INITIAL_DATA_MARKER, value=now.isoformat()))
             return True
 
+    @retrying
     def ping(self) -> None:
         with self.tx.read() as conn:
             conn.execute(select(literal(1)))
@@ -110,6 +112,7 @@ class SqlStorage:
         self.engine.dispose()
 
     # -- catalog ----------------------------------------------------------------------------
+    @retrying
     def catalog(self) -> Catalog:
         with self.tx.read() as conn:
             models = {
@@ -121,6 +124,7 @@ class SqlStorage:
             sizes = conn.execute(select(t.sizes.c.name, t.sizes.c.cost).where(t.sizes.c.enabled))
             return Catalog(models, frozenset(styles), frozenset(colors), {name: cost for name, cost in sizes})
 
+    @retrying
     def put_model(self, model: ModelSettings) -> None:
         values = {
             "failure_rate": model.failure_rate,
@@ -132,6 +136,7 @@ class SqlStorage:
             if changed.rowcount == 0:
                 conn.execute(insert(t.models).values(name=model.name, **values))
 
+    @retrying
     def put_option(self, kind: str, name: str, *, enabled: bool, cost: int | None = None) -> None:
         table = {"styles": t.styles, "colors": t.colors, "sizes": t.sizes}[kind]
         values: dict[str, Any] = {"enabled": enabled}
@@ -145,6 +150,7 @@ class SqlStorage:
                 conn.execute(insert(table).values(name=name, **values))
 
     # -- users and credits ------------------------------------------------------------------
+    @retrying
     def create_user(self, user_id: str, credits: int, now: datetime) -> User:
         try:
             with self.tx.write() as conn:
@@ -153,11 +159,13 @@ class SqlStorage:
             raise UserExists(user_id) from exc
         return User(user_id, credits, now)
 
+    @retrying
     def get_user(self, user_id: str) -> User | None:
         with self.tx.read() as conn:
             row = conn.execute(select(t.users).where(t.users.c.id == user_id)).first()
         return None if row is None else User(row.id, row.credits, row.created_at)
 
+    @retrying
     def move_credits(
         self,
         user_id: str,
@@ -186,6 +194,7 @@ class SqlStorage:
                 raise
             return _same_move(existing, entry_type, delta)
 
+    @retrying
     def ledger(
         self, user_id: str, limit: int, cursor: str | None, where: LedgerFilter = NO_FILTER
     ) -> Page[LedgerEntry]:
@@ -204,6 +213,7 @@ class SqlStorage:
         next_cursor = str(rows[limit - 1].seq) if len(rows) > limit else None
         return Page([_entry(row) for row in rows[:limit]], next_cursor)
 
+    @retrying
     def ledger_totals(self, user_id: str) -> dict[EntryType, int]:
         query = (
             select(t.ledger.c.type, func.sum(t.ledger.c.delta))
@@ -214,6 +224,7 @@ class SqlStorage:
             return {EntryType(kind): int(total) for kind, total in conn.execute(query)}
 
     # -- generation requests and jobs -------------------------------------------------------
+    @retrying
     def debit_and_enqueue(self, new: NewGeneration) -> tuple[GenerationRequest, bool]:
         try:
             return self._debit_and_enqueue(new)
@@ -268,11 +279,13 @@ class SqlStorage:
             )
             return _request(row), True
 
+    @retrying
     def get_request(self, request_id: str) -> GenerationRequest | None:
         with self.tx.read() as conn:
             row = conn.execute(select(gr).where(gr.c.id == request_id)).first()
         return None if row is None else _request(row)
 
+    @retrying
     def list_requests(
         self, user_id: str | None, status: Status | None, limit: int, cursor: str | None
     ) -> Page[GenerationRequest]:
@@ -294,6 +307,7 @@ class SqlStorage:
             next_cursor = f"{last.created_at.isoformat()}|{last.id}"
         return Page([_request(row) for row in rows[:limit]], next_cursor)
 
+    @retrying
     def claim_job(self, worker_id: str, now: datetime, lease_until: datetime) -> GenerationRequest | None:
         oldest_pending = (
             select(gr.c.id)
@@ -323,6 +337,7 @@ class SqlStorage:
             _enqueue_webhook(conn, request, "start", now)
             return request
 
+    @retrying
     def extend_leases(self, leases: dict[str, str], lease_until: datetime) -> int:
         if not leases:
             return 0
@@ -338,6 +353,7 @@ class SqlStorage:
             )
             return result.rowcount
 
+    @retrying
     def complete(self, request_id: str, worker_id: str, image_url: str, now: datetime) -> bool:
         with self.tx.write() as conn:
             result = conn.execute(
@@ -361,6 +377,7 @@ class SqlStorage:
             _enqueue_webhook(conn, _request(result), "completed", now)
             return True
 
+    @retrying
     def fail_and_refund(
         self,
         request_id: str,
@@ -377,6 +394,7 @@ class SqlStorage:
             conditions.append(gr.c.lease_expires_at < now)
         return self._finish_with_refund(and_(*conditions), Status.FAILED, error, now)
 
+    @retrying
     def cancel_and_refund(self, request_id: str, now: datetime) -> bool:
         pending = and_(gr.c.id == request_id, gr.c.status == Status.PENDING.value)
         return self._finish_with_refund(pending, Status.CANCELED, "canceled", now)
@@ -402,6 +420,7 @@ class SqlStorage:
             _enqueue_webhook(conn, _request(row), "completed", now)
             return True
 
+    @retrying
     def expired_jobs(self, now: datetime) -> list[GenerationRequest]:
         query = (
             select(gr)
@@ -412,6 +431,7 @@ class SqlStorage:
         with self.tx.read() as conn:
             return [_request(row) for row in conn.execute(query)]
 
+    @retrying
     def requeue(self, request_id: str, now: datetime) -> bool:
         with self.tx.write() as conn:
             result = conn.execute(
@@ -426,6 +446,7 @@ class SqlStorage:
             return result.rowcount == 1
 
     # -- api keys ---------------------------------------------------------------------------
+    @retrying
     def add_api_key(self, key_id: str, key_hash: str, user_id: str | None, now: datetime) -> ApiKey:
         with self.tx.write() as conn:
             conn.execute(
@@ -433,12 +454,14 @@ class SqlStorage:
             )
         return ApiKey(key_id, user_id, now)
 
+    @retrying
     def find_api_key(self, key_hash: str) -> ApiKey | None:
         query = select(t.api_keys).where(t.api_keys.c.key_hash == key_hash, t.api_keys.c.revoked_at.is_(None))
         with self.tx.read() as conn:
             row = conn.execute(query).first()
         return None if row is None else ApiKey(row.id, row.user_id, row.created_at, row.revoked_at)
 
+    @retrying
     def revoke_api_key(self, key_id: str, now: datetime) -> bool:
         with self.tx.write() as conn:
             result = conn.execute(
@@ -449,6 +472,7 @@ class SqlStorage:
             return result.rowcount == 1
 
     # -- idempotency keys -------------------------------------------------------------------
+    @retrying
     def begin_idempotent(
         self, scope: str, key: str, fingerprint: str, now: datetime, lock_until: datetime
     ) -> Idempotency:
@@ -488,6 +512,7 @@ class SqlStorage:
         except IntegrityError:
             return Idempotency("busy")  # a concurrent first attempt inserted the key a moment ago
 
+    @retrying
     def finish_idempotent(self, scope: str, key: str, response: StoredResponse) -> None:
         ik = t.idempotency_keys
         with self.tx.write() as conn:
@@ -503,17 +528,20 @@ class SqlStorage:
                 )
             )
 
+    @retrying
     def release_idempotent(self, scope: str, key: str) -> None:
         ik = t.idempotency_keys
         with self.tx.write() as conn:
             conn.execute(delete(ik).where(ik.c.scope == scope, ik.c.key == key, ik.c.state == "in_progress"))
 
+    @retrying
     def purge_idempotency(self, created_before: datetime) -> int:
         ik = t.idempotency_keys
         with self.tx.write() as conn:
             return conn.execute(delete(ik).where(ik.c.created_at < created_before)).rowcount
 
     # -- webhooks ---------------------------------------------------------------------------
+    @retrying
     def claim_webhooks(self, now: datetime, lease_until: datetime, limit: int) -> list[WebhookDelivery]:
         wd = t.webhook_deliveries
         due = (
@@ -544,6 +572,7 @@ class SqlStorage:
             for r in sorted(rows, key=lambda r: r.next_attempt_at)
         ]
 
+    @retrying
     def webhook_delivered(self, delivery_id: str, now: datetime) -> None:
         wd = t.webhook_deliveries
         with self.tx.write() as conn:
@@ -553,6 +582,7 @@ class SqlStorage:
                 .values(state="delivered", delivered_at=now, lease_expires_at=None, last_error=None)
             )
 
+    @retrying
     def webhook_failed(self, delivery_id: str, error: str, retry_at: datetime | None) -> None:
         wd = t.webhook_deliveries
         values: dict[str, Any] = {"last_error": error[:1000], "lease_expires_at": None}
@@ -563,10 +593,12 @@ class SqlStorage:
         with self.tx.write() as conn:
             conn.execute(update(wd).where(wd.c.id == delivery_id).values(values))
 
+    @retrying
     def get_meta(self, key: str) -> str | None:
         with self.tx.read() as conn:
             return conn.execute(select(t.meta.c.value).where(t.meta.c.key == key)).scalar_one_or_none()
 
+    @retrying
     def put_meta_once(self, key: str, value: str) -> str:
         """Stores `value` unless the key has one already; returns the value that is stored."""
         try:
@@ -582,6 +614,7 @@ class SqlStorage:
             return stored
 
     # -- reports ----------------------------------------------------------------------------
+    @retrying
     def group_counts(self, start: datetime, end: datetime) -> list[GroupCount]:
         dims = (gr.c.model, gr.c.style, gr.c.color, gr.c.size, gr.c.status)
         query = (
@@ -592,6 +625,7 @@ class SqlStorage:
         with self.tx.read() as conn:
             return [GroupCount(*row) for row in conn.execute(query)]
 
+    @retrying
     def unique_users(self, start: datetime, end: datetime) -> int:
         query = select(func.count(func.distinct(gr.c.user_id))).where(
             gr.c.created_at >= start, gr.c.created_at < end
@@ -599,6 +633,7 @@ class SqlStorage:
         with self.tx.read() as conn:
             return int(conn.execute(query).scalar_one())
 
+    @retrying
     def save_report(self, report_id: str, document: dict[str, Any], now: datetime) -> None:
         start = datetime.fromisoformat(document["periodStart"])
         end = datetime.fromisoformat(document["periodEnd"])
@@ -614,11 +649,13 @@ class SqlStorage:
                 )
             )
 
+    @retrying
     def get_report(self, report_id: str) -> dict[str, Any] | None:
         with self.tx.read() as conn:
             row = conn.execute(select(t.reports.c.document).where(t.reports.c.id == report_id)).first()
         return None if row is None else dict(row.document)
 
+    @retrying
     def list_reports(self, limit: int, cursor: str | None) -> Page[dict[str, Any]]:
         """Newest period first; the cursor is the last report's period start and id."""
         rep = t.reports
@@ -638,6 +675,7 @@ class SqlStorage:
             next_cursor = f"{last.period_start.isoformat()}|{last.id}"
         return Page([dict(row.document) for row in rows[:limit]], next_cursor)
 
+    @retrying
     def generation_time_histogram(
         self, start: datetime, end: datetime, bucket_ms: int
     ) -> dict[str, list[tuple[int, int]]]:
@@ -663,11 +701,13 @@ class SqlStorage:
                 histograms.setdefault(model, []).append((max(int(slot), 0), int(count)))
         return histograms
 
+    @retrying
     def earliest_request_at(self) -> datetime | None:
         with self.tx.read() as conn:
             return conn.execute(select(func.min(gr.c.created_at))).scalar_one_or_none()
 
     # -- scheduler --------------------------------------------------------------------------
+    @retrying
     def claim_scheduled_run(self, period_id: str, owner: str, now: datetime, stale_before: datetime) -> bool:
         runs = t.scheduled_runs
         try:
@@ -692,11 +732,13 @@ class SqlStorage:
         except IntegrityError:
             return False  # another process inserted the claim first
 
+    @retrying
     def finish_scheduled_run(self, period_id: str, now: datetime) -> None:
         runs = t.scheduled_runs
         with self.tx.write() as conn:
             conn.execute(update(runs).where(runs.c.period_id == period_id).values(finished_at=now))
 
+    @retrying
     def last_scheduled_run(self) -> str | None:
         runs = t.scheduled_runs
         query = (

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import random
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -15,6 +18,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from imagegen.errors import InvalidInput, StorageUnavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def create_sql_engine(url: str) -> Engine:
@@ -90,16 +95,42 @@ class Transactions:
             yield conn
 
 
+class Retryable(StorageUnavailable):
+    """A serialization failure or deadlock: the transaction did nothing and may simply run again."""
+
+
+# PostgreSQL (and the distributed engines that speak its protocol) ask clients to retry these.
+RETRYABLE_SQLSTATES = {"40001", "40P01"}
+MAX_ATTEMPTS = 8
+
+
+def retrying(method: Callable[P, R]) -> Callable[P, R]:
+    """Runs a whole storage method again (with jittered backoff) when its transaction must be retried."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                return method(*args, **kwargs)
+            except Retryable:
+                if attempt == MAX_ATTEMPTS:
+                    raise
+                time.sleep(random.uniform(0, 0.005 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
 @contextmanager
 def translate_errors() -> Iterator[None]:
     """Driver errors that mean 'the database is not there or too busy' become StorageUnavailable."""
     try:
         yield
-    except OperationalError as exc:
-        raise StorageUnavailable(f"database unavailable: {_first_line(exc)}") from exc
     except DBAPIError as exc:
-        if exc.connection_invalidated:
-            raise StorageUnavailable(f"database connection lost: {_first_line(exc)}") from exc
+        if getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
+            raise Retryable(f"transaction conflict: {_first_line(exc)}") from exc
+        if isinstance(exc, OperationalError) or exc.connection_invalidated:
+            raise StorageUnavailable(f"database unavailable: {_first_line(exc)}") from exc
         raise
 
 
