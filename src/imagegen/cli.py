@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -26,7 +29,7 @@ from imagegen.clock import utcnow
 from imagegen.domain import reports
 from imagegen.errors import ImagegenError
 from imagegen.ports import Storage
-from imagegen.runtime import open_storage
+from imagegen.runtime import Runtime, open_storage
 from imagegen.settings import Settings
 
 app = typer.Typer(
@@ -64,6 +67,13 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+class Role(StrEnum):
+    all = "all"
+    api = "api"
+    worker = "worker"
+    scheduler = "scheduler"
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind [env IMAGEGEN_HOST; 127.0.0.1]")] = None,
@@ -74,28 +84,58 @@ def serve(
     workers: Annotated[
         int | None, typer.Option(help="Job workers in this process [env IMAGEGEN_WORKERS; 4]")
     ] = None,
+    role: Annotated[
+        Role | None, typer.Option(help="all (default), api, worker or scheduler [env IMAGEGEN_ROLE]")
+    ] = None,
+    processes: Annotated[
+        int | None, typer.Option(help="HTTP API processes for api/all [env IMAGEGEN_PROCESSES; 1]")
+    ] = None,
 ) -> None:
-    """Serve the HTTP API with its job workers (embedded mode: one process does everything)."""
+    """Serve imagegen: by default one process runs the HTTP API, the job workers and the scheduler."""
+    overrides = {
+        "host": host,
+        "port": port,
+        "database_url": database_url,
+        "data_dir": data_dir,
+        "no_auth": no_auth or None,
+        "workers": workers,
+        "role": role.value if role else None,
+        "processes": processes,
+    }
+    settings = _settings(**overrides)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Migrate and load the initial data once, before any child process or thread races to do it.
+    open_storage(settings).close()
+    if not settings.serves_http:
+        _run_background(settings)
+        return
     import uvicorn
 
-    from imagegen.api.app import create_app
-
-    settings = _settings(
-        host=host,
-        port=port,
-        database_url=database_url,
-        data_dir=data_dir,
-        no_auth=no_auth or None,
-        workers=workers,
-    )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Child processes build their own Settings from the environment: hand the flags down that way.
+    for name, value in overrides.items():
+        if value is not None:
+            os.environ[f"IMAGEGEN_{name.upper()}"] = str(value)
     uvicorn.run(
-        create_app(settings),
+        "imagegen.api.app:create_app",
+        factory=True,
         host=settings.host,
         port=settings.port,
+        workers=settings.processes,
         access_log=False,
         log_level="info",
     )
+
+
+def _run_background(settings: Settings) -> None:
+    """A worker or scheduler process: no HTTP, runs until SIGTERM or SIGINT."""
+    runtime = Runtime.build(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    runtime.start()
+    logging.getLogger("imagegen").info("%s process running; stop with SIGTERM", settings.role)
+    stop.wait()
+    runtime.stop()
 
 
 @users_app.command("create")

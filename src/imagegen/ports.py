@@ -6,7 +6,8 @@ database, so that a document store without multi-statement SQL can keep the same
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
@@ -114,6 +115,9 @@ class Storage(Protocol):
         now: datetime,
     ) -> bool: ...
     def ping(self) -> None: ...
+    def listen(
+        self, on_job: Callable[[], None], on_done: Callable[[str], None], stop: threading.Event
+    ) -> None: ...
     def close(self) -> None: ...
 
     # catalog

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from imagegen import service
 from imagegen.clock import utcnow
@@ -46,16 +48,41 @@ def write_initial_keys(settings: Settings, first: service.FirstStart) -> None:
         log.warning("  %s", line)
 
 
+class Background(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+class Listener:
+    """Turns other processes' NOTIFYs (PostgreSQL) into local wake-ups; a no-op on SQLite."""
+
+    def __init__(self, storage: Storage, signal: JobSignal, completions: Completions) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=storage.listen,
+            args=(signal.enqueued, completions.finished, self._stop),
+            name="imagegen-listen",
+            daemon=True,
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
 @dataclass
 class Runtime:
+    """Everything one imagegen process runs, chosen by its role (all, api, worker, scheduler)."""
+
     settings: Settings
     storage: Storage
     images: ImageStore
     signal: JobSignal = field(default_factory=JobSignal)
     completions: Completions = field(default_factory=Completions)
-    pool: WorkerPool | None = None
-    dispatcher: Dispatcher | None = None
-    scheduler: Scheduler | None = None
+    background: list[Background] = field(default_factory=list)
     limiter: RateLimiter = field(init=False)
 
     def __post_init__(self) -> None:
@@ -64,34 +91,28 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
         runtime = cls(settings, open_storage(settings), FolderImageStore(settings.images_dir))
-        model = SimulatedModel(failure_rate=settings.ai_failure_rate, latency_ms=settings.model_latency_ms)
-        runtime.pool = WorkerPool(
-            runtime.storage,
-            model,
-            runtime.images,
-            settings,
-            runtime.signal,
-            runtime.completions.finished,
-        )
-        secret = signing_secret(runtime.storage, settings)
-        base_url = settings.public_url or f"http://{settings.host}:{settings.port}"
-        runtime.dispatcher = Dispatcher(runtime.storage, settings, secret, base_url)
-        runtime.scheduler = Scheduler(runtime.storage, settings)
+        runtime.background.append(Listener(runtime.storage, runtime.signal, runtime.completions))
+        if settings.runs_jobs:
+            runtime.background += [runtime._workers(), runtime._dispatcher()]
+        if settings.runs_scheduler:
+            runtime.background.append(Scheduler(runtime.storage, settings))
         return runtime
 
+    def _workers(self) -> WorkerPool:
+        settings = self.settings
+        model = SimulatedModel(failure_rate=settings.ai_failure_rate, latency_ms=settings.model_latency_ms)
+        return WorkerPool(self.storage, model, self.images, settings, self.signal, self.completions.finished)
+
+    def _dispatcher(self) -> Dispatcher:
+        secret = signing_secret(self.storage, self.settings)
+        base_url = self.settings.public_url or f"http://{self.settings.host}:{self.settings.port}"
+        return Dispatcher(self.storage, self.settings, secret, base_url)
+
     def start(self) -> None:
-        if self.pool is not None:
-            self.pool.start()
-        if self.dispatcher is not None:
-            self.dispatcher.start()
-        if self.scheduler is not None:
-            self.scheduler.start()
+        for part in self.background:
+            part.start()
 
     def stop(self) -> None:
-        if self.scheduler is not None:
-            self.scheduler.stop()
-        if self.dispatcher is not None:
-            self.dispatcher.stop()
-        if self.pool is not None:
-            self.pool.stop()
+        for part in reversed(self.background):
+            part.stop()
         self.storage.close()

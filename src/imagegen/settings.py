@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +26,10 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         None, description="Base URL for imageUrl (default: the URL the client called)"
     )
+    role: Literal["all", "api", "worker", "scheduler"] = Field(
+        "all", description="What this process runs: the HTTP API, job workers, the report scheduler, or all"
+    )
+    processes: int = Field(1, ge=1, le=64, description="HTTP API processes (uvicorn workers)")
     no_auth: bool = Field(False, description="Skip API keys; only on a loopback address")
     workers: int = Field(4, ge=0, le=256, description="Job workers in this process")
 
@@ -82,6 +87,18 @@ class Settings(BaseSettings):
                 f"'{self.host}' is not one (use 127.0.0.1 or ::1, or turn auth on)"
             )
         return self
+
+    @property
+    def serves_http(self) -> bool:
+        return self.role in ("all", "api")
+
+    @property
+    def runs_jobs(self) -> bool:
+        return self.role in ("all", "worker")
+
+    @property
+    def runs_scheduler(self) -> bool:
+        return self.role in ("all", "scheduler")
 
     @property
     def sql_url(self) -> str:

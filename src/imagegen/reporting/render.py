@@ -156,6 +156,12 @@ def _count(value: Any) -> str:
 
 def _percent(value: Any) -> str:
     number = _number(value)
+    return NA if number is None else f"{number:.1f}%"
+
+
+def _precise_percent(value: Any) -> str:
+    # The headline success rate keeps the document's 2 decimals: 99.95% is not 100.0%.
+    number = _number(value)
     return NA if number is None else f"{_trim(number, 2)}%"
 
 
@@ -272,7 +278,7 @@ def _md_summary(report: Document) -> list[tuple[str, str]]:
 
 def _summary_value(report: Document, field: str) -> str:
     if field == "successRate":
-        return _percent(report.get(field))
+        return _precise_percent(report.get(field))
     if field not in report:
         return NA  # an older document without this field: not a zero
     return _count(report.get(field))
@@ -322,6 +328,7 @@ def _md_breakdown_row(row: _Row, jumped: bool) -> tuple[str, ...]:
 
 RED = "#dc2626"
 RED_TINT = "#fee2e2"
+RED_SOFT = "#f87171"
 BLUE = "#2563eb"
 VIOLET = "#7c3aed"
 BAR = "#60a5fa"
@@ -398,7 +405,7 @@ def _legend(items: Sequence[tuple[str, str]], x: float, y: float) -> str:
     for swatch, text in items:
         parts.append(_el("g", swatch, transform=f"translate({cursor:.0f} {y:.0f})"))
         parts.append(_label(cursor + 22, y + 4, text, font_size=12, fill=INK))
-        cursor += 22 + 7 * len(text) + 24
+        cursor += 22 + 6.4 * len(text) + 26
     return _el("g", "".join(parts), class_="legend")
 
 
@@ -436,10 +443,13 @@ class _Week:
     current: bool
 
 
-def _weeks(report: Document, history: Sequence[Document]) -> list[_Week]:
+def _earlier(report: Document, history: Sequence[Document]) -> list[Document]:
     # A history that already holds the current report (a re-run) must not show it twice.
-    earlier = [d for d in history if isinstance(d, Mapping) and d.get("id") != report.get("id")]
-    return [_week(d, current=d is report) for d in [*earlier, report]]
+    return [d for d in history if isinstance(d, Mapping) and d.get("id") != report.get("id")]
+
+
+def _weeks(report: Document, history: Sequence[Document]) -> list[_Week]:
+    return [*(_week(d, current=False) for d in _earlier(report, history)), _week(report, current=True)]
 
 
 def _week(document: Document, *, current: bool) -> _Week:
@@ -493,8 +503,8 @@ def _trend_chart(report: Document, history: Sequence[Document]) -> str:
     )
 
 
-def _week_title(week: _Week, value: str) -> str:
-    lines = [f"{week.id}: {value}"]
+def _week_title(week: _Week, value: str | None) -> str:
+    lines = [week.id if value is None else f"{week.id}: {value}"]
     if week.anomalies:
         count = len(week.anomalies)
         lines.append(f"{count} anomal{'y' if count == 1 else 'ies'}:")
@@ -508,7 +518,7 @@ def _anomaly_band(week: _Week, x: float, step: float) -> str:
     top, bottom = PANEL_TOPS[0] - 10, PANEL_TOPS[1] + PANEL_HEIGHT
     return _el(
         "rect",
-        _tooltip(_week_title(week, f"{len(week.anomalies)} anomalies")),
+        _tooltip(_week_title(week, None)),
         x=x - width / 2,
         y=top,
         width=width,
@@ -609,7 +619,7 @@ def _week_labels(weeks: Sequence[_Week], xs: Sequence[float]) -> str:
     for i, (week, x) in enumerate(zip(weeks, xs, strict=True)):
         if (len(weeks) - 1 - i) % every:
             continue  # thinned out, counting back from the current week
-        text = _shorten(week.id, 12)
+        text = _shorten(week.id.removeprefix("report_"), 12)
         colour = RED if week.anomalies else INK
         weight = 700 if week.anomalies or week.current else 400
         parts.append(
@@ -633,9 +643,9 @@ def _week_labels(weeks: Sequence[_Week], xs: Sequence[float]) -> str:
 # Chart b: failure rate by model, style and size, failure-rate jumps highlighted
 # ---------------------------------------------------------------------------------------------
 
-BAR_WIDTH = 960
+BAR_WIDTH = 1000
 BAR_LABEL_RIGHT = 200  # keys are right-aligned against this x
-BAR_LEFT, BAR_SPAN = 212, 420
+BAR_LEFT, BAR_SPAN = 212, 380  # the rest, on the right, is for the value and the annotation
 ROW_HEIGHT = 30
 BAR_TOP = 44
 KEY_CHARS = 28
@@ -653,17 +663,15 @@ def _failure_chart(report: Document, dimension: str, field: str) -> str:
     expected = [_number(a.get("expected")) or 0 for a in jumps.values()]
     ticks = _ticks(max([*rates, *expected], default=0), floor=10, cap=100)
     height = BAR_TOP + ROW_HEIGHT * len(rows) + 40
+    legend = [
+        (_box_swatch(BAR), "Failure rate"),
+        (_box_swatch(RED), "Failure-rate jump (warning, critical)"),
+        (_box_swatch(RED_SOFT), "Unusual rise (info)"),
+        (_tick_swatch(), "Baseline median"),
+    ]
     body = "".join(
         [
-            _legend(
-                [
-                    (_box_swatch(BAR), "Failure rate"),
-                    (_box_swatch(RED), "Failure-rate jump (anomaly)"),
-                    (_tick_swatch(), "Baseline median"),
-                ],
-                BAR_LEFT,
-                16,
-            ),
+            _legend(legend, BAR_LEFT, 16),
             _bar_axis(ticks, height - 40),
             *(_bar_row(row, i, ticks[-1], dimension, jumps.get(row.key)) for i, row in enumerate(rows)),
         ]
@@ -688,88 +696,58 @@ def _bar_axis(ticks: Sequence[float], bottom: float) -> str:
             _label(x, bottom + 16, f"{_trim(tick, 1)}%", font_size=11, fill=MUTED, text_anchor="middle")
         )
     parts.append(_el("line", x1=BAR_LEFT, y1=BAR_TOP - 4, x2=BAR_LEFT, y2=bottom, stroke=INK, stroke_width=1))
+    caption = "failure rate: failed of finished (completed + failed) requests"
     parts.append(
-        _label(
-            BAR_LEFT + BAR_SPAN / 2,
-            bottom + 32,
-            "failure rate (failed of finished)",
-            font_size=11,
-            fill=MUTED,
-            text_anchor="middle",
-        )
+        _label(BAR_LEFT + BAR_SPAN / 2, bottom + 32, caption, font_size=11, fill=MUTED, text_anchor="middle")
     )
     return _el("g", "".join(parts), class_="axis")
 
 
+def _jump_colour(jump: Mapping[str, Any]) -> str:
+    # An info finding is unusual for this history but below the case study's threshold: softer.
+    return RED_SOFT if _severity(jump) == "info" else RED
+
+
 def _bar_row(row: _Row, index: int, top: float, dimension: str, jump: Mapping[str, Any] | None) -> str:
-    y = BAR_TOP + ROW_HEIGHT * index
-    mid = y + ROW_HEIGHT / 2
+    mid = BAR_TOP + ROW_HEIGHT * index + ROW_HEIGHT / 2
     title = _tooltip(_bar_title(row, dimension, jump))
-    colour = RED if jump else INK
-    weight = 700 if jump else 400
+    text_colour, weight = (RED, 700) if jump else (INK, 400)
+    key = _shorten(row.key, KEY_CHARS)
     parts = [
-        _el(
-            "text",
-            title + _esc(_shorten(row.key, KEY_CHARS)),
-            x=BAR_LABEL_RIGHT,
-            y=mid + 4,
-            font_size=12,
-            font_weight=weight,
-            fill=colour,
-            text_anchor="end",
-        ),
+        _el("text", title + _esc(key), x=BAR_LABEL_RIGHT, y=mid + 4, font_size=12, font_weight=weight,
+            fill=text_colour, text_anchor="end"),
         _el("rect", x=BAR_LEFT, y=mid - 9, width=BAR_SPAN, height=18, fill=TRACK),
-    ]
+    ]  # fmt: skip
     if row.failure_rate is None:
-        parts.append(
-            _label(
-                BAR_LEFT + 8,
-                mid + 4,
-                "n/a: no finished requests",
-                font_size=11,
-                fill=MUTED,
-                font_style="italic",
-            )
-        )
+        note = "n/a: no finished requests"
+        parts.append(_label(BAR_LEFT + 8, mid + 4, note, font_size=11, fill=MUTED, font_style="italic"))
         return _el("g", "".join(parts), class_="bar")
     end = _bar_x(row.failure_rate, top)
-    parts.append(
-        _el(
-            "rect",
-            title,
-            x=BAR_LEFT,
-            y=mid - 9,
-            width=max(end - BAR_LEFT, 1.5),
-            height=18,
-            rx=2,
-            fill=RED if jump else BAR,
-            class_="jump" if jump else None,
-        )
-    )
-    value = f"{_percent(row.failure_rate)} ({_count(row.failed)} of {_count(row.finished)})"
-    parts.append(_label(end + 8, mid + 4, value, font_size=12, font_weight=weight, fill=colour))
+    fill = _jump_colour(jump) if jump else BAR
+    parts.append(_el("rect", title, x=BAR_LEFT, y=mid - 9, width=max(end - BAR_LEFT, 1.5), height=18, rx=2,
+                     fill=fill, class_="jump" if jump else None))  # fmt: skip
     if jump:
-        parts.append(_jump_annotation(jump, top, mid, end + 16 + 6.6 * len(value)))
+        parts.append(_median_tick(jump, top, mid))
+    value = _esc(f"{_percent(row.failure_rate)} ({_count(row.failed)} of {_count(row.finished)})")
+    if jump:
+        value += _el("tspan", _esc(_jump_note(jump)), dx=10, font_weight=700)
+    parts.append(_el("text", value, x=end + 8, y=mid + 4, font_size=12, font_weight=weight, fill=text_colour))
     return _el("g", "".join(parts), class_="bar")
 
 
-def _jump_annotation(jump: Mapping[str, Any], top: float, mid: float, x: float) -> str:
-    """The baseline median as a tick on the bar, and the jump written next to the value."""
-    parts = []
+def _median_tick(jump: Mapping[str, Any], top: float, mid: float) -> str:
     expected = _number(jump.get("expected"))
-    observed = _number(jump.get("observed"))
-    if expected is not None:
-        tick = _bar_x(expected, top)
-        parts.append(_el("line", x1=tick, y1=mid - 12, x2=tick, y2=mid + 12, stroke=INK, stroke_width=2))
-    if expected is not None and observed is not None:
-        note = f"▲ {observed - expected:+.1f} pts vs median {_percent(expected)}"
-    else:
-        note = "▲ failure-rate jump"
-    severity = _severity(jump)
-    if severity:
-        note += f" · {severity}"
-    parts.append(_label(x, mid + 4, note, font_size=12, font_weight=700, fill=RED))
-    return "".join(parts)
+    if expected is None:
+        return ""
+    x = _bar_x(expected, top)
+    return _el("line", x1=x, y1=mid - 12, x2=x, y2=mid + 12, stroke=INK, stroke_width=2)
+
+
+def _jump_note(jump: Mapping[str, Any]) -> str:
+    expected, observed = _number(jump.get("expected")), _number(jump.get("observed"))
+    if expected is None or observed is None:
+        return "▲ failure-rate jump"
+    return f"▲ {observed - expected:+.1f} pts vs median {_percent(expected)}"
 
 
 def _bar_title(row: _Row, dimension: str, jump: Mapping[str, Any] | None) -> str:
@@ -779,7 +757,7 @@ def _bar_title(row: _Row, dimension: str, jump: Mapping[str, Any] | None) -> str
         f"{_count(row.finished)} finished ({_count(row.total)} requests)",
     ]
     if jump:
-        lines.append(f"{_severity(jump)}: {_text(jump.get('message'))}")
+        lines.append(f"{_severity(jump) or 'unrated'}: {_text(jump.get('message'))}")
     return "\n".join(lines)
 
 
@@ -808,7 +786,8 @@ h3 { margin: 18px 0 6px; font-size: 15px; }
 .status.calm { background: #dcfce7; color: #166534; }
 section { margin-top: 18px; padding: 20px 24px; background: #fff; border: 1px solid var(--line);
   border-radius: 10px; }
-.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(150px, 1fr)); gap: 12px; }
+.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(200px, 1fr)); gap: 12px; }
+.lead { margin: -8px 0 12px; }
 .card { padding: 12px 14px; border: 1px solid var(--line); border-radius: 8px; }
 .card .label { color: var(--muted); font-size: 12px; }
 .card .value { font-size: 24px; font-weight: 650; font-variant-numeric: tabular-nums; }
@@ -816,10 +795,10 @@ section { margin-top: 18px; padding: 20px 24px; background: #fff; border: 1px so
 table { width: 100%; border-collapse: collapse; }
 th, td { padding: 7px 10px; border-bottom: 1px solid var(--line); text-align: left;
   vertical-align: top; }
-th { color: var(--muted); font-size: 12px; font-weight: 600; letter-spacing: .03em;
-  text-transform: uppercase; }
+th { color: var(--muted); font-size: 12px; font-weight: 600; }
 .num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
 .key, .message { overflow-wrap: anywhere; }
+td.key { min-width: 7em; }
 .kind { color: var(--muted); font-size: 12px; }
 tr.jump td { background: #fef2f2; }
 tr.jump td.rate { color: var(--red); font-weight: 700; }
@@ -836,7 +815,8 @@ figure + figure { margin-top: 22px; }
 figcaption { margin-bottom: 4px; font-weight: 600; }
 svg.chart { display: block; width: 100%; height: auto; }
 svg.chart text { font-family: inherit; }
-.tables { display: grid; grid-template-columns: repeat(auto-fit, minmax(460px, 1fr)); gap: 8px 28px; }
+.tables { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 420px), 1fr));
+  gap: 8px 28px; }
 footer { margin-top: 18px; color: var(--muted); font-size: 12px; text-align: center; }
 @media print { body { background: #fff; } section { break-inside: avoid; } }
 """
@@ -848,11 +828,11 @@ def render_html(report: Document, history: Sequence[Document] = ()) -> str:
     `history` holds the earlier weekly report documents, oldest first (may be empty); the weekly
     trend chart draws them followed by `report`.
     """
-    earlier = [d for d in history if isinstance(d, Mapping) and d.get("id") != report.get("id")]
+    earlier = _earlier(report, history)
     sections = [
         _html_summary(report, earlier[-1] if earlier else None),
         _html_anomalies(report),
-        _html_section("Weekly trend", _trend_chart(report, earlier)),
+        _html_section("Weekly trend", _trend_chart(report, history)),
         _html_section("Failure rate", "".join(_figure(report, d, f) for d, f in CHARTED_DIMENSIONS)),
         _html_breakdowns(report),
     ]
@@ -899,21 +879,25 @@ def _html_summary(report: Document, previous: Document | None) -> str:
             f'<div class="card"><div class="label">{_esc(label)}</div>'
             f'<div class="value">{_esc(_summary_value(report, field))}</div>{delta_html}</div>'
         )
-    return _html_section("Summary", f'<div class="cards">\n{"".join(cards)}\n</div>')
+    since = ""
+    if previous is not None:
+        since = (
+            f'<p class="meta lead">Changes are from the previous report, {_esc(previous.get("id"))}.</p>\n'
+        )
+    return _html_section("Summary", f'{since}<div class="cards">\n{"".join(cards)}\n</div>')
 
 
 def _delta(report: Document, previous: Document, field: str) -> str:
-    """The change from the previous week: in points for the success rate, in percent otherwise."""
+    """The change from the previous report: in points for the success rate, in percent otherwise."""
     now, before = _number(report.get(field)), _number(previous.get(field))
     if now is None or before is None:
         return ""
-    since = f"vs {_text(previous.get('id'))}"
     if field == "successRate":
-        return f"{_arrow(now - before)} {abs(now - before):.1f} pts {since}"
+        return f"{_arrow(now - before)} {abs(now - before):.1f} pts"
     if before == 0:
-        return "" if now == 0 else f"▲ from 0 {since}"
+        return "" if now == 0 else "▲ from 0"
     change = 100 * (now - before) / before
-    return f"{_arrow(change)} {_trim(abs(change), 0 if abs(change) >= 10 else 1)}% {since}"
+    return f"{_arrow(change)} {_trim(abs(change), 0 if abs(change) >= 10 else 1)}%"
 
 
 def _arrow(change: float) -> str:

@@ -7,11 +7,14 @@ second deduction or refund for one request impossible even if a bug tried.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import (
@@ -61,6 +64,9 @@ from imagegen.storage.sql.engine import Transactions, create_sql_engine, retryin
 from imagegen.storage.sql.transfer import export_records, import_records
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger("imagegen.storage")
+JOBS_CHANNEL = "imagegen_jobs"  # a job was queued: idle workers look
+DONE_CHANNEL = "imagegen_done"  # a job ended (payload: its id): waiting HTTP handlers look
 INITIAL_DATA_MARKER = "initial_data_loaded"
 gr = t.generation_requests
 
@@ -277,6 +283,7 @@ class SqlStorage:
                 None,
                 new.created_at,
             )
+            _notify(conn, JOBS_CHANNEL)
             return _request(row), True
 
     @retrying
@@ -375,6 +382,7 @@ class SqlStorage:
             if result is None:
                 return False
             _enqueue_webhook(conn, _request(result), "completed", now)
+            _notify(conn, DONE_CHANNEL, request_id)
             return True
 
     @retrying
@@ -418,6 +426,7 @@ class SqlStorage:
             balance = _add_credits(conn, row.user_id, row.cost)
             _append_entry(conn, row.user_id, EntryType.REFUND, row.cost, balance, row.id, error, now)
             _enqueue_webhook(conn, _request(row), "completed", now)
+            _notify(conn, DONE_CHANNEL, row.id)
             return True
 
     @retrying
@@ -443,7 +452,31 @@ class SqlStorage:
                 )
                 .values(status=Status.PENDING.value, lease_owner=None, lease_expires_at=None)
             )
+            _notify(conn, JOBS_CHANNEL)
             return result.rowcount == 1
+
+    def listen(
+        self, on_job: Callable[[], None], on_done: Callable[[str], None], stop: threading.Event
+    ) -> None:
+        """Calls back on other processes' NOTIFYs until `stop` is set; returns at once on SQLite."""
+        if self.tx.dialect != "postgresql":
+            return
+        url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        while not stop.is_set():
+            try:
+                with psycopg.connect(url, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {JOBS_CHANNEL}")
+                    conn.execute(f"LISTEN {DONE_CHANNEL}")
+                    on_job()  # anything queued while we were not listening
+                    while not stop.is_set():
+                        for note in conn.notifies(timeout=1.0):
+                            if note.channel == JOBS_CHANNEL:
+                                on_job()
+                            else:
+                                on_done(note.payload)
+            except psycopg.Error:
+                log.warning("lost the LISTEN connection; reconnecting", exc_info=True)
+                stop.wait(1.0)
 
     # -- api keys ---------------------------------------------------------------------------
     @retrying
@@ -761,6 +794,12 @@ class SqlStorage:
     def import_records(self, records: Iterable[dict[str, Any]], now: datetime) -> dict[str, int]:
         with self.tx.write() as conn:
             return import_records(conn, records, now)
+
+
+def _notify(conn: Connection, channel: str, payload: str = "") -> None:
+    """PostgreSQL NOTIFY, delivered when the transaction commits; SQLite processes poll instead."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.pg_notify(channel, payload)))
 
 
 # -- helpers shared by the methods above (each runs inside the caller's transaction) -----------
