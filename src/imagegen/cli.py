@@ -29,6 +29,7 @@ from imagegen.clock import utcnow
 from imagegen.domain import reports
 from imagegen.errors import ImagegenError
 from imagegen.ports import Storage
+from imagegen.reporting import render_html, render_markdown
 from imagegen.runtime import Runtime, open_storage
 from imagegen.settings import Settings
 
@@ -242,8 +243,6 @@ def report(
 
 
 def _render(storage: Storage, document: dict[str, Any], period: reports.Period, format: Format) -> str:  # noqa: A002
-    from imagegen.reporting.render import render_html, render_markdown  # TODO(helper-6): move to top
-
     if format is Format.md:
         return render_markdown(document)
     if format is Format.html:

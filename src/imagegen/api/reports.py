@@ -15,6 +15,7 @@ from imagegen.api.auth import AdminDep, RuntimeDep
 from imagegen.api.common import page_size
 from imagegen.clock import utcnow
 from imagegen.domain import reports
+from imagegen.reporting import render_html, render_markdown
 
 router = APIRouter(prefix="/v1/reports", tags=["reports"])
 
@@ -53,7 +54,6 @@ async def run_report(body: ReportRun, runtime: RuntimeDep, _admin: AdminDep) -> 
 
 
 async def _rendered(runtime: RuntimeDep, document: dict[str, Any], format: str) -> Response:  # noqa: A002
-    from imagegen.reporting.render import render_html, render_markdown  # TODO(helper-6): move to top
 
     if format == "md":
         return PlainTextResponse(render_markdown(document), media_type="text/markdown")

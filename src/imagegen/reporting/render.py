@@ -37,7 +37,7 @@ SUMMARY = (
 )
 
 _SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
-_MD_BADGES = {"critical": "🔴 **CRITICAL**", "warning": "🟠 **WARNING**", "info": "🔵 **INFO**"}
+_MD_DOTS = {"critical": "🔴", "warning": "🟠", "info": "🔵"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -49,7 +49,11 @@ def _number(value: Any) -> float | None:
     """A finite number from a document, or None (null, missing, or not a number at all)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond any float
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _text(value: Any) -> str:
@@ -194,6 +198,8 @@ def _score(anomaly: Mapping[str, Any]) -> str:
 
 
 def _when(value: Any) -> str:
+    if value is None:
+        return NA
     instant = _instant(value)
     return _text(value) if instant is None else f"{instant:%a %d %b %Y %H:%M}"
 
@@ -298,7 +304,7 @@ def _md_anomalies(report: Document) -> list[str]:
 
 def _md_anomaly(anomaly: Mapping[str, Any]) -> str:
     severity = _severity(anomaly)
-    badge = _MD_BADGES.get(severity, f"⚪ **{_md(severity.upper() or 'UNRATED')}**")
+    badge = f"{_MD_DOTS.get(severity, '⚪')} **{_md(severity.upper() or 'UNRATED')}**"
     numbers = (
         f"observed {_measure(anomaly, 'observed')}, expected {_measure(anomaly, 'expected')}, "
         f"score {_score(anomaly)}"
@@ -312,13 +318,13 @@ def _md_breakdown(report: Document, dimension: str, field: str) -> list[str]:
         return ["_No requests._"]
     jumps = _jumps(report, dimension)
     header = (dimension.capitalize(), "Requests", "Completed", "Failed", "Failure rate")
-    return _md_table(header, "lrrrr", (_md_breakdown_row(row, row.key in jumps) for row in rows))
+    return _md_table(header, "lrrrr", (_md_breakdown_row(row, jumps.get(row.key)) for row in rows))
 
 
-def _md_breakdown_row(row: _Row, jumped: bool) -> tuple[str, ...]:
+def _md_breakdown_row(row: _Row, jump: Mapping[str, Any] | None) -> tuple[str, ...]:
     rate = _percent(row.failure_rate)
-    if jumped:
-        rate = f"**{rate}** 🔴 jump"
+    if jump is not None:
+        rate = f"**{rate}** {_MD_DOTS.get(_severity(jump), '⚪')} jump"
     return (_md(row.key), _count(row.total), _count(row.completed), _count(row.failed), rate)
 
 
@@ -387,12 +393,14 @@ def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _ticks(highest: float, *, floor: float = 1.0, cap: float | None = None) -> list[float]:
-    """0 and 3 to 5 round steps up to at least `highest` (steps of 1, 2 or 5 times a power of 10)."""
+def _ticks(highest: float, *, floor: float, cap: float | None = None, whole: bool = False) -> list[float]:
+    """0 and 3 to 5 round steps up to at least `highest` (steps of 1, 2, 2.5 or 5 times a power
+    of 10); `whole` keeps the steps whole numbers, for counts."""
     highest = max(highest, floor)
     raw = highest / 4
     power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    steps = (m * power for m in (1, 2, 2.5, 5, 10) if not whole or float(m * power).is_integer())
+    step = next(s for s in steps if s >= raw)
     top = math.ceil(highest / step - 1e-9) * step
     if cap is not None and top > cap:
         top, step = cap, cap / 4
@@ -537,7 +545,7 @@ def _trend_panel(
     name: str,
     colour: str,
 ) -> str:
-    ticks = _ticks(max((v for v in values if v is not None), default=0))
+    ticks = _ticks(max((v for v in values if v is not None), default=0), floor=4, whole=True)
     bottom = top + PANEL_HEIGHT
 
     def y_of(value: float) -> float:
@@ -709,23 +717,42 @@ def _jump_colour(jump: Mapping[str, Any]) -> str:
 
 
 def _bar_row(row: _Row, index: int, top: float, dimension: str, jump: Mapping[str, Any] | None) -> str:
+    """One key: its name, a track, its bar and its value; the whole row has one tooltip."""
     mid = BAR_TOP + ROW_HEIGHT * index + ROW_HEIGHT / 2
-    title = _tooltip(_bar_title(row, dimension, jump))
     text_colour, weight = (RED, 700) if jump else (INK, 400)
     key = _shorten(row.key, KEY_CHARS)
     parts = [
-        _el("text", title + _esc(key), x=BAR_LABEL_RIGHT, y=mid + 4, font_size=12, font_weight=weight,
-            fill=text_colour, text_anchor="end"),
+        _tooltip(_bar_title(row, dimension, jump)),
+        _label(
+            BAR_LABEL_RIGHT,
+            mid + 4,
+            key,
+            font_size=12,
+            font_weight=weight,
+            fill=text_colour,
+            text_anchor="end",
+        ),
         _el("rect", x=BAR_LEFT, y=mid - 9, width=BAR_SPAN, height=18, fill=TRACK),
-    ]  # fmt: skip
+    ]
     if row.failure_rate is None:
         note = "n/a: no finished requests"
         parts.append(_label(BAR_LEFT + 8, mid + 4, note, font_size=11, fill=MUTED, font_style="italic"))
         return _el("g", "".join(parts), class_="bar")
     end = _bar_x(row.failure_rate, top)
     fill = _jump_colour(jump) if jump else BAR
-    parts.append(_el("rect", title, x=BAR_LEFT, y=mid - 9, width=max(end - BAR_LEFT, 1.5), height=18, rx=2,
-                     fill=fill, class_="jump" if jump else None))  # fmt: skip
+    width = max(end - BAR_LEFT, 1.5)
+    parts.append(
+        _el(
+            "rect",
+            x=BAR_LEFT,
+            y=mid - 9,
+            width=width,
+            height=18,
+            rx=2,
+            fill=fill,
+            class_="jump" if jump else None,
+        )
+    )
     if jump:
         parts.append(_median_tick(jump, top, mid))
     value = _esc(f"{_percent(row.failure_rate)} ({_count(row.failed)} of {_count(row.finished)})")
