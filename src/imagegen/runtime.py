@@ -11,12 +11,12 @@ from typing import Protocol
 from imagegen import service
 from imagegen.clock import utcnow
 from imagegen.completions import Completions
-from imagegen.images import FolderImageStore
 from imagegen.models.simulated import SimulatedModel
 from imagegen.ports import ImageStore, Storage
 from imagegen.ratelimit import RateLimiter
 from imagegen.scheduler import Scheduler
 from imagegen.settings import Settings
+from imagegen.storage.s3_images import open_image_store
 from imagegen.storage.sql.adapter import SqlStorage
 from imagegen.webhooks import Dispatcher, signing_secret
 from imagegen.worker import JobSignal, WorkerPool
@@ -90,7 +90,8 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
-        runtime = cls(settings, open_storage(settings), FolderImageStore(settings.images_dir))
+        images = open_image_store(settings.image_store_url, settings.images_dir)
+        runtime = cls(settings, open_storage(settings), images)
         runtime.background.append(Listener(runtime.storage, runtime.signal, runtime.completions))
         if settings.runs_jobs:
             runtime.background += [runtime._workers(), runtime._dispatcher()]

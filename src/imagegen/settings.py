@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         None, description="Base URL for imageUrl (default: the URL the client called)"
     )
+    image_store_url: str | None = Field(
+        None,
+        description="Where images are kept: a folder path, file:///path, or "
+        "s3://bucket/prefix?endpoint_url=http(s)://host:port&region=name (default: <data_dir>/images)",
+    )
     role: Literal["all", "api", "worker", "scheduler"] = Field(
         "all", description="What this process runs: the HTTP API, job workers, the report scheduler, or all"
     )

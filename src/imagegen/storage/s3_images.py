@@ -21,8 +21,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from imagegen.domain.generation import valid_id
 from imagegen.errors import InvalidInput, StorageUnavailable
-from imagegen.images import FolderImageStore
 from imagegen.ports import ImageStore
+from imagegen.storage.folder_images import FolderImageStore
 
 ACCEPTED_FORMS = (
     "a folder path, file:///absolute/path, or "
