@@ -153,7 +153,7 @@ def users_create(
     typer.echo(key)
 
 
-@credits_app.command("grant")
+@credits_app.command("grant", context_settings={"ignore_unknown_options": True})
 def credits_grant(
     user_id: Annotated[str, typer.Argument(help="The user")],
     amount: Annotated[int, typer.Argument(help="> 0 grants; < 0 adjusts down (never below 0)")],

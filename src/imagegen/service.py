@@ -309,6 +309,18 @@ def parse_period(
     week: str | None = None, start: datetime | None = None, end: datetime | None = None, *, now: datetime
 ) -> reports.Period:
     """A named ISO week, an explicit [start, end) range, or the 7 days ending now."""
+    period = _period(week, start, end, now=now)
+    if not (REPORT_YEARS[0] <= period.start.year and period.end.year <= REPORT_YEARS[1]):
+        raise InvalidInput(f"Reports cover {REPORT_YEARS[0]} to {REPORT_YEARS[1]}")
+    return period
+
+
+REPORT_YEARS = (1971, 9998)  # room for the 8-week baseline before, and the period's end after
+
+
+def _period(
+    week: str | None, start: datetime | None, end: datetime | None, *, now: datetime
+) -> reports.Period:
     try:
         if week:
             return reports.iso_week(week)

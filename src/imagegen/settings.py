@@ -10,8 +10,10 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from imagegen.domain.webhooks import secret_is_valid as webhook_secret_is_valid
 
 
 class Settings(BaseSettings):
@@ -83,6 +85,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     max_page_size: int = Field(200, ge=1)
     default_page_size: int = Field(50, ge=1)
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _signing_key(cls, secret: str | None) -> str | None:
+        if secret is not None and not webhook_secret_is_valid(secret):
+            raise ValueError(
+                "IMAGEGEN_WEBHOOK_SECRET must be whsec_ followed by a base64 key of 24 bytes or more"
+            )
+        return secret
 
     @model_validator(mode="after")
     def _refuse_public_no_auth(self) -> Settings:

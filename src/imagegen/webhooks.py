@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import httpx
@@ -24,6 +25,8 @@ from imagegen.settings import Settings
 log = logging.getLogger("imagegen.webhooks")
 SECRET_KEY = "webhook_secret"
 LEASE = timedelta(seconds=60)
+BATCH = 32
+CONCURRENCY = 8
 
 
 def signing_secret(storage: Storage, settings: Settings) -> str:
@@ -39,6 +42,7 @@ class Dispatcher:
         self.secret = secret
         self.base_url = base_url
         self.client = httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
+        self.pool = ThreadPoolExecutor(max_workers=CONCURRENCY, thread_name_prefix="imagegen-webhook")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="imagegen-webhooks", daemon=True)
 
@@ -48,6 +52,7 @@ class Dispatcher:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(10)
+        self.pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
 
     def _loop(self) -> None:
@@ -61,11 +66,20 @@ class Dispatcher:
                 self._stop.wait(self.settings.webhook_poll_seconds)
 
     def deliver_due(self) -> int:
+        """Sends the due deliveries concurrently, so one slow receiver does not hold up the others."""
         now = utcnow()
-        due = self.storage.claim_webhooks(now, now + LEASE, limit=20)
-        for delivery in due:
-            self.deliver(delivery)
+        due = self.storage.claim_webhooks(now, now + LEASE, limit=BATCH)
+        for delivery, outcome in zip(due, self.pool.map(self._deliver_safely, due), strict=True):
+            if outcome is not None:
+                log.error("webhook %s could not be processed: %s", delivery.id, outcome)
         return len(due)
+
+    def _deliver_safely(self, delivery: WebhookDelivery) -> str | None:
+        try:
+            self.deliver(delivery)
+        except Exception as exc:  # the lease runs out and the delivery is retried later
+            return f"{type(exc).__name__}: {exc}"
+        return None
 
     def deliver(self, delivery: WebhookDelivery) -> None:
         body = json.dumps(self._payload(delivery), separators=(",", ":")).encode()

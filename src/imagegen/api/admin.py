@@ -12,13 +12,14 @@ from starlette.concurrency import run_in_threadpool
 from imagegen import service
 from imagegen.api.auth import AdminDep, RuntimeDep
 from imagegen.api.catalog import CatalogOut, catalog_body
+from imagegen.api.errors import documented
 from imagegen.api.idempotency import idempotent
 from imagegen.api.users import Entry, ledger_entry
 from imagegen.clock import utcnow
 from imagegen.errors import NotFound
 from imagegen.webhooks import signing_secret
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"])
+router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=documented(401, 403, 404, 413, 422))
 
 
 class NewUser(BaseModel):
@@ -111,7 +112,7 @@ async def put_option(
     catalog = await run_in_threadpool(
         lambda: service.set_option(runtime.storage, kind, name, enabled=body.enabled, cost=body.cost)
     )
-    return catalog_body(catalog)
+    return catalog_body(catalog, runtime.settings)
 
 
 @router.put("/models/{name}", summary="Set a model's failure rate, latency or enabled flag")
@@ -130,6 +131,9 @@ async def put_model(name: str, body: ModelIn, runtime: RuntimeDep, _admin: Admin
         "failureRate": model.failure_rate,
         "latencyMs": model.latency_ms,
         "enabled": model.enabled,
+        # AI_FAILURE_RATE / IMAGEGEN_MODEL_LATENCY_MS, when set, apply to every model instead.
+        "overriddenByEnvironment": runtime.settings.ai_failure_rate is not None
+        or runtime.settings.model_latency_ms is not None,
     }
 
 

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from imagegen import service
 from imagegen.api.auth import PrincipalDep, RuntimeDep
-from imagegen.api.common import image_url, json_body, page_size, wait_until_done
+from imagegen.api.common import create_guard, image_url, json_body, page_size, wait_until_done
 from imagegen.api.users import ledger_entry
 from imagegen.clock import utcnow
 from imagegen.domain.generation import GenerationRequest, Status
@@ -35,8 +35,6 @@ async def create_generation_request(
     idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=255),
 ) -> JSONResponse:
     body = await json_body(request)
-    if isinstance(body, dict) and isinstance(body.get("userId"), str):
-        runtime.limiter.take(body["userId"])
     created, _ = await run_in_threadpool(
         service.create_generation,
         runtime.storage,
@@ -44,7 +42,7 @@ async def create_generation_request(
         max_prompt_length=runtime.settings.max_prompt_length,
         now=utcnow(),
         idempotency_key=idempotency_key,
-        authorize=principal.may_act_for,
+        authorize=create_guard(runtime, principal),
         allow_private_webhooks=runtime.settings.webhook_allow_private,
         max_in_flight=runtime.settings.max_in_flight_per_user,
     )

@@ -9,9 +9,11 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from imagegen.api.auth import PrincipalDep, RuntimeDep
+from imagegen.api.errors import documented
 from imagegen.domain.catalog import Catalog, size_order
+from imagegen.settings import Settings
 
-router = APIRouter(prefix="/v1/catalog", tags=["catalog"])
+router = APIRouter(prefix="/v1/catalog", tags=["catalog"], responses=documented(401, 403))
 
 
 class ModelOut(BaseModel):
@@ -32,10 +34,15 @@ class CatalogOut(BaseModel):
     sizes: list[SizeOut]
 
 
-def catalog_body(catalog: Catalog) -> dict[str, Any]:
+def catalog_body(catalog: Catalog, settings: Settings) -> dict[str, Any]:
+    """The catalog as clients see it: a model's figures are the ones in effect (env overrides win)."""
     return {
         "models": [
-            {"name": m.name, "failureRate": m.failure_rate, "latencyMs": m.latency_ms}
+            {
+                "name": m.name,
+                "failureRate": _override(settings.ai_failure_rate, m.failure_rate),
+                "latencyMs": _override(settings.model_latency_ms, m.latency_ms),
+            }
             for m in sorted(catalog.models.values(), key=lambda m: m.name)
             if m.enabled
         ],
@@ -45,6 +52,10 @@ def catalog_body(catalog: Catalog) -> dict[str, Any]:
     }
 
 
+def _override(value: Any, stored: Any) -> Any:
+    return stored if value is None else value
+
+
 @router.get("", response_model=CatalogOut, summary="Enabled models, styles, colors, and sizes with prices")
 async def get_catalog(runtime: RuntimeDep, _principal: PrincipalDep) -> dict[str, Any]:
-    return catalog_body(await run_in_threadpool(runtime.storage.catalog))
+    return catalog_body(await run_in_threadpool(runtime.storage.catalog), runtime.settings)

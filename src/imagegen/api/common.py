@@ -5,31 +5,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from imagegen import service
+from imagegen.api.auth import Principal
 from imagegen.domain.generation import GenerationRequest
 from imagegen.errors import InvalidInput
 from imagegen.runtime import Runtime
+
+LONE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 async def json_body(request: Request) -> Any:
     raw = await request.body()
     try:
-        return json.loads(raw) if raw else None
+        body = json.loads(raw) if raw else None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"Request body must be a JSON object (not valid JSON: {exc})") from exc
+    except RecursionError as exc:
+        raise InvalidInput("Request body is nested too deeply") from exc
+    if LONE_SURROGATE.search(raw):  # rare: escaped surrogates, which may not be valid pairs
+        try:
+            json.dumps(body, ensure_ascii=False).encode()
+        except UnicodeEncodeError as exc:
+            raise InvalidInput("Request body contains invalid Unicode (an unpaired surrogate)") from exc
+    return body
 
 
 def page_size(value: str | None, runtime: Runtime) -> int:
     settings = runtime.settings
     if value is None or value == "":
         return settings.default_page_size
-    if not value.isdigit() or not 1 <= int(value) <= settings.max_page_size:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= settings.max_page_size:
         raise InvalidInput(f"limit must be an integer from 1 to {settings.max_page_size}")
     return int(value)
 
@@ -39,6 +52,16 @@ def image_url(request: Request, runtime: Runtime, path: str | None) -> str | Non
         return path
     base = runtime.settings.public_url or str(request.base_url)
     return base.rstrip("/") + path
+
+
+def create_guard(runtime: Runtime, principal: Principal) -> Callable[[str], None]:
+    """Runs once a create is valid and before it is written: the key's right to act, then the rate."""
+
+    def guard(user_id: str) -> None:
+        principal.may_act_for(user_id)
+        runtime.limiter.take(user_id)
+
+    return guard
 
 
 async def wait_until_done(runtime: Runtime, request_id: str, timeout: float) -> GenerationRequest:

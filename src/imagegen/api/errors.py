@@ -12,10 +12,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imagegen.domain.validation import Problem
-from imagegen.errors import ImagegenError, InsufficientCredits, TooManyRequests
+from imagegen.errors import ImagegenError, InsufficientCredits, TooManyRequests, Unauthenticated
 
 log = logging.getLogger("imagegen.api")
 PROBLEM_JSON = "application/problem+json"
@@ -33,6 +34,41 @@ TITLES = {
     500: "Internal error",
     503: "Service unavailable",
 }
+
+
+class ProblemDetail(BaseModel):
+    """RFC 9457 problem details, as every /v1 error is answered."""
+
+    type: str = Field(examples=["https://imagegen.dev/problems/insufficient_credits"])
+    title: str = Field(examples=["Insufficient credits"])
+    status: int = Field(examples=[402])
+    detail: str = Field(examples=["Insufficient credits"])
+    code: str = Field(description="Stable, for programs to branch on", examples=["insufficient_credits"])
+    errors: list[dict[str, Any]] | None = Field(
+        None, description="422 only: each bad field, with allowed values"
+    )
+
+
+DESCRIPTIONS = {
+    401: "No API key, or an unknown or revoked one",
+    403: "The key may not act on this user, or the route needs an admin key",
+    404: "No such resource",
+    409: "Conflicts with the current state or a reused Idempotency-Key",
+    413: "Request body too large",
+    422: "Invalid input; `errors` lists each bad field",
+}
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the given error statuses, all problem+json."""
+    return {
+        status: {
+            "model": ProblemDetail,
+            "description": DESCRIPTIONS[status],
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/ProblemDetail"}}},
+        }
+        for status in statuses
+    }
 
 
 def problem(status: int, code: str, detail: str, extra: dict[str, Any] | None = None) -> JSONResponse:
@@ -66,19 +102,21 @@ def _problem_field(p: Problem) -> dict[str, Any]:
 def v1_error(exc: ImagegenError) -> JSONResponse:
     # A request the catalog rejects is a 422 on /v1; the case-study routes keep their 400.
     status = 422 if exc.code == "validation_error" else exc.status
-    return _with_retry_after(problem(status, exc.code, exc.message, _details(exc)), exc)
+    return _with_headers(problem(status, exc.code, exc.message, _details(exc)), exc)
 
 
 def case_study_error(exc: ImagegenError) -> JSONResponse:
     # The original functions answered 400 for insufficient credits.
     status = 400 if isinstance(exc, InsufficientCredits) else exc.status
     body = {**_details(exc), "error": exc.message, "code": exc.code}
-    return _with_retry_after(JSONResponse(body, status_code=status), exc)
+    return _with_headers(JSONResponse(body, status_code=status), exc)
 
 
-def _with_retry_after(response: JSONResponse, exc: ImagegenError) -> JSONResponse:
+def _with_headers(response: JSONResponse, exc: ImagegenError) -> JSONResponse:
     if isinstance(exc, TooManyRequests):
         response.headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, Unauthenticated):
+        response.headers["WWW-Authenticate"] = 'Bearer realm="imagegen"'
     return response
 
 

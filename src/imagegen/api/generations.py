@@ -12,14 +12,15 @@ from starlette.concurrency import run_in_threadpool
 
 from imagegen import service
 from imagegen.api.auth import Principal, PrincipalDep, RuntimeDep
-from imagegen.api.common import image_url, json_body, page_size, wait_until_done
+from imagegen.api.common import create_guard, image_url, json_body, page_size, wait_until_done
+from imagegen.api.errors import documented
 from imagegen.api.idempotency import idempotent
 from imagegen.clock import utcnow
 from imagegen.domain.generation import GenerationRequest, to_resource
 from imagegen.errors import InvalidInput
 from imagegen.runtime import Runtime
 
-router = APIRouter(prefix="/v1/generations", tags=["generations"])
+router = APIRouter(prefix="/v1/generations", tags=["generations"], responses=documented(401, 403, 413, 422))
 MAX_WAIT = 60
 PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait(?:=(\d+))?(?:$|[;,\s])")
 IdempotencyKey = Annotated[
@@ -109,8 +110,6 @@ async def create_generation(
     wait = prefer_wait(prefer)
 
     async def run() -> JSONResponse:
-        if isinstance(body, dict) and isinstance(body.get("userId"), str):
-            runtime.limiter.take(body["userId"])
         created, fresh = await run_in_threadpool(
             service.create_generation,
             runtime.storage,
@@ -118,7 +117,7 @@ async def create_generation(
             max_prompt_length=runtime.settings.max_prompt_length,
             now=utcnow(),
             idempotency_key=idempotency_key,
-            authorize=principal.may_act_for,
+            authorize=create_guard(runtime, principal),
             allow_private_webhooks=runtime.settings.webhook_allow_private,
             max_in_flight=runtime.settings.max_in_flight_per_user,
         )
@@ -134,7 +133,9 @@ async def create_generation(
     return await idempotent(request, runtime, principal, idempotency_key, body, run)
 
 
-@router.get("/{generation_id}", response_model=Generation, summary="One generation")
+@router.get(
+    "/{generation_id}", response_model=Generation, summary="One generation", responses=documented(404)
+)
 async def get_generation(
     generation_id: str, request: Request, runtime: RuntimeDep, principal: PrincipalDep
 ) -> dict[str, Any]:
@@ -170,7 +171,7 @@ async def list_generations(
     "/{generation_id}/cancel",
     response_model=Generation,
     summary="Cancel a pending generation (refunded once)",
-    responses={409: {"description": "Already running or finished"}},
+    responses={**documented(404), 409: {"description": "Already running or finished"}},
 )
 async def cancel_generation(
     generation_id: str,

@@ -13,11 +13,12 @@ from starlette.concurrency import run_in_threadpool
 from imagegen import service
 from imagegen.api.auth import AdminDep, RuntimeDep
 from imagegen.api.common import page_size
+from imagegen.api.errors import documented
 from imagegen.clock import utcnow
 from imagegen.domain import reports
 from imagegen.reporting import render_html, render_markdown
 
-router = APIRouter(prefix="/v1/reports", tags=["reports"])
+router = APIRouter(prefix="/v1/reports", tags=["reports"], responses=documented(401, 403, 404, 422))
 
 
 class ReportRun(BaseModel):

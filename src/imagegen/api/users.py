@@ -12,12 +12,13 @@ from starlette.concurrency import run_in_threadpool
 from imagegen import service
 from imagegen.api.auth import PrincipalDep, RuntimeDep
 from imagegen.api.common import page_size
+from imagegen.api.errors import documented
 from imagegen.domain.generation import iso
 from imagegen.domain.ledger import EntryType, LedgerEntry
 from imagegen.errors import InvalidInput
 from imagegen.ports import LedgerFilter
 
-router = APIRouter(prefix="/v1/users", tags=["users"])
+router = APIRouter(prefix="/v1/users", tags=["users"], responses=documented(401, 403, 404, 422))
 
 
 class Totals(BaseModel):

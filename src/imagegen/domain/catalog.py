@@ -26,16 +26,6 @@ class Catalog:
     def cost_of(self, size: str) -> int:
         return self.sizes[size]
 
-    def problems(self, *, model: str, style: str, color: str, size: str) -> list[tuple[str, str, list[str]]]:
-        """(field, value, allowed values) for each field whose value the catalog does not offer."""
-        checks = [
-            ("model", model, self.enabled_models()),
-            ("style", style, sorted(self.styles)),
-            ("color", color, sorted(self.colors)),
-            ("size", size, sorted(self.sizes, key=size_order)),
-        ]
-        return [(name, value, allowed) for name, value, allowed in checks if value not in allowed]
-
 
 def size_order(size: str) -> tuple[int, str]:
     width, _, height = size.partition("x")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from imagegen.domain.catalog import Catalog
+from imagegen.domain.catalog import Catalog, size_order
 from imagegen.domain.generation import ID_RULE, WEBHOOK_EVENTS, GenerationSpec, valid_id
 from imagegen.domain.webhooks import url_problem
 
@@ -21,6 +21,7 @@ class Problem:
     field: str
     message: str
     allowed: tuple[str, ...] = ()
+    missing: bool = False
 
 
 class InvalidGeneration(ValueError):
@@ -30,22 +31,24 @@ class InvalidGeneration(ValueError):
 
 
 def summary(problems: list[Problem]) -> str:
-    missing = [p.field for p in problems if p.message == "missing"]
-    if missing:
-        return f"Missing required fields: [{', '.join(missing)}]"
-    return "; ".join(p.message for p in problems)
+    missing = [p.field for p in problems if p.missing]
+    others = [p.message for p in problems if not p.missing]
+    head = [f"Missing required fields: [{', '.join(missing)}]"] if missing else []
+    return "; ".join(head + others)
 
 
 def parse_generation(body: object, catalog: Catalog, *, max_prompt_length: int) -> GenerationSpec:
+    """The request's spec, or InvalidGeneration listing every problem at once."""
     if not isinstance(body, Mapping):
         raise InvalidGeneration([Problem("body", "Request body must be a JSON object")])
-    missing = [name for name in REQUIRED if body.get(name) in (None, "")]
-    if missing:
-        raise InvalidGeneration([Problem(name, "missing") for name in missing])
-    problems = _type_problems(body)
-    if problems:
-        raise InvalidGeneration(problems)
-    problems = _value_problems(body, catalog, max_prompt_length)
+    allowed = _allowed(catalog)
+    problems = [
+        Problem(name, f"Field '{name}' is required", allowed.get(name, ()), missing=True)
+        for name in REQUIRED
+        if body.get(name) in (None, "")
+    ]
+    problems += _type_problems(body)
+    problems += _value_problems(body, allowed, max_prompt_length)
     if problems:
         raise InvalidGeneration(problems)
     return GenerationSpec(
@@ -58,41 +61,45 @@ def parse_generation(body: object, catalog: Catalog, *, max_prompt_length: int) 
     )
 
 
+def _allowed(catalog: Catalog) -> dict[str, tuple[str, ...]]:
+    return {
+        "model": tuple(catalog.enabled_models()),
+        "style": tuple(sorted(catalog.styles)),
+        "color": tuple(sorted(catalog.colors)),
+        "size": tuple(sorted(catalog.sizes, key=size_order)),
+    }
+
+
 def _type_problems(body: Mapping[str, object]) -> list[Problem]:
-    fields = [*REQUIRED, "prompt"]
     return [
         Problem(name, f"Field '{name}' must be a string")
-        for name in fields
-        if body.get(name) is not None and not isinstance(body[name], str)
+        for name in (*REQUIRED, "prompt")
+        if body.get(name) not in (None, "") and not isinstance(body[name], str)
     ]
 
 
-def _value_problems(body: Mapping[str, object], catalog: Catalog, max_prompt_length: int) -> list[Problem]:
+def _present(body: Mapping[str, object], name: str) -> str | None:
+    value = body.get(name)
+    return value if isinstance(value, str) and value else None
+
+
+def _value_problems(
+    body: Mapping[str, object], allowed: dict[str, tuple[str, ...]], max_prompt_length: int
+) -> list[Problem]:
     problems = []
-    user_id = str(body["userId"])
-    if not valid_id(user_id):
+    user_id = _present(body, "userId")
+    if user_id is not None and not valid_id(user_id):
         problems.append(Problem("userId", f"Invalid userId '{_shown(user_id)}': {ID_RULE}"))
-    prompt = body.get("prompt") or ""
-    if len(str(prompt)) > max_prompt_length:
+    prompt = _present(body, "prompt") or ""
+    if len(prompt) > max_prompt_length:
         problems.append(
-            Problem(
-                "prompt",
-                f"Prompt is {len(str(prompt))} characters; the limit is {max_prompt_length}",
-            )
+            Problem("prompt", f"Prompt is {len(prompt)} characters; the limit is {max_prompt_length}")
         )
-    for name, value, allowed in catalog.problems(
-        model=str(body["model"]),
-        style=str(body["style"]),
-        color=str(body["color"]),
-        size=str(body["size"]),
-    ):
-        problems.append(
-            Problem(
-                name,
-                f"Invalid {name} '{_shown(value)}'. Valid values: {', '.join(allowed)}",
-                tuple(allowed),
-            )
-        )
+    for name, values in allowed.items():
+        value = _present(body, name)
+        if value is not None and value not in values:
+            message = f"Invalid {name} '{_shown(value)}'. Valid values: {', '.join(values)}"
+            problems.append(Problem(name, message, values))
     return problems
 
 

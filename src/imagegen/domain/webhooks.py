@@ -25,8 +25,17 @@ def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
+def secret_is_valid(secret: str) -> bool:
+    if not secret.startswith(SECRET_PREFIX):
+        return False
+    try:
+        return len(_key(secret)) >= 24
+    except ValueError:
+        return False
+
+
 def _key(secret: str) -> bytes:
-    return base64.b64decode(secret.removeprefix(SECRET_PREFIX))
+    return base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
 
 
 def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:

@@ -7,6 +7,7 @@ second deduction or refund for one request impossible even if a bug tried.
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -30,6 +31,7 @@ from sqlalchemy import (
     literal,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -101,7 +103,11 @@ class SqlStorage:
                 return False
             _insert_catalog(conn, catalog)
             for user_id, credits in users.items():
-                _insert_user(conn, user_id, credits, now, reason="initial data")
+                # A fixed id: every instance's initial grant is the same entry, so an export of one
+                # instance imported into another (which has its own initial data) adds it only once.
+                _insert_user(
+                    conn, user_id, credits, now, reason="initial data", entry_id=f"initial-{user_id}"
+                )
             for key_id, key_hash, key_user in keys:
                 conn.execute(
                     insert(t.api_keys).values(id=key_id, key_hash=key_hash, user_id=key_user, created_at=now)
@@ -244,6 +250,9 @@ class SqlStorage:
         spec = new.spec
         with self.tx.write() as conn:
             if new.idempotency_key is not None:
+                # Lock the user first: a concurrent duplicate then waits here and, once the first
+                # commits, finds its request (rather than a balance it has already spent).
+                conn.execute(select(t.users.c.id).where(t.users.c.id == spec.user_id).with_for_update())
                 existing = _by_idempotency_key(conn, spec.user_id, new.idempotency_key)
                 if existing is not None:
                     if existing.fingerprint != new.fingerprint:
@@ -302,8 +311,7 @@ class SqlStorage:
         if status is not None:
             query = query.where(gr.c.status == status.value)
         if cursor is not None:
-            created, _, last_id = cursor.partition("|")
-            at = _parse_cursor_time(created)
+            at, last_id = _decode_cursor(cursor)
             query = query.where((gr.c.created_at < at) | ((gr.c.created_at == at) & (gr.c.id < last_id)))
         query = query.order_by(gr.c.created_at.desc(), gr.c.id.desc()).limit(limit + 1)
         with self.tx.read() as conn:
@@ -311,7 +319,7 @@ class SqlStorage:
         next_cursor = None
         if len(rows) > limit:
             last = rows[limit - 1]
-            next_cursor = f"{last.created_at.isoformat()}|{last.id}"
+            next_cursor = _encode_cursor(last.created_at, last.id)
         return Page([_request(row) for row in rows[:limit]], next_cursor)
 
     @retrying
@@ -352,8 +360,7 @@ class SqlStorage:
             result = conn.execute(
                 update(gr)
                 .where(
-                    gr.c.id.in_(list(leases)),
-                    gr.c.lease_owner.in_(list(leases.values())),
+                    tuple_(gr.c.id, gr.c.lease_owner).in_(list(leases.items())),
                     gr.c.status == Status.RUNNING.value,
                 )
                 .values(lease_expires_at=lease_until)
@@ -694,8 +701,7 @@ class SqlStorage:
         rep = t.reports
         query = select(rep.c.id, rep.c.period_start, rep.c.document)
         if cursor is not None:
-            at_text, _, last_id = cursor.partition("|")
-            at = _parse_cursor_time(at_text)
+            at, last_id = _decode_cursor(cursor)
             query = query.where(
                 (rep.c.period_start < at) | ((rep.c.period_start == at) & (rep.c.id < last_id))
             )
@@ -705,7 +711,7 @@ class SqlStorage:
         next_cursor = None
         if len(rows) > limit:
             last = rows[limit - 1]
-            next_cursor = f"{last.period_start.isoformat()}|{last.id}"
+            next_cursor = _encode_cursor(last.period_start, last.id)
         return Page([dict(row.document) for row in rows[:limit]], next_cursor)
 
     @retrying
@@ -821,10 +827,12 @@ def _insert_catalog(conn: Connection, catalog: Catalog) -> None:
     )
 
 
-def _insert_user(conn: Connection, user_id: str, credits: int, now: datetime, *, reason: str) -> None:
+def _insert_user(
+    conn: Connection, user_id: str, credits: int, now: datetime, *, reason: str, entry_id: str | None = None
+) -> None:
     conn.execute(insert(t.users).values(id=user_id, credits=credits, created_at=now))
     if credits:
-        _append_entry(conn, user_id, EntryType.GRANT, credits, credits, None, reason, now)
+        _append_entry(conn, user_id, EntryType.GRANT, credits, credits, None, reason, now, entry_id=entry_id)
 
 
 def _add_credits(conn: Connection, user_id: str, delta: int) -> int:
@@ -853,8 +861,10 @@ def _append_entry(
     reason: str | None,
     now: datetime,
     idempotency_key: str | None = None,
+    entry_id: str | None = None,
 ) -> LedgerEntry:
-    entry = LedgerEntry(new_id(), user_id, entry_type, delta, balance_after, request_id, reason, now)
+    entry_id = entry_id or new_id()
+    entry = LedgerEntry(entry_id, user_id, entry_type, delta, balance_after, request_id, reason, now)
     conn.execute(
         insert(t.ledger).values(
             id=entry.id,
@@ -959,20 +969,27 @@ def _entry(row: Row[Any]) -> LedgerEntry:
 
 
 def _int_cursor(cursor: str) -> int:
-    try:
-        return int(cursor)
-    except ValueError as exc:
-        raise InvalidInput(f"Invalid cursor '{cursor}'") from exc
+    if not (cursor.isascii() and cursor.isdigit() and int(cursor) < 2**63):
+        raise InvalidInput(f"Invalid cursor '{cursor[:80]}'")
+    return int(cursor)
 
 
-def _parse_cursor_time(value: str) -> datetime:
+def _encode_cursor(at: datetime, last_id: str) -> str:
+    """An opaque, URL-safe cursor: base64url of "<time>|<id>" of the last item on the page."""
+    raw = f"{at.isoformat()}|{last_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise InvalidInput(f"Invalid cursor '{value}'") from exc
-    if parsed.tzinfo is None:
-        raise InvalidInput(f"Invalid cursor '{value}'")
-    return parsed
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        at_text, separator, last_id = raw.partition("|")
+        at = datetime.fromisoformat(at_text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"Invalid cursor '{cursor[:80]}'") from exc
+    if not separator or at.tzinfo is None:
+        raise InvalidInput(f"Invalid cursor '{cursor[:80]}'")
+    return at, last_id
 
 
 def _balance_violations(conn: Connection) -> Iterator[Violation]:

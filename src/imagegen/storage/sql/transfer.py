@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Table, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
+from imagegen.domain.generation import Status
 from imagegen.domain.ledger import EntryType
 from imagegen.errors import InvalidInput
 from imagegen.ids import new_id
@@ -80,6 +81,7 @@ def import_records(conn: Connection, records: Iterable[dict[str, Any]], now: dat
     while batch := list(islice(iterator, BATCH)):
         run.batch(batch)
     run.settle_balances()
+    run.settle_unfinished()
     return run.counts
 
 
@@ -90,6 +92,7 @@ class _Import:
         self.counts = {name: 0 for name in COLLECTIONS} | {"usersCreatedAsReferenced": 0}
         self.targets: dict[str, int] = {}  # users created by this import -> the balance they end with
         self.moved: defaultdict[str, int] = defaultdict(int)  # pre-existing users -> imported deltas
+        self.unfinished: set[str] = set()  # imported pending or running requests
 
     def batch(self, records: list[dict[str, Any]]) -> None:
         by_collection: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -132,7 +135,10 @@ class _Import:
 
     def _requests(self, records: list[dict[str, Any]]) -> None:
         rows = [{c: r.get(c) for c in REQUEST_FIELDS} | {"attempts": 0, "source": "import"} for r in records]
-        self.counts["generationRequests"] += len(self._insert_new(t.generation_requests, rows))
+        inserted = {row.id for row in self._insert_new(t.generation_requests, rows)}
+        live = (Status.PENDING.value, Status.RUNNING.value)
+        self.unfinished |= {str(row["id"]) for row in rows if row["id"] in inserted and row["status"] in live}
+        self.counts["generationRequests"] += len(inserted)
 
     def _entries(self, records: list[dict[str, Any]]) -> None:
         rows = [{c: r.get(c) for c in ENTRY_FIELDS} for r in records]
@@ -173,15 +179,40 @@ class _Import:
             if ledger_sum != target:
                 self._append_adjustment(user_id, target - ledger_sum, target)
             self.conn.execute(update(t.users).where(t.users.c.id == user_id).values(credits=target))
+        users = t.users
         for user_id, delta in self.moved.items():
-            row = self.conn.execute(
-                update(t.users)
-                .where(t.users.c.id == user_id)
-                .values(credits=t.users.c.credits + delta)
-                .returning(t.users.c.credits)
-            ).one()
-            if row.credits < 0:
-                raise InvalidInput(f"import refused: it would take user {user_id} to {row.credits} credits")
+            moved = self.conn.execute(
+                update(users)
+                .where(users.c.id == user_id, users.c.credits + delta >= 0)
+                .values(credits=users.c.credits + delta)
+            )
+            if moved.rowcount != 1:
+                raise InvalidInput(f"import refused: its entries would take user {user_id} below 0 credits")
+
+    def settle_unfinished(self) -> None:
+        """Imported pending or running requests: queued again if they were debited, else closed.
+
+        A request that was running when it was exported has no live worker here; one that was
+        never debited must not become a job whose failure would refund credits nobody paid.
+        """
+        gr = t.generation_requests
+        for request_id in sorted(self.unfinished):
+            debited = self.conn.execute(
+                select(t.ledger.c.id).where(
+                    t.ledger.c.generation_request_id == request_id,
+                    t.ledger.c.type == EntryType.DEDUCTION.value,
+                )
+            ).first()
+            values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
+            if debited:
+                values |= {"status": Status.PENDING.value}
+            else:
+                values |= {
+                    "status": Status.FAILED.value,
+                    "error": "imported unfinished without a deduction: not run",
+                    "completed_at": self.now,
+                }
+            self.conn.execute(update(gr).where(gr.c.id == request_id).values(values))
 
     def _ledger_sum(self, user_id: str) -> int:
         query = select(func.coalesce(func.sum(t.ledger.c.delta), 0)).where(t.ledger.c.user_id == user_id)
