@@ -44,9 +44,7 @@ def week(**styles: tuple[int, int]) -> Metrics:
     for style, (completed, failed) in styles.items():
         half_c, half_f = completed // 2, failed // 2
         groups += rows(style.replace("_", " "), half_c, half_f, model="model-a")
-        groups += rows(
-            style.replace("_", " "), completed - half_c, failed - half_f, model="model-b"
-        )
+        groups += rows(style.replace("_", " "), completed - half_c, failed - half_f, model="model-b")
     return summarize(groups, unique_users=10)
 
 
@@ -235,8 +233,7 @@ def test_metrics_read_back_from_their_json_are_the_same() -> None:
 
 # Eight weeks of about a hundred requests, 3-7 % of them failing.
 STEADY = [
-    volume(n, f)
-    for n, f in [(98, 4), (110, 6), (95, 3), (105, 5), (99, 7), (102, 4), (108, 5), (97, 4)]
+    volume(n, f) for n, f in [(98, 4), (110, 6), (95, 3), (105, 5), (99, 7), (102, 4), (108, 5), (97, 4)]
 ]
 
 
@@ -285,10 +282,7 @@ def test_a_collapse_in_requests_is_detected_as_a_drop() -> None:
     assert [(a.kind, a.metric, a.severity) for a in detection.anomalies] == [
         ("drop", "totalRequests", "critical")
     ]
-    assert (
-        detection.anomalies[0].message
-        == "Requests dropped to 0.20x the 8-week median (20 vs 100.5)"
-    )
+    assert detection.anomalies[0].message == "Requests dropped to 0.20x the 8-week median (20 vs 100.5)"
 
 
 def test_a_success_rate_drop_is_detected() -> None:
@@ -319,9 +313,7 @@ def test_a_failure_rate_jump_on_one_style_is_detected_while_the_others_are_quiet
     ]
     jump = detection.anomalies[0]
     assert (jump.observed, jump.expected, jump.severity) == (32.26, 4.88, "warning")
-    assert jump.message == (
-        "Failure rate of style 'anime' 32.3% vs 4.9% (+27.4 points), the 8-week median"
-    )
+    assert jump.message == ("Failure rate of style 'anime' 32.3% vs 4.9% (+27.4 points), the 8-week median")
 
 
 def test_a_new_model_that_fails_often_is_compared_with_the_overall_failure_rate() -> None:
@@ -363,9 +355,7 @@ def test_a_stable_history_with_normal_noise_raises_nothing() -> None:
 def test_too_little_history_raises_nothing_and_says_so() -> None:
     detection = detect(volume(5000, 2500), [volume(100, 5)])
 
-    assert detection == Detection(
-        [], ["only 1 week of history; anomaly detection needs 3"], baseline_weeks=1
-    )
+    assert detection == Detection([], ["only 1 week of history; anomaly detection needs 3"], baseline_weeks=1)
 
 
 def test_empty_weeks_before_the_history_began_do_not_count_as_history() -> None:

@@ -1,0 +1,250 @@
+"""Random histories of creates, claims, completions, failures, cancels and credit moves keep the ledger
+invariants of DESIGN.md (1, 2, 3 and 5), checked against a plain-Python model after every step.
+
+Hypothesis drives the storage port (SQLite) through the service layer, as the API and the workers do.
+A fresh database per example is a copy of one migrated template, which is much faster than migrating.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from datetime import timedelta
+from itertools import count
+from pathlib import Path
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from imagegen import service
+from imagegen.clock import utcnow
+from imagegen.domain.generation import Status
+from imagegen.errors import IdempotencyConflict, InsufficientCredits, InvalidState
+from imagegen.storage.sql.adapter import SqlStorage
+
+USERS = {"testUser1": 100, "testUser2": 10}
+COSTS = {"512x512": 1, "1024x1024": 3, "1024x1792": 4}
+KEYS = [None, None, "retry-a", "retry-b"]  # half the creates carry no Idempotency-Key
+LEASE = timedelta(seconds=30)
+PROMPT_LIMIT = 1000
+
+
+@dataclass
+class Expected:
+    """What the model says about one generation request."""
+
+    user_id: str
+    size: str
+    status: Status
+    worker: str | None = None
+
+    @property
+    def cost(self) -> int:
+        return COSTS[self.size]
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    def __init__(self, template: Path, folder: Path) -> None:
+        super().__init__()
+        path = folder / f"example-{next(EXAMPLES)}.db"
+        shutil.copyfile(template, path)
+        self.storage = SqlStorage(f"sqlite:///{path}")
+        self.balances = dict(USERS)
+        self.requests: dict[str, Expected] = {}
+        self.order: list[str] = []  # creation order: the queue hands out the oldest pending first
+        self.keys: dict[tuple[str, str], str] = {}  # (user, Idempotency-Key) -> request id
+        self.now = utcnow()
+        self.workers = count()
+
+    def tick(self) -> None:
+        self.now += timedelta(seconds=1)
+
+    def with_status(self, status: Status) -> list[str]:
+        return [rid for rid in self.order if self.requests[rid].status is status]
+
+    # -- rules --------------------------------------------------------------------------------
+    @rule(user=st.sampled_from(sorted(USERS)), size=st.sampled_from(sorted(COSTS)), key=st.sampled_from(KEYS))
+    def create_a_generation(self, user: str, size: str, key: str | None) -> None:
+        self.tick()
+        body = {"userId": user, "model": "model-a", "style": "anime", "color": "vibrant", "size": size}
+        seen = self.keys.get((user, key)) if key else None
+        try:
+            request, fresh = service.create_generation(
+                self.storage, body, max_prompt_length=PROMPT_LIMIT, now=self.now, idempotency_key=key
+            )
+        except IdempotencyConflict:
+            assert seen is not None and self.requests[seen].size != size
+            return
+        except InsufficientCredits:
+            assert seen is None and self.balances[user] < COSTS[size]
+            return
+        if seen is not None:  # a retry: the first request, debited once
+            assert (request.id, fresh) == (seen, False)
+            assert self.requests[seen].size == size
+            return
+        assert fresh and request.cost == COSTS[size] and request.status is Status.PENDING
+        assert self.balances[user] >= COSTS[size]
+        self.balances[user] -= COSTS[size]
+        self.requests[request.id] = Expected(user, size, Status.PENDING)
+        self.order.append(request.id)
+        if key:
+            self.keys[(user, key)] = request.id
+
+    @precondition(lambda self: self.with_status(Status.PENDING))
+    @rule()
+    def a_worker_claims_the_oldest_pending_job(self) -> None:
+        self.claim()
+
+    @precondition(lambda self: self.with_status(Status.PENDING))
+    @rule()
+    def a_worker_claims_the_oldest_pending_job_and_completes_it(self) -> None:
+        self.complete(self.claim())
+
+    @precondition(lambda self: self.with_status(Status.PENDING))
+    @rule()
+    def a_worker_claims_the_oldest_pending_job_and_fails_it(self) -> None:
+        self.fail(self.claim())
+
+    @precondition(lambda self: self.with_status(Status.RUNNING))
+    @rule(data=st.data())
+    def its_worker_completes_a_running_job(self, data: st.DataObject) -> None:
+        self.complete(data.draw(st.sampled_from(self.with_status(Status.RUNNING))))
+
+    @precondition(lambda self: self.with_status(Status.RUNNING))
+    @rule(data=st.data())
+    def its_worker_fails_a_running_job_and_refunds_it(self, data: st.DataObject) -> None:
+        self.fail(data.draw(st.sampled_from(self.with_status(Status.RUNNING))))
+
+    def claim(self) -> str:
+        self.tick()
+        worker = f"worker-{next(self.workers)}"
+        claimed = self.storage.claim_job(worker, self.now, self.now + LEASE)
+        assert claimed is not None and claimed.id == self.with_status(Status.PENDING)[0]
+        assert claimed.status is Status.RUNNING
+        self.requests[claimed.id].status = Status.RUNNING
+        self.requests[claimed.id].worker = worker
+        return claimed.id
+
+    def complete(self, request_id: str) -> None:
+        self.tick()
+        expected = self.requests[request_id]
+        assert not self.storage.complete(request_id, "a-late-worker", "/images/late.png", self.now)
+        assert self.storage.complete(request_id, str(expected.worker), f"/images/{request_id}.png", self.now)
+        expected.status = Status.COMPLETED
+
+    def fail(self, request_id: str) -> None:
+        self.tick()
+        expected = self.requests[request_id]
+        assert not self.storage.fail_and_refund(request_id, "late", self.now, worker_id="a-late-worker")
+        assert self.storage.fail_and_refund(request_id, "model failed", self.now, worker_id=expected.worker)
+        expected.status = Status.FAILED
+        self.balances[expected.user_id] += expected.cost
+
+    @precondition(lambda self: self.requests)
+    @rule(data=st.data())
+    def a_client_cancels_a_request(self, data: st.DataObject) -> None:
+        self.tick()
+        request_id = data.draw(st.sampled_from(self.order))
+        expected = self.requests[request_id]
+        if expected.status is not Status.PENDING:
+            try:
+                service.cancel_generation(self.storage, request_id, self.now)
+            except InvalidState:
+                return
+            raise AssertionError(f"canceled a {expected.status.value} request")
+        canceled = service.cancel_generation(self.storage, request_id, self.now)
+        assert canceled.status is Status.CANCELED
+        expected.status = Status.CANCELED
+        self.balances[expected.user_id] += expected.cost
+
+    @precondition(lambda self: any(r.status.terminal for r in self.requests.values()))
+    @rule(data=st.data())
+    def a_duplicate_delivery_of_a_finished_job_changes_nothing(self, data: st.DataObject) -> None:
+        self.tick()
+        finished = [rid for rid in self.order if self.requests[rid].status.terminal]
+        request_id = data.draw(st.sampled_from(finished))
+        worker = str(self.requests[request_id].worker)
+        assert not self.storage.complete(request_id, worker, "/images/again.png", self.now)
+        assert not self.storage.fail_and_refund(request_id, "again", self.now, worker_id=worker)
+        assert not self.storage.fail_and_refund(request_id, "again", self.now)
+        assert not self.storage.cancel_and_refund(request_id, self.now)
+
+    @rule(user=st.sampled_from(sorted(USERS)), amount=st.integers(1, 50))
+    def an_operator_grants_credits(self, user: str, amount: int) -> None:
+        self.tick()
+        entry = service.move_credits(self.storage, user, amount, "goodwill", self.now)
+        self.balances[user] += amount
+        assert (entry.type.value, entry.credits, entry.balance_after) == (
+            "grant",
+            amount,
+            self.balances[user],
+        )
+
+    @rule(user=st.sampled_from(sorted(USERS)), amount=st.integers(1, 60))
+    def an_operator_adjusts_credits_down(self, user: str, amount: int) -> None:
+        self.tick()
+        try:
+            entry = service.move_credits(self.storage, user, -amount, "chargeback", self.now)
+        except InsufficientCredits:
+            assert self.balances[user] < amount
+            return
+        self.balances[user] -= amount
+        assert (entry.type.value, entry.credits, entry.balance_after) == (
+            "adjustment",
+            -amount,
+            self.balances[user],
+        )
+
+    # -- invariants ---------------------------------------------------------------------------
+    @invariant()
+    def the_audit_finds_nothing(self) -> None:
+        assert list(service.verify(self.storage)) == []
+
+    @invariant()
+    def every_balance_is_the_models_and_never_negative(self) -> None:
+        for user_id, expected in self.balances.items():
+            user = self.storage.get_user(user_id)
+            assert user is not None and user.credits == expected >= 0
+            assert sum(self.storage.ledger_totals(user_id).values()) == expected
+
+    @invariant()
+    def every_request_has_the_models_status(self) -> None:
+        page = self.storage.list_requests(None, None, 500, None)
+        assert {r.id: r.status for r in page.items} == {rid: e.status for rid, e in self.requests.items()}
+
+    def teardown(self) -> None:
+        self.storage.close()
+
+
+EXAMPLES = count()
+
+
+def test_random_histories_of_creates_cancels_grants_and_completions_keep_the_ledger_invariants(
+    tmp_path: Path,
+) -> None:
+    template = tmp_path / "template.db"
+    storage = SqlStorage(f"sqlite:///{template}")
+    storage.migrate()
+    assert service.first_start(storage, utcnow()) is not None
+    storage.close()  # the last connection closing checkpoints the WAL into the file we copy
+
+    class OnAFreshCopy(LedgerMachine):
+        def __init__(self) -> None:
+            super().__init__(template, tmp_path)
+
+    run_state_machine_as_test(
+        OnAFreshCopy,
+        settings=settings(
+            max_examples=25,
+            stateful_step_count=30,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
