@@ -11,7 +11,9 @@ import pytest
 
 from imagegen import service
 from imagegen.clock import utcnow
+from imagegen.ports import Storage
 from imagegen.storage.sql.adapter import SqlStorage
+from tests.firestore_emulator import firestore_clean, firestore_emulator, firestore_storage  # noqa: F401
 from tests.support import ServerFactory
 
 POSTGRES_ENV = "IMAGEGEN_TEST_POSTGRES_URL"
@@ -43,7 +45,11 @@ def postgres_template() -> Iterator[str]:
 def postgres_url(postgres_template: str, request: pytest.FixtureRequest) -> Iterator[str]:
     base = os.environ[POSTGRES_ENV]
     name = f"imagegen_t_{os.getpid()}_{abs(hash(request.node.nodeid)) % 10**8}"
-    _admin(base, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name} TEMPLATE {postgres_template}")
+    _admin(
+        base,
+        f"DROP DATABASE IF EXISTS {name} WITH (FORCE)",
+        f"CREATE DATABASE {name} TEMPLATE {postgres_template}",
+    )
     yield _with_database(base, name)
     _admin(base, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
@@ -71,10 +77,21 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'imagegen.db'}"
 
 
-@pytest.fixture
-def storage(database_url: str) -> Iterator[SqlStorage]:
-    """A migrated database with the initial data set (testUser1: 100, testUser2: 10)."""
-    storage = SqlStorage(database_url)
+@pytest.fixture(params=["sqlite", "postgres", "firestore"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
+    """A migrated database with the initial data set (testUser1: 100, testUser2: 10).
+
+    On SQLite, PostgreSQL and Firestore (the emulator, see tests/firestore_emulator.py: there a test
+    that uses `storage.engine` is SQL-only and skips).
+    """
+    if request.param == "firestore":
+        yield from firestore_storage(request)
+        return
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'imagegen.db'}"
+    else:
+        url = str(request.getfixturevalue("postgres_url"))
+    storage = SqlStorage(url)
     storage.migrate()
     service.first_start(storage, utcnow())
     yield storage

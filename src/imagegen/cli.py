@@ -43,7 +43,10 @@ app.add_typer(credits_app, name="credits")
 
 DatabaseUrl = Annotated[
     str | None,
-    typer.Option("--database-url", help="sqlite:///path or postgresql://... [env IMAGEGEN_DATABASE_URL]"),
+    typer.Option(
+        "--database-url",
+        help="sqlite:///path, postgresql://... or firestore://PROJECT [env IMAGEGEN_DATABASE_URL]",
+    ),
 ]
 DataDir = Annotated[
     Path | None,

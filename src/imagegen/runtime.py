@@ -16,8 +16,8 @@ from imagegen.ports import ImageStore, Storage
 from imagegen.ratelimit import RateLimiter
 from imagegen.scheduler import Scheduler
 from imagegen.settings import Settings
+from imagegen.storage import open_storage_adapter
 from imagegen.storage.s3_images import open_image_store
-from imagegen.storage.sql.adapter import SqlStorage
 from imagegen.webhooks import Dispatcher, signing_secret
 from imagegen.worker import JobSignal, WorkerPool
 
@@ -26,7 +26,7 @@ log = logging.getLogger("imagegen")
 
 def open_storage(settings: Settings) -> Storage:
     """Connects, applies migrations and, on a new database, loads the initial data set."""
-    storage = SqlStorage(settings.sql_url)
+    storage = open_storage_adapter(settings.sql_url)
     storage.migrate()
     first = service.first_start(storage, utcnow())
     if first is not None:

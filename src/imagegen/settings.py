@@ -21,7 +21,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(Path("var"), description="Images, the SQLite file and the key file live here")
     database_url: str | None = Field(
-        None, description="SQLAlchemy URL; default sqlite:///<data_dir>/imagegen.db"
+        None,
+        description="sqlite:///path, postgresql://user@host/db or firestore://PROJECT[/DATABASE]; "
+        "default sqlite:///<data_dir>/imagegen.db",
     )
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)

@@ -122,3 +122,15 @@ def entry_from(doc_id: str, user_id: str, data: dict[str, Any]) -> LedgerEntry:
 def entry_id(request_id: str, entry_type: EntryType) -> str:
     """The one possible id of a request's deduction or refund: a second one cannot be created."""
     return f"{request_id}_{entry_type.value}"
+
+
+def report_doc(
+    document: dict[str, Any], start: datetime, end: datetime, saved_at: datetime
+) -> dict[str, Any]:
+    """The report's own fields at the top (as the case study stored them), its period as timestamps."""
+    meta = {"periodStart": aware(start), "periodEnd": aware(end), "savedAt": aware(saved_at)}
+    return {**document, REPORT_META: meta}
+
+
+def report_from(data: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in data.items() if key != REPORT_META}

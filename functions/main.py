@@ -1,0 +1,334 @@
+"""imagegen's Firebase deployment: Cloud Functions (Python) over the Firestore adapter.
+
+The same service layer, auth (Bearer API keys), bodies and errors as the SQL deployment's case-study
+routes (src/imagegen/api/case_study.py):
+
+- createGenerationRequest (HTTPS, POST): debits, runs the job inline (Functions keep no background
+  workers) and answers once the image is done, or 500 "AI generation failed, credits refunded.".
+- getUserCredits (HTTPS, GET ?userId=&limit=&cursor=): the balance and the ledger, newest first.
+- images (HTTPS, GET /images/<id>.png): the generated images, from IMAGEGEN_IMAGE_STORE_URL.
+- weeklyReport (HTTPS, GET|POST, admin key): runs a report now (?week=2026-W47, or the last 7 days)
+  and returns it, as the SQL deployment's scheduleWeeklyReport route does.
+- scheduleWeeklyReport (scheduled, Monday 00:00 UTC): reports the previous ISO week, catching up the
+  weeks it missed; each week is claimed in Firestore, so a duplicate trigger does nothing.
+- sweepGenerationJobs (scheduled, every minute): finishes or refunds the requests whose run died
+  (invariant 4), runs what is still pending, delivers due webhooks, purges old idempotency keys.
+
+Settings come from the environment (IMAGEGEN_*, AI_FAILURE_RATE) as everywhere; the database is
+IMAGEGEN_DATABASE_URL=firestore://PROJECT, by default the project the functions run in. Nothing
+connects at import time: the first invocation of an instance builds its clients, and later ones
+reuse them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from firebase_functions import https_fn, options, scheduler_fn
+from starlette.responses import JSONResponse
+
+from imagegen import jobs, scheduler, service
+from imagegen.api.auth import ADMIN, Principal
+from imagegen.api.case_study import FAILED_MESSAGE
+from imagegen.api.errors import case_study_error, problem
+from imagegen.api.users import ledger_entry
+from imagegen.clock import utcnow
+from imagegen.domain import reports
+from imagegen.domain.generation import GenerationRequest, Status
+from imagegen.errors import ImagegenError, InvalidInput
+from imagegen.ids import new_id
+from imagegen.models.simulated import SimulatedModel
+from imagegen.ports import ImageStore, Storage
+from imagegen.ratelimit import RateLimiter
+from imagegen.settings import Settings
+from imagegen.storage import FIRESTORE_SCHEME, open_storage_adapter
+from imagegen.storage.s3_images import open_image_store
+from imagegen.webhooks import Dispatcher, signing_secret
+
+log = logging.getLogger("imagegen.functions")
+SWEEP_BUDGET_SECONDS = 45.0  # the sweeper runs every minute: leave it time to finish
+
+
+@dataclass
+class Deployment:
+    settings: Settings
+    storage: Storage
+    model: SimulatedModel
+    images: ImageStore
+    limiter: RateLimiter
+    worker_id: str
+
+
+@functools.cache
+def deployment() -> Deployment:
+    settings = Settings()
+    url = settings.database_url or ""
+    if not url.startswith(FIRESTORE_SCHEME):
+        project = os.environ.get("GCLOUD_PROJECT") or os.environ.get("GOOGLE_CLOUD_PROJECT")
+        if not project:
+            raise RuntimeError("set IMAGEGEN_DATABASE_URL=firestore://PROJECT (or GCLOUD_PROJECT)")
+        url = f"{FIRESTORE_SCHEME}{project}"
+    instance = os.environ.get("K_REVISION") or socket.gethostname()
+    return Deployment(
+        settings=settings,
+        storage=open_storage_adapter(url),
+        model=SimulatedModel(failure_rate=settings.ai_failure_rate, latency_ms=settings.model_latency_ms),
+        # Functions have only a local /tmp: set IMAGEGEN_IMAGE_STORE_URL to a bucket (docs/firebase.md).
+        images=open_image_store(settings.image_store_url, settings.images_dir),
+        limiter=RateLimiter(settings.rate_per_user_per_second, settings.rate_burst_per_user),
+        worker_id=f"functions:{instance}:{os.getpid()}:{new_id(6)}",
+    )
+
+
+# -- HTTP plumbing: the case-study routes' error bodies, from imagegen.api.errors ------------------
+def _respond(response: JSONResponse) -> https_fn.Response:
+    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+    return https_fn.Response(bytes(response.body), status=response.status_code, headers=headers)
+
+
+def _json(body: Any, status: int = 200) -> https_fn.Response:
+    return _respond(JSONResponse(body, status_code=status))
+
+
+def _case_study(handler: Any) -> Any:
+    """Turns imagegen's errors into the case-study routes' `{"error": ...}` bodies, as the API does."""
+
+    @functools.wraps(handler)
+    def wrapped(request: https_fn.Request) -> https_fn.Response:
+        try:
+            return handler(request)
+        except ImagegenError as exc:
+            if exc.status >= 500:
+                log.error("%s %s: %s", request.method, request.path, exc.message)
+            return _respond(case_study_error(exc))
+        except Exception:
+            log.exception("unexpected error on %s %s", request.method, request.path)
+            return _respond(
+                problem(500, "internal_error", "An internal error occurred; nothing you sent caused it")
+            )
+
+    return wrapped
+
+
+def _method_not_allowed() -> https_fn.Response:
+    return _json({"error": "Method Not Allowed", "code": "method_not_allowed"}, 405)
+
+
+def _principal(request: https_fn.Request, dep: Deployment) -> Principal:
+    if dep.settings.no_auth:
+        return ADMIN
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    token = key.strip() if scheme.lower() == "bearer" else None
+    return Principal(service.authenticate(dep.storage, token).user_id)
+
+
+def _json_body(request: https_fn.Request, dep: Deployment) -> Any:
+    raw = request.get_data(cache=False)
+    if len(raw) > dep.settings.max_body_bytes:
+        raise _TooLarge(dep.settings.max_body_bytes)
+    try:
+        return json.loads(raw) if raw else None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"Request body must be a JSON object (not valid JSON: {exc})") from exc
+
+
+class _TooLarge(ImagegenError):
+    code = "body_too_large"
+    status = 413
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"Request body larger than {limit} bytes")
+
+
+def _page_size(value: str | None, settings: Settings) -> int:
+    if value is None or value == "":
+        return settings.default_page_size
+    if not value.isdigit() or not 1 <= int(value) <= settings.max_page_size:
+        raise InvalidInput(f"limit must be an integer from 1 to {settings.max_page_size}")
+    return int(value)
+
+
+# -- createGenerationRequest -----------------------------------------------------------------------
+@https_fn.on_request(memory=options.MemoryOption.MB_512, timeout_sec=120)
+@_case_study
+def createGenerationRequest(request: https_fn.Request) -> https_fn.Response:  # noqa: N802
+    if request.method != "POST":
+        return _method_not_allowed()
+    dep = deployment()
+    principal = _principal(request, dep)
+    body = _json_body(request, dep)
+    if isinstance(body, dict) and isinstance(body.get("userId"), str):
+        dep.limiter.take(body["userId"])
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and len(key) > 255:
+        raise InvalidInput("Idempotency-Key must be at most 255 characters")
+    created, _ = service.create_generation(
+        dep.storage,
+        body,
+        max_prompt_length=dep.settings.max_prompt_length,
+        now=utcnow(),
+        idempotency_key=key,
+        authorize=principal.may_act_for,
+        allow_private_webhooks=dep.settings.webhook_allow_private,
+        max_in_flight=dep.settings.max_in_flight_per_user,
+    )
+    done = run_until_done(dep, created.id, dep.settings.wait_timeout_seconds)
+    return _generation_response(request, dep, done)
+
+
+def run_until_done(dep: Deployment, request_id: str, timeout: float) -> GenerationRequest:
+    """Runs queued jobs, oldest first, in this invocation until `request_id` is terminal (or time is up).
+
+    A function keeps no worker running after it answers, so the invocation that queued a job runs
+    it; an older job it meets first is run too (its own invocation then finds it done).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        current = service.get_generation(dep.storage, request_id)
+        if current.status.terminal or time.monotonic() >= deadline:
+            return current
+        if not run_one(dep):
+            time.sleep(0.1)  # ours is running elsewhere (a sweeper, or a duplicate delivery)
+
+
+def run_one(dep: Deployment) -> bool:
+    now = utcnow()
+    job = dep.storage.claim_job(dep.worker_id, now, jobs.lease_until(now, dep.settings.job_lease_seconds))
+    if job is None:
+        return False
+    jobs.run_job(dep.storage, dep.model, dep.images, job, dep.worker_id)
+    return True
+
+
+def _generation_response(
+    request: https_fn.Request, dep: Deployment, done: GenerationRequest
+) -> https_fn.Response:
+    # As case_study._generation_response (which takes FastAPI's Request and Runtime).
+    image = done.image_url
+    if image is not None and "://" not in image:
+        image = (dep.settings.public_url or request.host_url).rstrip("/") + image
+    body: dict[str, Any] = {
+        "generationRequestId": done.id,
+        "deductedCredits": done.cost,
+        "imageUrl": image,
+        "status": done.status.value,
+    }
+    if done.status is Status.FAILED:
+        return _json({"error": FAILED_MESSAGE, "reason": done.error, **body}, 500)
+    return _json(body, 200 if done.status.terminal else 202)
+
+
+# -- getUserCredits ----------------------------------------------------------------------------------
+@https_fn.on_request()
+@_case_study
+def getUserCredits(request: https_fn.Request) -> https_fn.Response:  # noqa: N802
+    if request.method != "GET":
+        return _method_not_allowed()
+    dep = deployment()
+    principal = _principal(request, dep)
+    user_id = request.args.get("userId")
+    if not user_id:
+        raise InvalidInput("Missing required query parameter: userId")
+    service.check_user_id(user_id)
+    principal.may_act_for(user_id)
+    user, page = service.get_credits(
+        dep.storage,
+        user_id,
+        limit=_page_size(request.args.get("limit"), dep.settings),
+        cursor=request.args.get("cursor") or None,
+    )
+    return _json(
+        {
+            "currentCredits": user.credits,
+            "transactions": [ledger_entry(entry) for entry in page.items],
+            "nextCursor": page.next_cursor,
+        }
+    )
+
+
+# -- images ----------------------------------------------------------------------------------------
+@https_fn.on_request()
+def images(request: https_fn.Request) -> https_fn.Response:
+    """GET /images/<id>.png: a generated image, no key needed (as the SQL deployment's route).
+
+    imageUrl is IMAGEGEN_PUBLIC_URL + /images/<id>.png: point it at this function (or at a Hosting
+    rewrite of /images/** to it).
+    """
+    if request.method != "GET":
+        return _method_not_allowed()
+    name = request.path.rstrip("/").rpartition("/")[2]
+    png = deployment().images.open(name.removesuffix(".png")) if name.endswith(".png") else None
+    if png is None:
+        return _json({"error": "Image not found", "code": "not_found"}, 404)
+    return https_fn.Response(png, status=200, headers={"content-type": "image/png"})
+
+
+# -- reports -----------------------------------------------------------------------------------------
+@https_fn.on_request(timeout_sec=300)
+@_case_study
+def weeklyReport(request: https_fn.Request) -> https_fn.Response:  # noqa: N802
+    if request.method not in ("GET", "POST"):
+        return _method_not_allowed()
+    dep = deployment()
+    _principal(request, dep).require_admin()
+    now = utcnow()
+    period = service.parse_period(request.args.get("week") or None, now=now)
+    return _json(service.run_report(dep.storage, period, now))
+
+
+@scheduler_fn.on_schedule(schedule="0 0 * * 1", timezone=scheduler_fn.Timezone("UTC"), timeout_sec=540)
+def scheduleWeeklyReport(event: scheduler_fn.ScheduledEvent) -> None:  # noqa: N802
+    """Reports the ISO week before the scheduled instant, and any earlier week that was missed."""
+    dep = deployment()
+    at = event.schedule_time
+    owner = f"{dep.worker_id}:{event.job_name or 'manual'}"
+    done = scheduler.catch_up(dep.storage, at, owner, dep.settings.report_catch_up_weeks)
+    log.info("scheduled reports done: %s (for %s)", done or "none due", reports.previous_week(at).id)
+
+
+# -- the sweeper (invariant 4) ------------------------------------------------------------------------
+@scheduler_fn.on_schedule(schedule="* * * * *", timezone=scheduler_fn.Timezone("UTC"), timeout_sec=60)
+def sweepGenerationJobs(event: scheduler_fn.ScheduledEvent) -> None:  # noqa: N802
+    sweep(deployment(), SWEEP_BUDGET_SECONDS)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    requeued: int
+    failed: int
+    ran: int
+    webhooks: int
+
+
+def sweep(dep: Deployment, budget_seconds: float) -> Sweep:
+    """Jobs whose invocation died are requeued (or failed and refunded); pending ones are run."""
+    settings = dep.settings
+    recovery = jobs.recover_expired_jobs(dep.storage, utcnow(), max_attempts=settings.job_max_attempts)
+    deadline = time.monotonic() + budget_seconds
+    ran = 0
+    while time.monotonic() < deadline and run_one(dep):
+        ran += 1
+    sent = _deliver_webhooks(dep)
+    dep.storage.purge_idempotency(utcnow() - timedelta(hours=settings.idempotency_retention_hours))
+    result = Sweep(recovery.requeued, recovery.failed, ran, sent)
+    if recovery.requeued or recovery.failed or ran:
+        log.warning("sweep: %s", result)
+    return result
+
+
+def _deliver_webhooks(dep: Deployment) -> int:
+    dispatcher = Dispatcher(
+        dep.storage, dep.settings, signing_secret(dep.storage, dep.settings), dep.settings.public_url
+    )
+    try:
+        return dispatcher.deliver_due()
+    finally:
+        dispatcher.client.close()

@@ -1,0 +1,109 @@
+"""Hand-built data for the storage contract tests: requests, jobs and ledgers, through the port only.
+
+Everything here speaks the `Storage` port's words, so a new adapter (Firestore) reuses it unchanged.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from imagegen.domain.generation import GenerationRequest, GenerationSpec, Status
+from imagegen.domain.ledger import EntryType, LedgerEntry
+from imagegen.ids import new_id
+from imagegen.ports import NewGeneration, Storage
+
+T0 = datetime(2026, 11, 16, 9, 0, tzinfo=UTC)  # a Monday morning in ISO week 2026-W47
+LEASE = timedelta(seconds=30)
+COSTS = {"512x512": 1, "1024x1024": 3, "1024x1792": 4}
+BODY = {
+    "userId": "testUser1",
+    "model": "model-a",
+    "style": "anime",
+    "color": "vibrant",
+    "size": "512x512",
+    "prompt": "A cat sitting on a futuristic throne",
+}
+
+
+def new_generation(
+    user_id: str = "testUser1",
+    *,
+    size: str = "512x512",
+    created_at: datetime = T0,
+    model: str = "model-a",
+    style: str = "anime",
+    color: str = "vibrant",
+    key: str | None = None,
+    fingerprint: str | None = None,
+    cost: int | None = None,
+) -> NewGeneration:
+    spec = GenerationSpec(user_id, model, style, color, size, "a lighthouse at dawn")
+    if key is not None and fingerprint is None:
+        fingerprint = f"fp-{key}"
+    return NewGeneration(
+        id=new_id(),
+        spec=spec,
+        cost=COSTS[size] if cost is None else cost,
+        created_at=created_at,
+        idempotency_key=key,
+        fingerprint=fingerprint,
+    )
+
+
+def enqueue(storage: Storage, user_id: str = "testUser1", **kwargs: Any) -> GenerationRequest:
+    request, created = storage.debit_and_enqueue(new_generation(user_id, **kwargs))
+    assert created
+    return request
+
+
+def claim(storage: Storage, worker: str, now: datetime = T0) -> GenerationRequest:
+    job = storage.claim_job(worker, now, now + LEASE)
+    assert job is not None, "expected a pending job to claim"
+    return job
+
+
+def finished(storage: Storage, status: Status, at: datetime, **kwargs: Any) -> GenerationRequest:
+    """A request created at `at` and driven to `status`. Call it only with no other job pending."""
+    request = enqueue(storage, created_at=at, **kwargs)
+    if status is Status.PENDING:
+        return request
+    if status is Status.CANCELED:
+        assert storage.cancel_and_refund(request.id, at)
+    else:
+        job = claim(storage, "w-builder", at)
+        assert job.id == request.id
+        if status is Status.COMPLETED:
+            assert storage.complete(job.id, "w-builder", f"/images/{job.id}.png", at)
+        elif status is Status.FAILED:
+            assert storage.fail_and_refund(job.id, "model failed", at, worker_id="w-builder")
+    got = storage.get_request(request.id)
+    assert got is not None and got.status is status
+    return got
+
+
+def balance(storage: Storage, user_id: str) -> int:
+    user = storage.get_user(user_id)
+    assert user is not None
+    return user.credits
+
+
+def whole_ledger(storage: Storage, user_id: str, page_size: int = 100) -> list[LedgerEntry]:
+    """Every entry of a user's ledger, newest first, walking the cursor pages."""
+    entries: list[LedgerEntry] = []
+    cursor: str | None = None
+    while True:
+        page = storage.ledger(user_id, page_size, cursor)
+        entries.extend(page.items)
+        if page.next_cursor is None:
+            return entries
+        cursor = page.next_cursor
+
+
+def entries_for(storage: Storage, user_id: str, request_id: str) -> Counter[EntryType]:
+    return Counter(e.type for e in whole_ledger(storage, user_id) if e.generation_request_id == request_id)
+
+
+def records_by_collection(storage: Storage) -> Counter[str]:
+    return Counter(record["collection"] for record in storage.export_records())
