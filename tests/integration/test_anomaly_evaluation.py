@@ -38,12 +38,6 @@ def test_the_small_set_injects_every_kind_of_anomaly_after_the_warm_up() -> None
     assert min(label.week for label in labels) >= SMALL.warmup
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="measured on this set: precision 0.89 (8 true, 1 false: an info-level requests spike, 1.5x "
-    "the 8-week median at z=4.6, from the seasonal swing); the full run gives 0.79. See the "
-    "evaluation note: the robust-z 'info' rule on volumes alarms on normal seasonality.",
-)
 def test_the_detector_raises_few_false_alarms(evaluation: Evaluation) -> None:
     overall = evaluation.score("imagegen").overall
     assert overall.precision is not None and overall.precision >= 0.9, overall

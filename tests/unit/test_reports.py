@@ -285,19 +285,27 @@ def test_a_collapse_in_requests_is_detected_as_a_drop() -> None:
     assert detection.anomalies[0].message == "Requests dropped to 0.20x the 8-week median (20 vs 100.5)"
 
 
+def test_a_success_rate_drop_of_12_points_is_a_warning() -> None:
+    detection = detect(volume(100, 17), STEADY)
+
+    drop = next(a for a in detection.anomalies if a.kind == "success_rate_drop")
+    assert drop.severity == "warning"
+
+
 def test_a_success_rate_drop_is_detected() -> None:
     detection = detect(volume(100, 25), STEADY)
 
     drop = next(a for a in detection.anomalies if a.kind == "success_rate_drop")
     assert (drop.metric, drop.observed, drop.expected) == ("successRate", 75.0, 95.62)
-    assert drop.severity == "warning"
+    assert drop.severity == "critical"  # 20.6 points: twice the rule's 10-point margin
     assert drop.message == "Success rate 75.0% vs 95.6% (-20.6 points), the 8-week median"
 
 
-def test_a_key_that_holds_every_request_does_not_repeat_the_success_rate_finding() -> None:
+def test_a_surge_across_every_key_is_reported_once_as_a_success_rate_drop() -> None:
     detection = detect(volume(100, 25), STEADY)
 
-    assert {a.dimension for a in detection.anomalies} == {None, "model"}
+    # Every model, style, size and color fails as much as the rest of the week: none is the cause.
+    assert [(a.kind, a.dimension) for a in detection.anomalies] == [("success_rate_drop", None)]
 
 
 def test_a_failure_rate_jump_on_one_style_is_detected_while_the_others_are_quiet() -> None:

@@ -344,7 +344,10 @@ class Thresholds:
     """Weeks of history needed before any rule applies; with fewer, `detect` only adds a note."""
     spike_ratio: float = 3.0
     """The case study's rule: requests or credits above this many times the baseline median are
-    a spike; requests below the median divided by it are a drop."""
+    a spike."""
+    drop_ratio: float = 0.5
+    """Requests below this fraction of the baseline median are a drop (the case study had no drop
+    rule; a normal seasonal swing stayed above 0.5x in the evaluation, bench/anomalies.py)."""
     success_rate_drop: float = 10.0
     """Points below the baseline median success rate that are an anomaly."""
     failure_rate_jump: float = 15.0
@@ -352,11 +355,11 @@ class Thresholds:
     min_key_requests: int = 30
     """Finished (completed + failed) requests of a model, style, size or color in the period
     before its failure rate is judged."""
-    robust_z: float = 3.5
+    robust_z: float = 4.5
     """Robust z-score, (observed - median) / (1.4826 * MAD), from which a change is unusual."""
     critical_z: float = 7.0
     """Robust z-score from which a case-study rule's finding is critical rather than a warning."""
-    volume_floor: float = 0.1
+    volume_floor: float = 0.25
     """The spread assumed for counts is at least this fraction of the median (and at least its
     square root), so a perfectly flat history does not make every small change an anomaly."""
     rate_floor: float = 1.0
@@ -366,6 +369,8 @@ class Thresholds:
     def __post_init__(self) -> None:
         if self.spike_ratio <= 1:
             raise ValueError("spike_ratio must be above 1")
+        if not 0 < self.drop_ratio < 1:
+            raise ValueError("drop_ratio must be between 0 and 1")
         if min(self.robust_z, self.critical_z, self.volume_floor, self.rate_floor) <= 0:
             raise ValueError("robust_z, critical_z, volume_floor and rate_floor must be positive")
         if min(self.min_requests, self.min_baseline_weeks, self.min_key_requests) < 1:
@@ -456,9 +461,11 @@ def _too_little_history(weeks: int, t: Thresholds) -> str:
     return f"{have} of history; anomaly detection needs {t.min_baseline_weeks}"
 
 
-def _severity(rule_hit: bool, z: float, t: Thresholds) -> Severity | None:
+def _severity(rule_hit: bool, z: float, t: Thresholds, *, twice: bool = False) -> Severity | None:
+    """Warning when the rule fires; critical when the change is also far outside the history
+    (z >= critical_z) or twice the rule's own margin (`twice`); info for a merely unusual week."""
     if rule_hit:
-        return "critical" if z >= t.critical_z else "warning"
+        return "critical" if z >= t.critical_z or twice else "warning"
     return "info" if z >= t.robust_z else None
 
 
@@ -517,13 +524,15 @@ def _request_anomalies(current: Metrics, history: list[Metrics], t: Thresholds) 
     found = []
     if observed >= t.min_requests:
         z = (observed - base.median) / base.scale
-        severity = _severity(observed > t.spike_ratio * base.median, z, t)
+        rule = observed > t.spike_ratio * base.median
+        severity = _severity(rule, z, t, twice=observed > 2 * t.spike_ratio * base.median)
         if severity:
             message = _times_message("Requests", observed, base)
             found.append(_anomaly("spike", "totalRequests", observed, base, z, severity, message))
     if base.median >= t.min_requests:
         z = (base.median - observed) / base.scale
-        severity = _severity(observed * t.spike_ratio < base.median, z, t)
+        rule = observed < t.drop_ratio * base.median
+        severity = _severity(rule, z, t, twice=observed < t.drop_ratio / 2 * base.median)
         if severity:
             message = _times_message("Requests dropped to", observed, base)
             found.append(_anomaly("drop", "totalRequests", observed, base, z, severity, message))
@@ -536,7 +545,8 @@ def _credit_anomalies(current: Metrics, history: list[Metrics], t: Thresholds) -
     base = _count_baseline([w.total_credits_spent for w in history], t)
     observed = current.total_credits_spent
     z = (observed - base.median) / base.scale
-    severity = _severity(observed > t.spike_ratio * base.median, z, t)
+    rule = observed > t.spike_ratio * base.median
+    severity = _severity(rule, z, t, twice=observed > 2 * t.spike_ratio * base.median)
     if severity is None:
         return []
     message = _times_message("Credits spent", observed, base)
@@ -552,7 +562,8 @@ def _success_rate_anomalies(current: Metrics, history: list[Metrics], t: Thresho
         return []
     base = _rate_baseline(rates, observed, current.finished_requests, t)
     z = (base.median - observed) / base.scale
-    severity = _severity(base.median - observed >= t.success_rate_drop, z, t)
+    gap = base.median - observed
+    severity = _severity(gap >= t.success_rate_drop, z, t, twice=gap >= 2 * t.success_rate_drop)
     if severity is None:
         return []
     message = _rate_message("Success rate", observed, base)
@@ -565,10 +576,30 @@ def _failure_rate_anomalies(current: Metrics, history: list[Metrics], t: Thresho
         for key, now in current.breakdown(dim).items():
             if now.finished == current.finished_requests:
                 continue  # the key is the whole period: the success-rate rule already judged it
+            if not _stands_out(now, current, t):
+                continue
             anomaly = _failure_rate_anomaly(dim, key, now, history, t)
             if anomaly is not None:
                 found.append(anomaly)
     return found
+
+
+def _stands_out(key: Breakdown, current: Metrics, t: Thresholds) -> bool:
+    """Whether a key fails clearly more than the rest of its period.
+
+    One failing style also lifts the rate of every model, size and color its requests pass
+    through, and a failure surge lifts every key; neither is news about those keys (the cause gets
+    its own finding), so a key is judged only when it fails at least half the jump margin more
+    than the requests outside it.
+    """
+    rest = Breakdown(
+        total=current.total_requests - key.total,
+        completed=current.completed_requests - key.completed,
+        failed=current.failed_requests - key.failed,
+    )
+    if key.failure_rate is None or rest.failure_rate is None:
+        return True
+    return key.failure_rate - rest.failure_rate >= t.failure_rate_jump / 2
 
 
 def _failure_rate_anomaly(
@@ -587,7 +618,8 @@ def _failure_rate_anomaly(
         return None
     base = _rate_baseline(rates, observed, now.finished, t)
     z = (observed - base.median) / base.scale
-    severity = _severity(observed - base.median >= t.failure_rate_jump, z, t)
+    gap = observed - base.median
+    severity = _severity(gap >= t.failure_rate_jump, z, t, twice=gap >= 2 * t.failure_rate_jump)
     if severity is None:
         return None
     message = _rate_message(f"Failure rate of {dim} '{key}'", observed, base, overall_note)
