@@ -25,6 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
+	$(BIN)/mypy functions/main.py
 
 format: $(STAMP)
 	$(BIN)/ruff format src tests

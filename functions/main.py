@@ -1,7 +1,7 @@
 """imagegen's Firebase deployment: Cloud Functions (Python) over the Firestore adapter.
 
 The same service layer, auth (Bearer API keys), bodies and errors as the SQL deployment's case-study
-routes (src/imagegen/api/case_study.py):
+routes (both edges call imagegen.http, so bodies and errors cannot drift apart):
 
 - createGenerationRequest (HTTPS, POST): debits, runs the job inline (Functions keep no background
   workers) and answers once the image is done, or 500 "AI generation failed, credits refunded.".
@@ -33,17 +33,12 @@ from datetime import timedelta
 from typing import Any
 
 from firebase_functions import https_fn, options, scheduler_fn
-from starlette.responses import JSONResponse
 
-from imagegen import jobs, scheduler, service
-from imagegen.api.auth import ADMIN, Principal
-from imagegen.api.case_study import FAILED_MESSAGE
-from imagegen.api.errors import case_study_error, problem
-from imagegen.api.users import ledger_entry
+from imagegen import http, jobs, scheduler, service
 from imagegen.clock import utcnow
 from imagegen.domain import reports
-from imagegen.domain.generation import GenerationRequest, Status
-from imagegen.errors import ImagegenError, InvalidInput
+from imagegen.domain.generation import GenerationRequest
+from imagegen.errors import BodyTooLarge, ImagegenError, InvalidInput
 from imagegen.ids import new_id
 from imagegen.models.simulated import SimulatedModel
 from imagegen.ports import ImageStore, Storage
@@ -54,6 +49,7 @@ from imagegen.storage.s3_images import open_image_store
 from imagegen.webhooks import Dispatcher, signing_secret
 
 log = logging.getLogger("imagegen.functions")
+JSON = "application/json"
 SWEEP_BUDGET_SECONDS = 45.0  # the sweeper runs every minute: leave it time to finish
 
 
@@ -88,14 +84,10 @@ def deployment() -> Deployment:
     )
 
 
-# -- HTTP plumbing: the case-study routes' error bodies, from imagegen.api.errors ------------------
-def _respond(response: JSONResponse) -> https_fn.Response:
-    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
-    return https_fn.Response(bytes(response.body), status=response.status_code, headers=headers)
-
-
-def _json(body: Any, status: int = 200) -> https_fn.Response:
-    return _respond(JSONResponse(body, status_code=status))
+# -- HTTP plumbing: the same parsing, auth and error bodies as the FastAPI app (imagegen.http) --------
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> https_fn.Response:
+    payload = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    return https_fn.Response(payload, status=status, headers={**(headers or {}), "content-type": JSON})
 
 
 def _case_study(handler: Any) -> Any:
@@ -108,12 +100,12 @@ def _case_study(handler: Any) -> Any:
         except ImagegenError as exc:
             if exc.status >= 500:
                 log.error("%s %s: %s", request.method, request.path, exc.message)
-            return _respond(case_study_error(exc))
+            answer = http.case_study_error(exc)
+            return _json(answer.body, answer.status, answer.headers)
         except Exception:
             log.exception("unexpected error on %s %s", request.method, request.path)
-            return _respond(
-                problem(500, "internal_error", "An internal error occurred; nothing you sent caused it")
-            )
+            message = "An internal error occurred; nothing you sent caused it"
+            return _json({"error": message, "code": "internal_error"}, 500)
 
     return wrapped
 
@@ -122,38 +114,19 @@ def _method_not_allowed() -> https_fn.Response:
     return _json({"error": "Method Not Allowed", "code": "method_not_allowed"}, 405)
 
 
-def _principal(request: https_fn.Request, dep: Deployment) -> Principal:
-    if dep.settings.no_auth:
-        return ADMIN
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
-    token = key.strip() if scheme.lower() == "bearer" else None
-    return Principal(service.authenticate(dep.storage, token).user_id)
+def _principal(request: https_fn.Request, dep: Deployment) -> http.Principal:
+    return http.principal_for(dep.storage, dep.settings, request.headers.get("authorization"))
 
 
 def _json_body(request: https_fn.Request, dep: Deployment) -> Any:
     raw = request.get_data(cache=False)
     if len(raw) > dep.settings.max_body_bytes:
-        raise _TooLarge(dep.settings.max_body_bytes)
-    try:
-        return json.loads(raw) if raw else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"Request body must be a JSON object (not valid JSON: {exc})") from exc
+        raise BodyTooLarge(dep.settings.max_body_bytes)
+    return http.parse_json(raw)
 
 
-class _TooLarge(ImagegenError):
-    code = "body_too_large"
-    status = 413
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"Request body larger than {limit} bytes")
-
-
-def _page_size(value: str | None, settings: Settings) -> int:
-    if value is None or value == "":
-        return settings.default_page_size
-    if not value.isdigit() or not 1 <= int(value) <= settings.max_page_size:
-        raise InvalidInput(f"limit must be an integer from 1 to {settings.max_page_size}")
-    return int(value)
+def _base_url(request: https_fn.Request, dep: Deployment) -> str:
+    return dep.settings.public_url or request.host_url
 
 
 # -- createGenerationRequest -----------------------------------------------------------------------
@@ -165,8 +138,6 @@ def createGenerationRequest(request: https_fn.Request) -> https_fn.Response:  # 
     dep = deployment()
     principal = _principal(request, dep)
     body = _json_body(request, dep)
-    if isinstance(body, dict) and isinstance(body.get("userId"), str):
-        dep.limiter.take(body["userId"])
     key = request.headers.get("Idempotency-Key")
     if key is not None and len(key) > 255:
         raise InvalidInput("Idempotency-Key must be at most 255 characters")
@@ -176,7 +147,7 @@ def createGenerationRequest(request: https_fn.Request) -> https_fn.Response:  # 
         max_prompt_length=dep.settings.max_prompt_length,
         now=utcnow(),
         idempotency_key=key,
-        authorize=principal.may_act_for,
+        authorize=http.create_guard(dep.limiter, principal),
         allow_private_webhooks=dep.settings.webhook_allow_private,
         max_in_flight=dep.settings.max_in_flight_per_user,
     )
@@ -211,19 +182,8 @@ def run_one(dep: Deployment) -> bool:
 def _generation_response(
     request: https_fn.Request, dep: Deployment, done: GenerationRequest
 ) -> https_fn.Response:
-    # As case_study._generation_response (which takes FastAPI's Request and Runtime).
-    image = done.image_url
-    if image is not None and "://" not in image:
-        image = (dep.settings.public_url or request.host_url).rstrip("/") + image
-    body: dict[str, Any] = {
-        "generationRequestId": done.id,
-        "deductedCredits": done.cost,
-        "imageUrl": image,
-        "status": done.status.value,
-    }
-    if done.status is Status.FAILED:
-        return _json({"error": FAILED_MESSAGE, "reason": done.error, **body}, 500)
-    return _json(body, 200 if done.status.terminal else 202)
+    status, body = http.generation_answer(done, _base_url(request, dep))
+    return _json(body, status)
 
 
 # -- getUserCredits ----------------------------------------------------------------------------------
@@ -242,16 +202,10 @@ def getUserCredits(request: https_fn.Request) -> https_fn.Response:  # noqa: N80
     user, page = service.get_credits(
         dep.storage,
         user_id,
-        limit=_page_size(request.args.get("limit"), dep.settings),
+        limit=http.page_size(request.args.get("limit"), dep.settings),
         cursor=request.args.get("cursor") or None,
     )
-    return _json(
-        {
-            "currentCredits": user.credits,
-            "transactions": [ledger_entry(entry) for entry in page.items],
-            "nextCursor": page.next_cursor,
-        }
-    )
+    return _json(http.credits_answer(user, page))
 
 
 # -- images ----------------------------------------------------------------------------------------

@@ -95,3 +95,11 @@ class TooManyRequests(ImagegenError):
 
 class RequestInProgress(Conflict):
     code = "idempotency_key_in_use"
+
+
+class BodyTooLarge(ImagegenError):
+    code = "body_too_large"
+    status = 413
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"Request body is larger than the limit of {limit} bytes", limit=limit)

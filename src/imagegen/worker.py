@@ -112,7 +112,8 @@ class WorkerPool:
             run_job(self.storage, self.model, self.images, job, worker_id)
         finally:
             with self._lock:
-                self._running.pop(job.id, None)
+                if self._running.get(job.id) == worker_id:  # not if another worker took it over
+                    del self._running[job.id]
             self.on_finished(job.id)
         return True
 

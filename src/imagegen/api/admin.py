@@ -14,9 +14,10 @@ from imagegen.api.auth import AdminDep, RuntimeDep
 from imagegen.api.catalog import CatalogOut, catalog_body
 from imagegen.api.errors import documented
 from imagegen.api.idempotency import idempotent
-from imagegen.api.users import Entry, ledger_entry
+from imagegen.api.users import Entry
 from imagegen.clock import utcnow
 from imagegen.errors import NotFound
+from imagegen.http import ledger_entry
 from imagegen.webhooks import signing_secret
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=documented(401, 403, 404, 413, 422))

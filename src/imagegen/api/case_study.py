@@ -12,16 +12,14 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from imagegen import service
+from imagegen import http, service
 from imagegen.api.auth import PrincipalDep, RuntimeDep
-from imagegen.api.common import create_guard, image_url, json_body, page_size, wait_until_done
-from imagegen.api.users import ledger_entry
+from imagegen.api.common import base_url, create_guard, json_body, page_size, wait_until_done
 from imagegen.clock import utcnow
-from imagegen.domain.generation import GenerationRequest, Status
+from imagegen.domain.generation import GenerationRequest
 from imagegen.errors import InvalidInput
 
 router = APIRouter(tags=["case study"])
-FAILED_MESSAGE = "AI generation failed, credits refunded."
 
 
 def _both_paths(name: str) -> list[str]:
@@ -52,15 +50,8 @@ async def create_generation_request(
 
 
 def _generation_response(request: Request, runtime: RuntimeDep, done: GenerationRequest) -> JSONResponse:
-    body: dict[str, Any] = {
-        "generationRequestId": done.id,
-        "deductedCredits": done.cost,
-        "imageUrl": image_url(request, runtime, done.image_url),
-        "status": done.status.value,
-    }
-    if done.status is Status.FAILED:
-        return JSONResponse({"error": FAILED_MESSAGE, "reason": done.error, **body}, status_code=500)
-    return JSONResponse(body, status_code=200 if done.status.terminal else 202)
+    status, body = http.generation_answer(done, base_url(request, runtime))
+    return JSONResponse(body, status_code=status)
 
 
 async def get_user_credits(
@@ -82,11 +73,7 @@ async def get_user_credits(
         limit=page_size(limit, runtime),
         cursor=cursor or None,
     )
-    return {
-        "currentCredits": user.credits,
-        "transactions": [ledger_entry(entry) for entry in page.items],
-        "nextCursor": page.next_cursor,
-    }
+    return http.credits_answer(user, page)
 
 
 async def schedule_weekly_report(

@@ -15,8 +15,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from imagegen.domain.validation import Problem
-from imagegen.errors import ImagegenError, InsufficientCredits, TooManyRequests, Unauthenticated
+from imagegen import http
+from imagegen.errors import ImagegenError
 
 log = logging.getLogger("imagegen.api")
 PROBLEM_JSON = "application/problem+json"
@@ -84,39 +84,19 @@ def problem(status: int, code: str, detail: str, extra: dict[str, Any] | None = 
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
 
 
-def _details(exc: ImagegenError) -> dict[str, Any]:
-    details = dict(exc.details)
-    problems = details.pop("problems", None)
-    if isinstance(problems, list):
-        details["errors"] = [_problem_field(p) for p in problems]
-    return details
-
-
-def _problem_field(p: Problem) -> dict[str, Any]:
-    field: dict[str, Any] = {"field": p.field, "message": p.message}
-    if p.allowed:
-        field["allowed"] = list(p.allowed)
-    return field
-
-
 def v1_error(exc: ImagegenError) -> JSONResponse:
     # A request the catalog rejects is a 422 on /v1; the case-study routes keep their 400.
     status = 422 if exc.code == "validation_error" else exc.status
-    return _with_headers(problem(status, exc.code, exc.message, _details(exc)), exc)
+    return _with_headers(problem(status, exc.code, exc.message, http.error_details(exc)), exc)
 
 
 def case_study_error(exc: ImagegenError) -> JSONResponse:
-    # The original functions answered 400 for insufficient credits.
-    status = 400 if isinstance(exc, InsufficientCredits) else exc.status
-    body = {**_details(exc), "error": exc.message, "code": exc.code}
-    return _with_headers(JSONResponse(body, status_code=status), exc)
+    answer = http.case_study_error(exc)
+    return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
 
 
 def _with_headers(response: JSONResponse, exc: ImagegenError) -> JSONResponse:
-    if isinstance(exc, TooManyRequests):
-        response.headers["Retry-After"] = str(exc.retry_after)
-    if isinstance(exc, Unauthenticated):
-        response.headers["WWW-Authenticate"] = 'Bearer realm="imagegen"'
+    response.headers.update(http.error_headers(exc))
     return response
 
 

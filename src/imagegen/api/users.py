@@ -14,8 +14,9 @@ from imagegen.api.auth import PrincipalDep, RuntimeDep
 from imagegen.api.common import page_size
 from imagegen.api.errors import documented
 from imagegen.domain.generation import iso
-from imagegen.domain.ledger import EntryType, LedgerEntry
+from imagegen.domain.ledger import EntryType
 from imagegen.errors import InvalidInput
+from imagegen.http import ledger_entry
 from imagegen.ports import LedgerFilter
 
 router = APIRouter(prefix="/v1/users", tags=["users"], responses=documented(401, 403, 404, 422))
@@ -48,18 +49,6 @@ class Entry(BaseModel):
 class EntryPage(BaseModel):
     items: list[Entry]
     nextCursor: str | None  # noqa: N815
-
-
-def ledger_entry(entry: LedgerEntry) -> dict[str, Any]:
-    return {
-        "id": entry.id,
-        "type": entry.type.value,
-        "credits": entry.credits,
-        "generationRequestId": entry.generation_request_id,
-        "reason": entry.reason,
-        "balanceAfter": entry.balance_after,
-        "timestamp": iso(entry.timestamp),
-    }
 
 
 @router.get("/{user_id}", response_model=UserOut, summary="A user's balance and lifetime totals")
