@@ -7,7 +7,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -133,12 +132,14 @@ def serve(
 def _run_background(settings: Settings) -> None:
     """A worker or scheduler process: no HTTP, runs until SIGTERM or SIGINT."""
     runtime = Runtime.build(settings)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    # Block the signals before any thread starts (threads inherit the mask), then wait for one
+    # with sigwait: no handler runs inside a lock the main thread holds.
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     runtime.start()
     logging.getLogger("imagegen").info("%s process running; stop with SIGTERM", settings.role)
-    stop.wait()
+    received = signal.sigwait(stop_signals)
+    logging.getLogger("imagegen").info("%s: stopping", signal.Signals(received).name)
     runtime.stop()
 
 
