@@ -232,8 +232,10 @@ def test_a_duplicate_create_racing_the_first_on_a_balance_for_one_still_gets_the
     body = {**BODY, "userId": "tight"}
 
     def create(_: int) -> str:
-        created, _ = service.create_generation(
-            storage, body, max_prompt_length=1000, now=T0, idempotency_key="retry-after-timeout"
+        created, _ = retrying(
+            lambda: service.create_generation(
+                storage, body, max_prompt_length=1000, now=T0, idempotency_key="retry-after-timeout"
+            )
         )
         return created.id
 
@@ -253,10 +255,10 @@ def is_postgres(storage: Storage) -> TypeGuard[SqlStorage]:
 
 @contextmanager
 def holding_user_row(storage: Storage, user_id: str) -> Iterator[None]:
-    """On PostgreSQL, holds a user's row lock so both racers pass the key check before either debits.
+    """On PostgreSQL, holds a user's row lock so that both racers are in flight at once.
 
-        Elsewhere it is a no-op: SQLite writers are serialised by the adapter, so the race cannot happen, and
-    on Firestore the two transactions simply race.
+    They queue on the row and are released together, the interleaving a client's quick retry makes.
+    Elsewhere it is a no-op: the adapter serialises SQLite writers, and Firestore transactions race.
     """
     if not is_postgres(storage):
         yield

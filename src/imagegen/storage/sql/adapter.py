@@ -261,9 +261,9 @@ class SqlStorage:
                             idempotencyKey=new.idempotency_key,
                         )
                     return _request(existing), False
-            balance = _add_credits(conn, spec.user_id, -new.cost)  # also locks the user's row
-            if new.max_in_flight is not None:
-                _check_in_flight(conn, spec.user_id, new.max_in_flight)
+            balance = _add_credits(
+                conn, spec.user_id, -new.cost, in_flight=1, max_in_flight=new.max_in_flight
+            )
             values = {
                 "id": new.id,
                 "user_id": spec.user_id,
@@ -388,6 +388,10 @@ class SqlStorage:
             ).first()
             if result is None:
                 return False
+            users = t.users
+            conn.execute(
+                update(users).where(users.c.id == result.user_id).values(in_flight=users.c.in_flight - 1)
+            )
             _enqueue_webhook(conn, _request(result), "completed", now)
             _notify(conn, DONE_CHANNEL, request_id)
             return True
@@ -430,7 +434,7 @@ class SqlStorage:
             ).first()
             if row is None:
                 return False
-            balance = _add_credits(conn, row.user_id, row.cost)
+            balance = _add_credits(conn, row.user_id, row.cost, in_flight=-1)
             _append_entry(conn, row.user_id, EntryType.REFUND, row.cost, balance, row.id, error, now)
             _enqueue_webhook(conn, _request(row), "completed", now)
             _notify(conn, DONE_CHANNEL, row.id)
@@ -835,19 +839,39 @@ def _insert_user(
         _append_entry(conn, user_id, EntryType.GRANT, credits, credits, None, reason, now, entry_id=entry_id)
 
 
-def _add_credits(conn: Connection, user_id: str, delta: int) -> int:
-    """Moves a balance by `delta` unless that would take it below 0; returns the new balance."""
+def _add_credits(
+    conn: Connection, user_id: str, delta: int, *, in_flight: int = 0, max_in_flight: int | None = None
+) -> int:
+    """Moves a balance by `delta` unless that would take it below 0; returns the new balance.
+
+    `in_flight` moves the user's count of queued and running requests in the same statement, and
+    `max_in_flight` refuses the move when the count is already there: one conditional UPDATE, so
+    no interleaving of clients can overdraw a balance or exceed the limit.
+    """
     users = t.users
+    conditions = [users.c.id == user_id, users.c.credits + delta >= 0]
+    if max_in_flight is not None:
+        conditions.append(users.c.in_flight < max_in_flight)
     row = conn.execute(
         update(users)
-        .where(users.c.id == user_id, users.c.credits + delta >= 0)
-        .values(credits=users.c.credits + delta)
+        .where(*conditions)
+        .values(credits=users.c.credits + delta, in_flight=users.c.in_flight + in_flight)
         .returning(users.c.credits)
     ).first()
     if row is not None:
         return int(row.credits)
-    if conn.execute(select(users.c.id).where(users.c.id == user_id)).first() is None:
+    user = conn.execute(select(users.c.credits, users.c.in_flight).where(users.c.id == user_id)).first()
+    if user is None:
         raise UserNotFound(user_id)
+    if max_in_flight is not None and user.in_flight >= max_in_flight:
+        raise TooManyRequests(
+            f"User {user_id} already has {user.in_flight} generations queued or running "
+            f"(limit {max_in_flight})",
+            retry_after=1,
+            userId=user_id,
+            inFlight=user.in_flight,
+            limit=max_in_flight,
+        )
     raise InsufficientCredits("Insufficient credits", userId=user_id, required=-delta)
 
 
@@ -891,22 +915,6 @@ def _same_move(existing: LedgerEntry, entry_type: EntryType, delta: int) -> Ledg
     if (existing.type, existing.delta) != (entry_type, delta):
         raise IdempotencyConflict("Idempotency-Key was already used for a different credit move")
     return existing
-
-
-def _check_in_flight(conn: Connection, user_id: str, limit: int) -> None:
-    in_flight = conn.execute(
-        select(func.count())
-        .select_from(gr)
-        .where(gr.c.user_id == user_id, gr.c.status.in_([Status.PENDING.value, Status.RUNNING.value]))
-    ).scalar_one()
-    if in_flight >= limit:
-        raise TooManyRequests(
-            f"User {user_id} already has {in_flight} generations queued or running (limit {limit})",
-            retry_after=1,
-            userId=user_id,
-            inFlight=in_flight,
-            limit=limit,
-        )
 
 
 def _enqueue_webhook(conn: Connection, request: GenerationRequest, event: str, now: datetime) -> None:

@@ -56,6 +56,8 @@ users = Table(
     Column("id", String(128), primary_key=True),
     Column("credits", BigInteger, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    # Requests queued or running, kept in step by the transactions that change them (the limit).
+    Column("in_flight", Integer, nullable=False, server_default=text("0")),
     CheckConstraint("credits >= 0", name="ck_users_credits_nonnegative"),
 )
 

@@ -206,6 +206,10 @@ class _Import:
             values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
             if debited:
                 values |= {"status": Status.PENDING.value}
+                user_id = self.conn.execute(select(gr.c.user_id).where(gr.c.id == request_id)).scalar_one()
+                self.conn.execute(
+                    update(t.users).where(t.users.c.id == user_id).values(in_flight=t.users.c.in_flight + 1)
+                )
             else:
                 values |= {
                     "status": Status.FAILED.value,
