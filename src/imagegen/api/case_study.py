@@ -14,7 +14,13 @@ from starlette.concurrency import run_in_threadpool
 
 from imagegen import http, service
 from imagegen.api.auth import PrincipalDep, RuntimeDep
-from imagegen.api.common import base_url, create_guard, json_body, page_size, wait_until_done
+from imagegen.api.common import (
+    base_url,
+    create_and_enqueue,
+    json_body,
+    page_size,
+    wait_until_done,
+)
 from imagegen.clock import utcnow
 from imagegen.domain.generation import GenerationRequest
 from imagegen.errors import InvalidInput
@@ -33,18 +39,7 @@ async def create_generation_request(
     idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=255),
 ) -> JSONResponse:
     body = await json_body(request)
-    created, _ = await run_in_threadpool(
-        service.create_generation,
-        runtime.storage,
-        body,
-        max_prompt_length=runtime.settings.max_prompt_length,
-        now=utcnow(),
-        idempotency_key=idempotency_key,
-        authorize=create_guard(runtime, principal),
-        allow_private_webhooks=runtime.settings.webhook_allow_private,
-        max_in_flight=runtime.settings.max_in_flight_per_user,
-    )
-    runtime.signal.enqueued()
+    created = await create_and_enqueue(runtime, principal, body, idempotency_key)
     done = await wait_until_done(runtime, created.id, runtime.settings.wait_timeout_seconds)
     return _generation_response(request, runtime, done)
 

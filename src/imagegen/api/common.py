@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from imagegen import http, service
 from imagegen.api.auth import Principal
+from imagegen.clock import utcnow
 from imagegen.domain.generation import GenerationRequest
 from imagegen.runtime import Runtime
 
@@ -35,6 +37,28 @@ def image_url(request: Request, runtime: Runtime, path: str | None) -> str | Non
 
 def create_guard(runtime: Runtime, principal: Principal) -> Callable[[str], None]:
     return http.create_guard(runtime.limiter, principal)
+
+
+async def create_and_enqueue(
+    runtime: Runtime, principal: Principal, body: Any, idempotency_key: str | None
+) -> GenerationRequest:
+    """Validates, authorizes, debits and queues a create (or replays its key), then wakes a worker."""
+    created, fresh = await run_in_threadpool(
+        functools.partial(
+            service.create_generation,
+            runtime.storage,
+            body,
+            max_prompt_length=runtime.settings.max_prompt_length,
+            now=utcnow(),
+            idempotency_key=idempotency_key,
+            authorize=create_guard(runtime, principal),
+            allow_private_webhooks=runtime.settings.webhook_allow_private,
+            max_in_flight=runtime.settings.max_in_flight_per_user,
+        )
+    )
+    if fresh:
+        runtime.signal.enqueued()
+    return created
 
 
 async def wait_until_done(runtime: Runtime, request_id: str, timeout: float) -> GenerationRequest:

@@ -12,7 +12,13 @@ from starlette.concurrency import run_in_threadpool
 
 from imagegen import service
 from imagegen.api.auth import Principal, PrincipalDep, RuntimeDep
-from imagegen.api.common import create_guard, image_url, json_body, page_size, wait_until_done
+from imagegen.api.common import (
+    create_and_enqueue,
+    image_url,
+    json_body,
+    page_size,
+    wait_until_done,
+)
 from imagegen.api.errors import documented
 from imagegen.api.idempotency import idempotent
 from imagegen.clock import utcnow
@@ -110,19 +116,7 @@ async def create_generation(
     wait = prefer_wait(prefer)
 
     async def run() -> JSONResponse:
-        created, fresh = await run_in_threadpool(
-            service.create_generation,
-            runtime.storage,
-            body,
-            max_prompt_length=runtime.settings.max_prompt_length,
-            now=utcnow(),
-            idempotency_key=idempotency_key,
-            authorize=create_guard(runtime, principal),
-            allow_private_webhooks=runtime.settings.webhook_allow_private,
-            max_in_flight=runtime.settings.max_in_flight_per_user,
-        )
-        if fresh:
-            runtime.signal.enqueued()
+        created = await create_and_enqueue(runtime, principal, body, idempotency_key)
         current = await wait_until_done(runtime, created.id, wait) if wait else created
         headers = {"Location": f"/v1/generations/{created.id}"}
         if wait:
