@@ -40,8 +40,9 @@ format: $(DEV_STAMP)
 	$(BIN)/ruff check --fix src tests bench functions
 
 # The HTTP benchmarks drive load with wrk (Debian's package): see bench/README.md.
-bench-deps:
+bench-deps: $(DEV_STAMP)
 	apt-get update && apt-get install -y wrk
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

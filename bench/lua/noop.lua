@@ -1,4 +1,6 @@
--- The framework's ceiling: GET /healthz (an async no-op route of the same app: no key, no body).
+-- The framework's ceiling: a no-op route of the same app. By default POST /_bench/noop with a body
+-- the size of a create (served with IMAGEGEN_BENCH_ROUTES=1: it reads the body and answers 200);
+-- BENCH_METHOD=GET BENCH_PATH=/healthz measures the lightest route, a GET without a body.
 package.path = os.getenv("BENCH_LUA_DIR") .. "/?.lua;" .. package.path
 local common = require("common")
 
@@ -7,7 +9,13 @@ done = common.done
 
 local req
 function init(args)
-  req = wrk.format("GET", os.getenv("BENCH_PATH") or "/healthz")
+  local method = os.getenv("BENCH_METHOD") or "POST"
+  local path = os.getenv("BENCH_PATH") or "/_bench/noop"
+  if method == "GET" then
+    req = wrk.format("GET", path)
+  else
+    req = common.create(path, { user = "bench-noop", key = "no-key-needed" })
+  end
 end
 
 function request()

@@ -103,3 +103,11 @@ class BodyTooLarge(ImagegenError):
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"Request body is larger than the limit of {limit} bytes", limit=limit)
+
+
+class StaleConfig(Exception):
+    """The catalog or the API keys changed since the caller cached them: refresh and try again.
+
+    Internal: a create priced and authorized from a process's cache is checked against the current
+    configuration version inside its debit, and this sends it back to be redone with fresh values.
+    """

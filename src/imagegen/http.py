@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from imagegen import service
@@ -38,6 +38,7 @@ class Principal:
     """Who is calling: a user key acts only on its own user; an admin key (user_id None) on all."""
 
     user_id: str | None
+    key_hash: str | None = field(default=None, compare=False, repr=False)  # None with --no-auth
 
     @property
     def is_admin(self) -> bool:
@@ -59,9 +60,13 @@ def principal_for(storage: Storage, settings: Settings, authorization: str | Non
     """The caller named by an `Authorization: Bearer <key>` header (everyone is admin with --no-auth)."""
     if settings.no_auth:
         return ADMIN
+    token = bearer_token(authorization)
+    return Principal(service.authenticate(storage, token).user_id, service.hash_key(token or ""))
+
+
+def bearer_token(authorization: str | None) -> str | None:
     scheme, _, key = (authorization or "").partition(" ")
-    token = key.strip() if scheme.lower() == "bearer" else None
-    return Principal(service.authenticate(storage, token).user_id)
+    return (key.strip() or None) if scheme.lower() == "bearer" else None
 
 
 def create_guard(limiter: RateLimiter, principal: Principal) -> Callable[[str], None]:

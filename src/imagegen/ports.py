@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from imagegen.domain.catalog import Catalog, ModelSettings
 from imagegen.domain.generation import GenerationRequest, GenerationSpec, Status
@@ -211,3 +212,20 @@ class Storage(Protocol):
 class ImageStore(Protocol):
     def put(self, image_id: str, png: bytes) -> str: ...
     def open(self, image_id: str) -> bytes | None: ...
+
+
+@runtime_checkable
+class GroupCommitted(Protocol):
+    """A storage whose creates can be queued for a group-committing writer (the SQL adapter).
+
+    The HTTP create path then runs without a thread of its own: it prices and authorizes from a
+    process-wide cache (`config_snapshot`) and awaits the debit's future. The version it passes
+    makes the debit refuse (StaleConfig) if the catalog or the keys changed since the cache was read.
+    """
+
+    def config_version(self) -> str: ...
+    def config_snapshot(self) -> tuple[str, Catalog]: ...
+    def find_api_key(self, key_hash: str) -> ApiKey | None: ...
+    def submit_debit(
+        self, new: NewGeneration, config_version: str | None = None
+    ) -> Future[tuple[GenerationRequest, bool]]: ...

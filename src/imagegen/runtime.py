@@ -11,8 +11,9 @@ from typing import Protocol
 from imagegen import service
 from imagegen.clock import utcnow
 from imagegen.completions import Completions
+from imagegen.config_cache import ConfigCache
 from imagegen.models.simulated import SimulatedModel
-from imagegen.ports import ImageStore, Storage
+from imagegen.ports import GroupCommitted, ImageStore, Storage
 from imagegen.ratelimit import RateLimiter
 from imagegen.scheduler import Scheduler
 from imagegen.settings import Settings
@@ -84,9 +85,11 @@ class Runtime:
     completions: Completions = field(default_factory=Completions)
     background: list[Background] = field(default_factory=list)
     limiter: RateLimiter = field(init=False)
+    config: ConfigCache | None = field(init=False)  # the create path's cache (SQL storage only)
 
     def __post_init__(self) -> None:
         self.limiter = RateLimiter(self.settings.rate_per_user_per_second, self.settings.rate_burst_per_user)
+        self.config = ConfigCache(self.storage) if isinstance(self.storage, GroupCommitted) else None
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:

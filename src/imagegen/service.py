@@ -16,7 +16,7 @@ from typing import Any
 
 from imagegen.domain import reports
 from imagegen.domain.catalog import INITIAL_DATA, Catalog, InitialData, ModelSettings
-from imagegen.domain.generation import ID_RULE, GenerationRequest, GenerationSpec, Status, valid_id
+from imagegen.domain.generation import ID_RULE, GenerationRequest, Status, valid_id
 from imagegen.domain.ledger import EntryType, LedgerEntry
 from imagegen.domain.validation import InvalidGeneration, parse_generation, parse_webhook
 from imagegen.errors import (
@@ -35,17 +35,6 @@ BASELINE_WEEKS = 8
 
 
 # -- generations ----------------------------------------------------------------------------
-def validate_generation(
-    storage: Storage, body: object, *, max_prompt_length: int
-) -> tuple[GenerationSpec, Catalog]:
-    catalog = storage.catalog()
-    try:
-        spec = parse_generation(body, catalog, max_prompt_length=max_prompt_length)
-    except InvalidGeneration as exc:
-        raise InvalidInput(str(exc), problems=exc.problems) from exc
-    return spec, catalog
-
-
 def create_generation(
     storage: Storage,
     body: object,
@@ -61,14 +50,39 @@ def create_generation(
 
     `authorize(user_id)` runs after validation and before anything is written.
     """
-    spec, catalog = validate_generation(storage, body, max_prompt_length=max_prompt_length)
-    assert isinstance(body, Mapping)
+    new = prepare_generation(
+        storage.catalog(),
+        body,
+        max_prompt_length=max_prompt_length,
+        now=now,
+        idempotency_key=idempotency_key,
+        authorize=authorize,
+        allow_private_webhooks=allow_private_webhooks,
+        max_in_flight=max_in_flight,
+    )
+    return storage.debit_and_enqueue(new)
+
+
+def prepare_generation(
+    catalog: Catalog,
+    body: object,
+    *,
+    max_prompt_length: int,
+    now: datetime,
+    idempotency_key: str | None = None,
+    authorize: Callable[[str], None] = lambda user_id: None,
+    allow_private_webhooks: bool = False,
+    max_in_flight: int | None = None,
+) -> NewGeneration:
+    """A create validated and priced against `catalog`, ready to debit (no I/O: the event loop runs it)."""
     try:
+        spec = parse_generation(body, catalog, max_prompt_length=max_prompt_length)
+        assert isinstance(body, Mapping)
         webhook, events = parse_webhook(body, allow_private=allow_private_webhooks)
     except InvalidGeneration as exc:
         raise InvalidInput(str(exc), problems=exc.problems) from exc
     authorize(spec.user_id)
-    new = NewGeneration(
+    return NewGeneration(
         id=new_id(),
         spec=spec,
         cost=catalog.cost_of(spec.size),
@@ -81,7 +95,6 @@ def create_generation(
         webhook_events=events,
         max_in_flight=max_in_flight,
     )
-    return storage.debit_and_enqueue(new)
 
 
 def list_generations(

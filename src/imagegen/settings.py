@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     max_prompt_length: int = Field(1000, ge=1)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     max_page_size: int = Field(200, ge=1)
+    bench_routes: bool = Field(
+        False, description="Serve POST /_bench/noop, a route that does nothing: the benchmarks' ceiling"
+    )
     default_page_size: int = Field(50, ge=1)
 
     @field_validator("webhook_secret")

@@ -230,11 +230,17 @@ def test_a_duplicate_create_racing_the_first_on_a_balance_for_one_still_gets_the
 ) -> None:
     storage.create_user("tight", 1, T0)
     body = {**BODY, "userId": "tight"}
+    # Two API processes: each has its own writer, so on PostgreSQL both transactions are in flight.
+    clients = (
+        [storage, SqlStorage(storage.engine.url.render_as_string(False))]
+        if is_postgres(storage)
+        else [storage] * 2
+    )
 
-    def create(_: int) -> str:
+    def create(n: int) -> str:
         created, _ = retrying(
             lambda: service.create_generation(
-                storage, body, max_prompt_length=1000, now=T0, idempotency_key="retry-after-timeout"
+                clients[n], body, max_prompt_length=1000, now=T0, idempotency_key="retry-after-timeout"
             )
         )
         return created.id
@@ -244,6 +250,8 @@ def test_a_duplicate_create_racing_the_first_on_a_balance_for_one_still_gets_the
             futures = [pool.submit(create, n) for n in range(2)]
             wait_for_lock_waiters(storage, 2)
         results = [future.result(timeout=60) for future in futures]
+    if clients[1] is not storage:
+        clients[1].close()
 
     assert results[0] == results[1]
     assert balance(storage, "tight") == 0

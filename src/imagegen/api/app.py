@@ -39,4 +39,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     for module in (system, generations, users, catalog, reports, admin, case_study):
         app.include_router(module.router)
+    if settings.bench_routes:
+        app.include_router(system.bench_router)
     return app

@@ -7,11 +7,14 @@ from typing import Annotated
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from imagegen.http import ADMIN, Principal, principal_for
+from imagegen.errors import Unauthenticated
+from imagegen.http import ADMIN, Principal, bearer_token, principal_for
 from imagegen.runtime import Runtime
+from imagegen.service import hash_key
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # async: FastAPI runs a plain `def` dependency in the thread pool, a hop on every request.
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -27,6 +30,28 @@ async def get_principal(request: Request, runtime: RuntimeDep) -> Principal:
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
+async def creating_principal(request: Request, runtime: RuntimeDep) -> Principal:
+    """The caller of a create, from the process's key cache when it is there.
+
+    A cached key is not taken on trust: the debit checks the configuration version that any
+    revocation changes (see imagegen.config_cache), and the create is redone if it changed.
+    """
+    config = runtime.config
+    if config is None or runtime.settings.no_auth:
+        return await get_principal(request, runtime)
+    token = bearer_token(request.headers.get("authorization"))
+    if token is None:
+        raise Unauthenticated("Missing API key: send 'Authorization: Bearer <key>'")
+    key_hash = hash_key(token)
+    key = config.key(key_hash) or await run_in_threadpool(config.lookup, key_hash)
+    if key is None:
+        raise Unauthenticated("Unknown or revoked API key")
+    return Principal(key.user_id, key_hash)
+
+
+CreatingPrincipalDep = Annotated[Principal, Depends(creating_principal)]
+
+
 async def get_admin(principal: PrincipalDep) -> Principal:
     principal.require_admin()
     return principal
@@ -34,4 +59,4 @@ async def get_admin(principal: PrincipalDep) -> Principal:
 
 AdminDep = Annotated[Principal, Depends(get_admin)]
 
-__all__ = ["ADMIN", "AdminDep", "Principal", "PrincipalDep", "RuntimeDep"]
+__all__ = ["ADMIN", "AdminDep", "CreatingPrincipalDep", "Principal", "PrincipalDep", "RuntimeDep"]

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from imagegen import http, service
-from imagegen.api.auth import PrincipalDep, RuntimeDep
+from imagegen.api.auth import CreatingPrincipalDep, PrincipalDep, RuntimeDep
 from imagegen.api.common import (
     base_url,
     create_and_enqueue,
@@ -35,7 +35,7 @@ def _both_paths(name: str) -> list[str]:
 async def create_generation_request(
     request: Request,
     runtime: RuntimeDep,
-    principal: PrincipalDep,
+    principal: CreatingPrincipalDep,
     idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=255),
 ) -> JSONResponse:
     body = await json_body(request)

@@ -7,7 +7,7 @@ import contextlib
 import functools
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
@@ -15,8 +15,13 @@ from starlette.concurrency import run_in_threadpool
 from imagegen import http, service
 from imagegen.api.auth import Principal
 from imagegen.clock import utcnow
+from imagegen.config_cache import ConfigCache
 from imagegen.domain.generation import GenerationRequest
+from imagegen.errors import StaleConfig, StorageUnavailable, Unauthenticated
+from imagegen.ports import GroupCommitted
 from imagegen.runtime import Runtime
+
+STALE_ATTEMPTS = 5
 
 
 async def json_body(request: Request) -> Any:
@@ -43,22 +48,60 @@ async def create_and_enqueue(
     runtime: Runtime, principal: Principal, body: Any, idempotency_key: str | None
 ) -> GenerationRequest:
     """Validates, authorizes, debits and queues a create (or replays its key), then wakes a worker."""
-    created, fresh = await run_in_threadpool(
-        functools.partial(
-            service.create_generation,
-            runtime.storage,
-            body,
-            max_prompt_length=runtime.settings.max_prompt_length,
-            now=utcnow(),
-            idempotency_key=idempotency_key,
-            authorize=create_guard(runtime, principal),
-            allow_private_webhooks=runtime.settings.webhook_allow_private,
-            max_in_flight=runtime.settings.max_in_flight_per_user,
+    if runtime.config is None:
+        created, fresh = await run_in_threadpool(
+            functools.partial(
+                service.create_generation,
+                runtime.storage,
+                body,
+                **_create_options(runtime, principal, idempotency_key),
+            )
         )
-    )
+    else:
+        created, fresh = await _create_from_cache(runtime, runtime.config, principal, body, idempotency_key)
     if fresh:
         runtime.signal.enqueued()
     return created
+
+
+async def _create_from_cache(
+    runtime: Runtime, config: ConfigCache, principal: Principal, body: Any, idempotency_key: str | None
+) -> tuple[GenerationRequest, bool]:
+    """The create path without a thread of its own: priced from the cached catalog, in the event loop,
+    then debited by the storage's group-committing writer. A debit refused because the catalog or
+    the keys changed since the cache was read is redone with fresh ones (and the key checked again).
+    """
+    storage = cast(GroupCommitted, runtime.storage)  # runtime.config exists only for such a storage
+    for _ in range(STALE_ATTEMPTS):
+        snapshot = config.snapshot()
+        if snapshot is None:
+            snapshot = await run_in_threadpool(config.refresh)
+        version, catalog = snapshot
+        new = service.prepare_generation(
+            catalog, body, **_create_options(runtime, principal, idempotency_key)
+        )
+        try:
+            return await asyncio.wrap_future(storage.submit_debit(new, version))
+        except StaleConfig:
+            await run_in_threadpool(config.refresh)
+            if (
+                principal.key_hash is not None
+                and await run_in_threadpool(config.lookup, principal.key_hash) is None
+            ):
+                raise Unauthenticated("Unknown or revoked API key") from None
+    raise StorageUnavailable("the catalog kept changing during this create; try again")
+
+
+def _create_options(runtime: Runtime, principal: Principal, idempotency_key: str | None) -> dict[str, Any]:
+    settings = runtime.settings
+    return {
+        "max_prompt_length": settings.max_prompt_length,
+        "now": utcnow(),
+        "idempotency_key": idempotency_key,
+        "authorize": create_guard(runtime, principal),
+        "allow_private_webhooks": settings.webhook_allow_private,
+        "max_in_flight": settings.max_in_flight_per_user,
+    }
 
 
 async def wait_until_done(runtime: Runtime, request_id: str, timeout: float) -> GenerationRequest:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from imagegen import service
-from imagegen.api.auth import Principal, PrincipalDep, RuntimeDep
+from imagegen.api.auth import Principal, PrincipalDep, RuntimeDep, creating_principal
 from imagegen.api.common import (
     create_and_enqueue,
     image_url,
@@ -100,16 +100,31 @@ def prefer_wait(prefer: str | None) -> int:
         429: {"description": "Over the user's rate or in-flight limit (see Retry-After)"},
     },
     openapi_extra={
-        "requestBody": {"content": {"application/json": {"schema": GenerationIn.model_json_schema()}}}
+        "requestBody": {"content": {"application/json": {"schema": GenerationIn.model_json_schema()}}},
+        "parameters": [
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "maxLength": 255},
+                "description": "Retry-safe: same key and body → same result",
+            },
+            {
+                "name": "Prefer",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "wait=N: answer when done, up to N ≤ 60 s",
+            },
+        ],
     },
 )
-async def create_generation(
-    request: Request,
-    runtime: RuntimeDep,
-    principal: PrincipalDep,
-    idempotency_key: IdempotencyKey = None,
-    prefer: Annotated[str | None, Header(description="wait=N: answer when done, up to N ≤ 60 s")] = None,
-) -> JSONResponse:
+async def create_generation(request: Request) -> JSONResponse:
+    # The busiest route reads its headers itself: each FastAPI parameter costs time on every request.
+    runtime: Runtime = request.app.state.runtime
+    principal = await creating_principal(request, runtime)
+    idempotency_key = request.headers.get("idempotency-key")
+    prefer = request.headers.get("prefer")
     body = await json_body(request)
     if isinstance(body, dict) and body.get("userId") is None and principal.user_id is not None:
         body = {**body, "userId": principal.user_id}

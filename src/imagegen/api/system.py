@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -10,6 +10,7 @@ from imagegen.api.auth import RuntimeDep
 from imagegen.errors import NotFound, StorageUnavailable
 
 router = APIRouter(tags=["system"])
+bench_router = APIRouter(tags=["system"], include_in_schema=False)
 
 
 @router.get("/healthz", summary="The process is up")
@@ -37,3 +38,13 @@ async def image(image_id: str, runtime: RuntimeDep) -> Response:
         media_type="image/png",
         headers={"Cache-Control": "public, max-age=31536000, immutable"},
     )
+
+
+@bench_router.post("/_bench/noop")
+async def noop(request: Request) -> JSONResponse:
+    """Reads the body and answers 200, nothing else: what the framework itself costs for a POST.
+
+    Served only with IMAGEGEN_BENCH_ROUTES=1; the benchmarks divide each route's figure by this one's.
+    """
+    await request.body()
+    return JSONResponse({"status": "ok"})

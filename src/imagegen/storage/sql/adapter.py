@@ -8,9 +8,11 @@ second deduction or refund for one request impossible even if a bug tried.
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,6 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    literal,
     select,
     text,
     tuple_,
@@ -44,6 +45,7 @@ from imagegen.errors import (
     IdempotencyConflict,
     InsufficientCredits,
     InvalidInput,
+    StaleConfig,
     TooManyRequests,
     UserExists,
     UserNotFound,
@@ -61,8 +63,9 @@ from imagegen.ports import (
     Violation,
     WebhookDelivery,
 )
+from imagegen.storage.sql import statements as sql
 from imagegen.storage.sql import tables as t
-from imagegen.storage.sql.engine import Transactions, create_sql_engine, retrying
+from imagegen.storage.sql.engine import Batch, GroupCommit, Transactions, create_sql_engine, retrying
 from imagegen.storage.sql.transfer import export_records, import_records
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -77,6 +80,7 @@ class SqlStorage:
     def __init__(self, url: str) -> None:
         self.engine = create_sql_engine(url)
         self.tx = Transactions(self.engine)
+        self.writes = GroupCommit(self.tx)
 
     # -- lifecycle --------------------------------------------------------------------------
     def migrate(self) -> None:
@@ -118,23 +122,30 @@ class SqlStorage:
     @retrying
     def ping(self) -> None:
         with self.tx.read() as conn:
-            conn.execute(select(literal(1)))
+            conn.execute(sql.ONE)
 
     def close(self) -> None:
+        self.writes.close()
         self.engine.dispose()
 
     # -- catalog ----------------------------------------------------------------------------
     @retrying
     def catalog(self) -> Catalog:
         with self.tx.read() as conn:
-            models = {
-                row.name: ModelSettings(row.name, row.failure_rate, row.latency_ms, row.enabled)
-                for row in conn.execute(select(t.models))
-            }
-            styles = conn.execute(select(t.styles.c.name).where(t.styles.c.enabled)).scalars()
-            colors = conn.execute(select(t.colors.c.name).where(t.colors.c.enabled)).scalars()
-            sizes = conn.execute(select(t.sizes.c.name, t.sizes.c.cost).where(t.sizes.c.enabled))
-            return Catalog(models, frozenset(styles), frozenset(colors), {name: cost for name, cost in sizes})
+            return _catalog(conn)
+
+    @retrying
+    def config_version(self) -> str:
+        with self.tx.read() as conn:
+            return conn.execute(sql.CONFIG_VERSION).scalar() or ""
+
+    @retrying
+    def config_snapshot(self) -> tuple[str, Catalog]:
+        with self.tx.read() as conn:
+            # The version first: a catalog newer than its version only costs a refresh, the reverse
+            # would price with an old catalog under a new version.
+            version = conn.execute(sql.CONFIG_VERSION).scalar() or ""
+            return version, _catalog(conn)
 
     @retrying
     def put_model(self, model: ModelSettings) -> None:
@@ -147,6 +158,7 @@ class SqlStorage:
             changed = conn.execute(update(t.models).where(t.models.c.name == model.name).values(values))
             if changed.rowcount == 0:
                 conn.execute(insert(t.models).values(name=model.name, **values))
+            _bump_config_version(conn)
 
     @retrying
     def put_option(self, kind: str, name: str, *, enabled: bool, cost: int | None = None) -> None:
@@ -160,6 +172,7 @@ class SqlStorage:
                 if kind == "sizes" and cost is None:
                     raise InvalidInput(f"A new size needs a cost: '{name}' is not in the catalog yet")
                 conn.execute(insert(table).values(name=name, **values))
+            _bump_config_version(conn)
 
     # -- users and credits ------------------------------------------------------------------
     @retrying
@@ -174,7 +187,7 @@ class SqlStorage:
     @retrying
     def get_user(self, user_id: str) -> User | None:
         with self.tx.read() as conn:
-            row = conn.execute(select(t.users).where(t.users.c.id == user_id)).first()
+            row = conn.execute(sql.GET_USER, {"p_user": user_id}).first()
         return None if row is None else User(row.id, row.credits, row.created_at)
 
     @retrying
@@ -210,6 +223,15 @@ class SqlStorage:
     def ledger(
         self, user_id: str, limit: int, cursor: str | None, where: LedgerFilter = NO_FILTER
     ) -> Page[LedgerEntry]:
+        if where == NO_FILTER:  # the common page: a prebuilt statement
+            query: Any = sql.LEDGER_PAGE if cursor is None else sql.LEDGER_PAGE_AFTER
+            params = {"p_user": user_id, "p_limit": limit + 1}
+            if cursor is not None:
+                params["p_seq"] = _int_cursor(cursor)
+            with self.tx.read() as conn:
+                rows = conn.execute(query, params).all()
+            next_cursor = str(rows[limit - 1].seq) if len(rows) > limit else None
+            return Page([_entry(row) for row in rows[:limit]], next_cursor)
         query = select(t.ledger).where(t.ledger.c.user_id == user_id)
         if where.types:
             query = query.where(t.ledger.c.type.in_(sorted(e.value for e in where.types)))
@@ -227,78 +249,29 @@ class SqlStorage:
 
     @retrying
     def ledger_totals(self, user_id: str) -> dict[EntryType, int]:
-        query = (
-            select(t.ledger.c.type, func.sum(t.ledger.c.delta))
-            .where(t.ledger.c.user_id == user_id)
-            .group_by(t.ledger.c.type)
-        )
         with self.tx.read() as conn:
-            return {EntryType(kind): int(total) for kind, total in conn.execute(query)}
+            rows = conn.execute(sql.LEDGER_TOTALS, {"p_user": user_id})
+            return {EntryType(kind): int(total) for kind, total in rows}
 
     # -- generation requests and jobs -------------------------------------------------------
     @retrying
     def debit_and_enqueue(self, new: NewGeneration) -> tuple[GenerationRequest, bool]:
-        try:
-            return self._debit_and_enqueue(new)
-        except IntegrityError:
-            # A concurrent duplicate with the same Idempotency-Key won the race: replay it.
-            if new.idempotency_key is None:
-                raise
-            return self._debit_and_enqueue(new)
+        return self.submit_debit(new).result()
 
-    def _debit_and_enqueue(self, new: NewGeneration) -> tuple[GenerationRequest, bool]:
-        spec = new.spec
-        with self.tx.write() as conn:
-            if new.idempotency_key is not None:
-                # Lock the user first: a concurrent duplicate then waits here and, once the first
-                # commits, finds its request (rather than a balance it has already spent).
-                conn.execute(select(t.users.c.id).where(t.users.c.id == spec.user_id).with_for_update())
-                existing = _by_idempotency_key(conn, spec.user_id, new.idempotency_key)
-                if existing is not None:
-                    if existing.fingerprint != new.fingerprint:
-                        raise IdempotencyConflict(
-                            "Idempotency-Key was already used with a different request body",
-                            idempotencyKey=new.idempotency_key,
-                        )
-                    return _request(existing), False
-            balance = _add_credits(
-                conn, spec.user_id, -new.cost, in_flight=1, max_in_flight=new.max_in_flight
-            )
-            values = {
-                "id": new.id,
-                "user_id": spec.user_id,
-                "model": spec.model,
-                "style": spec.style,
-                "color": spec.color,
-                "size": spec.size,
-                "prompt": spec.prompt,
-                "cost": new.cost,
-                "status": Status.PENDING.value,
-                "attempts": 0,
-                "idempotency_key": new.idempotency_key,
-                "fingerprint": new.fingerprint,
-                "created_at": new.created_at,
-                "webhook": new.webhook,
-                "webhook_events": ",".join(sorted(new.webhook_events)) or None,
-            }
-            row = conn.execute(insert(gr).values(values).returning(*gr.c)).one()
-            _append_entry(
-                conn,
-                spec.user_id,
-                EntryType.DEDUCTION,
-                -new.cost,
-                balance,
-                new.id,
-                None,
-                new.created_at,
-            )
-            _notify(conn, JOBS_CHANNEL)
-            return _request(row), True
+    def submit_debit(
+        self, new: NewGeneration, config_version: str | None = None
+    ) -> Future[tuple[GenerationRequest, bool]]:
+        """Queues the debit for the group-committing writer; the future resolves once it is committed.
+
+        With `config_version` (from `config_snapshot`), the debit refuses with StaleConfig if the
+        catalog or the keys have changed since: the caller's cached price and key are then redone.
+        """
+        return self.writes.submit(functools.partial(_debit, new, config_version), order=new.spec.user_id)
 
     @retrying
     def get_request(self, request_id: str) -> GenerationRequest | None:
         with self.tx.read() as conn:
-            row = conn.execute(select(gr).where(gr.c.id == request_id)).first()
+            row = conn.execute(sql.GET_REQUEST, {"p_id": request_id}).first()
         return None if row is None else _request(row)
 
     @retrying
@@ -324,28 +297,9 @@ class SqlStorage:
 
     @retrying
     def claim_job(self, worker_id: str, now: datetime, lease_until: datetime) -> GenerationRequest | None:
-        oldest_pending = (
-            select(gr.c.id)
-            .where(gr.c.status == Status.PENDING.value)
-            .order_by(gr.c.created_at)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
-        claim = (
-            update(gr)
-            .where(gr.c.id == oldest_pending, gr.c.status == Status.PENDING.value)
-            .values(
-                status=Status.RUNNING.value,
-                lease_owner=worker_id,
-                lease_expires_at=lease_until,
-                attempts=gr.c.attempts + 1,
-                started_at=func.coalesce(gr.c.started_at, literal(now, t.UTCDateTime())),
-            )
-            .returning(*gr.c)
-        )
+        params = {"p_worker": worker_id, "p_lease_until": lease_until, "p_now": now}
         with self.tx.write() as conn:
-            row = conn.execute(claim).first()
+            row = conn.execute(sql.CLAIM_JOB, params).first()
             if row is None:
                 return None
             request = _request(row)
@@ -370,28 +324,11 @@ class SqlStorage:
     @retrying
     def complete(self, request_id: str, worker_id: str, image_url: str, now: datetime) -> bool:
         with self.tx.write() as conn:
-            result = conn.execute(
-                update(gr)
-                .where(
-                    gr.c.id == request_id,
-                    gr.c.status == Status.RUNNING.value,
-                    gr.c.lease_owner == worker_id,
-                )
-                .values(
-                    status=Status.COMPLETED.value,
-                    image_url=image_url,
-                    completed_at=now,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                )
-                .returning(*gr.c)
-            ).first()
+            params = {"p_id": request_id, "p_worker": worker_id, "p_image_url": image_url, "p_now": now}
+            result = conn.execute(sql.COMPLETE_JOB, params).first()
             if result is None:
                 return False
-            users = t.users
-            conn.execute(
-                update(users).where(users.c.id == result.user_id).values(in_flight=users.c.in_flight - 1)
-            )
+            conn.execute(sql.LEAVE_IN_FLIGHT, {"p_user": result.user_id})
             _enqueue_webhook(conn, _request(result), "completed", now)
             _notify(conn, DONE_CHANNEL, request_id)
             return True
@@ -500,9 +437,8 @@ class SqlStorage:
 
     @retrying
     def find_api_key(self, key_hash: str) -> ApiKey | None:
-        query = select(t.api_keys).where(t.api_keys.c.key_hash == key_hash, t.api_keys.c.revoked_at.is_(None))
         with self.tx.read() as conn:
-            row = conn.execute(query).first()
+            row = conn.execute(sql.FIND_API_KEY, {"p_hash": key_hash}).first()
         return None if row is None else ApiKey(row.id, row.user_id, row.created_at, row.revoked_at)
 
     @retrying
@@ -513,6 +449,7 @@ class SqlStorage:
                 .where(t.api_keys.c.id == key_id, t.api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=now)
             )
+            _bump_config_version(conn)
             return result.rowcount == 1
 
     # -- idempotency keys -------------------------------------------------------------------
@@ -809,10 +746,85 @@ class SqlStorage:
 def _notify(conn: Connection, channel: str, payload: str = "") -> None:
     """PostgreSQL NOTIFY, delivered when the transaction commits; SQLite processes poll instead."""
     if conn.dialect.name == "postgresql":
-        conn.execute(select(func.pg_notify(channel, payload)))
+        conn.execute(sql.NOTIFY, {"p_channel": channel, "p_payload": payload})
 
 
 # -- helpers shared by the methods above (each runs inside the caller's transaction) -----------
+def _debit(
+    new: NewGeneration, config_version: str | None, conn: Connection, batch: Batch
+) -> tuple[GenerationRequest, bool]:
+    """Debits and queues one create (or finds its Idempotency-Key's request), in the batch's transaction."""
+    if config_version is not None:
+        if "config_version" not in batch:  # read once per transaction: no writer changes it meanwhile
+            batch["config_version"] = conn.execute(sql.CONFIG_VERSION).scalar() or ""
+        if batch["config_version"] != config_version:
+            raise StaleConfig
+    if new.idempotency_key is None:
+        return _debit_once(conn, new)
+    try:
+        with conn.begin_nested():
+            return _debit_once(conn, new)
+    except IntegrityError:
+        # A duplicate with the same Idempotency-Key, in another process, committed first: replay it.
+        return _debit_once(conn, new)
+
+
+def _debit_once(conn: Connection, new: NewGeneration) -> tuple[GenerationRequest, bool]:
+    spec = new.spec
+    if new.idempotency_key is not None:
+        # Lock the user first: a concurrent duplicate then waits here and, once the first
+        # commits, finds its request (rather than a balance it has already spent).
+        conn.execute(sql.LOCK_USER, {"p_user": spec.user_id})
+        existing = _by_idempotency_key(conn, spec.user_id, new.idempotency_key)
+        if existing is not None:
+            if existing.fingerprint != new.fingerprint:
+                raise IdempotencyConflict(
+                    "Idempotency-Key was already used with a different request body",
+                    idempotencyKey=new.idempotency_key,
+                )
+            return _request(existing), False
+    balance = _add_credits(conn, spec.user_id, -new.cost, in_flight=1, max_in_flight=new.max_in_flight)
+    values = {
+        "id": new.id,
+        "user_id": spec.user_id,
+        "model": spec.model,
+        "style": spec.style,
+        "color": spec.color,
+        "size": spec.size,
+        "prompt": spec.prompt,
+        "cost": new.cost,
+        "status": Status.PENDING.value,
+        "attempts": 0,
+        "idempotency_key": new.idempotency_key,
+        "fingerprint": new.fingerprint,
+        "created_at": new.created_at,
+        "webhook": new.webhook,
+        "webhook_events": ",".join(sorted(new.webhook_events)) or None,
+    }
+    conn.execute(sql.INSERT_REQUEST, values)
+    _append_entry(conn, spec.user_id, EntryType.DEDUCTION, -new.cost, balance, new.id, None, new.created_at)
+    _notify(conn, JOBS_CHANNEL)
+    return _new_request(values), True
+
+
+def _catalog(conn: Connection) -> Catalog:
+    models = {
+        row.name: ModelSettings(row.name, row.failure_rate, row.latency_ms, row.enabled)
+        for row in conn.execute(sql.MODELS)
+    }
+    styles = conn.execute(sql.ENABLED_STYLES).scalars()
+    colors = conn.execute(sql.ENABLED_COLORS).scalars()
+    sizes = conn.execute(sql.ENABLED_SIZES)
+    return Catalog(models, frozenset(styles), frozenset(colors), {name: cost for name, cost in sizes})
+
+
+def _bump_config_version(conn: Connection) -> None:
+    """Marks the catalog or the keys as changed: every process's cached copy is stale from now on."""
+    version = new_id()
+    if conn.execute(sql.SET_CONFIG_VERSION, {"p_version": version}).rowcount == 0:
+        conn.execute(insert(t.meta).values(key=sql.CONFIG_VERSION_KEY, value=version))
+
+
 def _insert_catalog(conn: Connection, catalog: Catalog) -> None:
     for model in catalog.models.values():
         conn.execute(
@@ -848,19 +860,14 @@ def _add_credits(
     `max_in_flight` refuses the move when the count is already there: one conditional UPDATE, so
     no interleaving of clients can overdraw a balance or exceed the limit.
     """
-    users = t.users
-    conditions = [users.c.id == user_id, users.c.credits + delta >= 0]
-    if max_in_flight is not None:
-        conditions.append(users.c.in_flight < max_in_flight)
-    row = conn.execute(
-        update(users)
-        .where(*conditions)
-        .values(credits=users.c.credits + delta, in_flight=users.c.in_flight + in_flight)
-        .returning(users.c.credits)
-    ).first()
+    params: dict[str, Any] = {"p_user": user_id, "p_delta": delta, "p_in_flight": in_flight}
+    if max_in_flight is None:
+        row = conn.execute(sql.MOVE_CREDITS, params).first()
+    else:
+        row = conn.execute(sql.MOVE_CREDITS_LIMITED, {**params, "p_max_in_flight": max_in_flight}).first()
     if row is not None:
         return int(row.credits)
-    user = conn.execute(select(users.c.credits, users.c.in_flight).where(users.c.id == user_id)).first()
+    user = conn.execute(sql.USER_STATE, {"p_user": user_id}).first()
     if user is None:
         raise UserNotFound(user_id)
     if max_in_flight is not None and user.in_flight >= max_in_flight:
@@ -890,17 +897,18 @@ def _append_entry(
     entry_id = entry_id or new_id()
     entry = LedgerEntry(entry_id, user_id, entry_type, delta, balance_after, request_id, reason, now)
     conn.execute(
-        insert(t.ledger).values(
-            id=entry.id,
-            user_id=user_id,
-            type=entry_type.value,
-            delta=delta,
-            balance_after=balance_after,
-            generation_request_id=request_id,
-            reason=reason,
-            created_at=now,
-            idempotency_key=idempotency_key,
-        )
+        sql.INSERT_ENTRY,
+        {
+            "id": entry.id,
+            "user_id": user_id,
+            "type": entry_type.value,
+            "delta": delta,
+            "balance_after": balance_after,
+            "generation_request_id": request_id,
+            "reason": reason,
+            "created_at": now,
+            "idempotency_key": idempotency_key,
+        },
     )
     return entry
 
@@ -936,8 +944,7 @@ def _enqueue_webhook(conn: Connection, request: GenerationRequest, event: str, n
 
 
 def _by_idempotency_key(conn: Connection, user_id: str, key: str) -> Row[Any] | None:
-    query = select(gr).where(gr.c.user_id == user_id, gr.c.idempotency_key == key)
-    return conn.execute(query).first()
+    return conn.execute(sql.BY_IDEMPOTENCY_KEY, {"p_user": user_id, "p_key": key}).first()
 
 
 def _request(row: Row[Any]) -> GenerationRequest:
@@ -960,6 +967,30 @@ def _request(row: Row[Any]) -> GenerationRequest:
         idempotency_key=row.idempotency_key,
         webhook=row.webhook,
         webhook_events=frozenset((row.webhook_events or "").split(",")) - {""},
+    )
+
+
+def _new_request(values: dict[str, Any]) -> GenerationRequest:
+    """The request just inserted, from the values written (no read back)."""
+    return GenerationRequest(
+        id=values["id"],
+        user_id=values["user_id"],
+        model=values["model"],
+        style=values["style"],
+        color=values["color"],
+        size=values["size"],
+        prompt=values["prompt"],
+        cost=values["cost"],
+        status=Status.PENDING,
+        image_url=None,
+        error=None,
+        attempts=0,
+        created_at=values["created_at"],
+        started_at=None,
+        completed_at=None,
+        idempotency_key=values["idempotency_key"],
+        webhook=values["webhook"],
+        webhook_events=frozenset((values["webhook_events"] or "").split(",")) - {""},
     )
 
 

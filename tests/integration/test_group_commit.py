@@ -1,0 +1,194 @@
+"""The SQL adapter's group-committing writer: many calls share a transaction, each stays atomic alone.
+
+A batch is formed by holding the writer thread inside a first call while the others queue up; when
+it is released, the queued calls run as one batch (they share one `Batch` dict).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, func, insert, select, text
+
+from imagegen import service
+from imagegen.clock import utcnow
+from imagegen.domain.ledger import EntryType
+from imagegen.errors import InsufficientCredits, StaleConfig
+from imagegen.storage.sql import tables as t
+from imagegen.storage.sql.adapter import SqlStorage
+from imagegen.storage.sql.engine import Batch
+from tests.integration.builders import BODY, T0, balance
+
+Call = Callable[[Connection, Batch], Any]
+
+
+@pytest.fixture
+def sql(database_url: str) -> Iterator[SqlStorage]:
+    storage = SqlStorage(database_url)
+    storage.migrate()
+    service.first_start(storage, utcnow())
+    yield storage
+    storage.close()
+
+
+@contextmanager
+def one_batch(storage: SqlStorage) -> Iterator[Callable[[Call], Future[Any]]]:
+    """Calls submitted inside the block run in one batch, after it ends."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(conn: Connection, batch: Batch) -> None:
+        entered.set()
+        assert release.wait(30)
+
+    held = storage.writes.submit(hold)
+    assert entered.wait(30)
+    futures: list[Future[Any]] = []
+
+    def submit(call: Call) -> Future[Any]:
+        futures.append(storage.writes.submit(call, order=f"{len(futures):04d}"))
+        return futures[-1]
+
+    try:
+        yield submit
+    finally:
+        release.set()
+        held.result(30)
+        for future in futures:
+            future.exception(30)  # wait for the batch, whatever its outcome
+
+
+def grant(user_id: str, amount: int) -> Call:
+    def call(conn: Connection, batch: Batch) -> int:
+        batch.setdefault("calls", []).append(user_id)
+        row = conn.execute(
+            t.users.update()
+            .where(t.users.c.id == user_id)
+            .values(credits=t.users.c.credits + amount)
+            .returning(t.users.c.credits)
+        ).one()
+        return int(row.credits)
+
+    return call
+
+
+def test_queued_calls_share_one_transaction_and_each_gets_its_own_result(sql: SqlStorage) -> None:
+    for n in range(5):
+        sql.create_user(f"u{n}", 10, T0)
+    with one_batch(sql) as submit:
+        futures = [submit(grant(f"u{n}", n + 1)) for n in range(5)]
+    assert [future.result() for future in futures] == [11, 12, 13, 14, 15]
+    assert [balance(sql, f"u{n}") for n in range(5)] == [11, 12, 13, 14, 15]
+
+
+def test_a_call_that_fails_after_writing_is_undone_alone_and_the_rest_of_its_batch_commits(
+    sql: SqlStorage,
+) -> None:
+    for user in ("before", "failing", "after"):
+        sql.create_user(user, 10, T0)
+
+    def write_then_fail(conn: Connection, batch: Batch) -> None:
+        grant("failing", 1000)(conn, batch)
+        raise InsufficientCredits("refused after writing")
+
+    with one_batch(sql) as submit:
+        first = submit(grant("before", 1))
+        failing = submit(write_then_fail)
+        last = submit(grant("after", 2))
+
+    assert first.result() == 11 and last.result() == 12
+    assert isinstance(failing.exception(), InsufficientCredits)
+    assert (balance(sql, "before"), balance(sql, "failing"), balance(sql, "after")) == (11, 10, 12)
+
+
+def test_a_batch_whose_commit_fails_fails_every_call_and_writes_nothing(tmp_path: Path) -> None:
+    # SQLite checks deferred foreign keys at COMMIT: one bad call makes the whole commit fail.
+    storage = SqlStorage(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    storage.migrate()
+    storage.create_user("u", 10, T0)
+
+    def orphan_entry(conn: Connection, batch: Batch) -> None:
+        conn.execute(text("PRAGMA defer_foreign_keys = ON"))
+        conn.execute(
+            insert(t.ledger).values(
+                id="orphan", user_id="nobody", type="grant", delta=1, balance_after=1, created_at=T0
+            )
+        )
+
+    try:
+        with one_batch(storage) as submit:
+            good = submit(grant("u", 5))
+            bad = submit(orphan_entry)
+        assert good.exception() is not None and bad.exception() is not None
+        assert balance(storage, "u") == 10
+        with storage.engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(t.ledger)).scalar() == 1  # the opening grant
+    finally:
+        storage.close()
+
+
+def test_debits_from_many_threads_each_land_once_and_the_broke_are_refused(sql: SqlStorage) -> None:
+    sql.create_user("rich", 1000, T0)
+    sql.create_user("broke", 3, T0)
+
+    def create(n: int) -> bool:
+        user = "broke" if n % 4 == 0 else "rich"
+        try:
+            service.create_generation(sql, {**BODY, "userId": user}, max_prompt_length=100, now=T0)
+        except InsufficientCredits:
+            return False
+        return True
+
+    barrier = threading.Barrier(16)
+    results: list[bool] = []
+    lock = threading.Lock()
+
+    def run(thread: int) -> None:
+        barrier.wait()
+        for n in range(thread, 200, 16):
+            ok = create(n)
+            with lock:
+                results.append(ok)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert len(results) == 200
+    assert results.count(True) == 150 + 3 and results.count(False) == 50 - 3
+    assert (balance(sql, "rich"), balance(sql, "broke")) == (1000 - 150, 0)
+    assert list(service.verify(sql)) == []
+
+
+def test_a_debit_priced_under_an_old_configuration_version_is_refused_and_writes_nothing(
+    sql: SqlStorage,
+) -> None:
+    version, catalog = sql.config_snapshot()
+    new = service.prepare_generation(catalog, BODY, max_prompt_length=100, now=T0)
+    sql.put_option("sizes", "512x512", enabled=True, cost=5)  # another process reprices
+    assert sql.config_version() != version
+
+    with pytest.raises(StaleConfig):
+        sql.submit_debit(new, version).result(30)
+    assert balance(sql, "testUser1") == 100
+    fresh_version, fresh = sql.config_snapshot()
+    created, _ = sql.submit_debit(
+        service.prepare_generation(fresh, BODY, max_prompt_length=100, now=T0), fresh_version
+    ).result(30)
+    assert created.cost == 5 and balance(sql, "testUser1") == 95
+
+
+def test_revoking_a_key_changes_the_configuration_version(sql: SqlStorage) -> None:
+    key = sql.add_api_key("k1", "0" * 64, "testUser1", T0)
+    before = sql.config_version()
+    assert sql.revoke_api_key(key.id, T0 + timedelta(seconds=1))
+    assert sql.config_version() != before
+    assert [e.type for e in sql.ledger("testUser1", 10, None).items] == [EntryType.GRANT]
