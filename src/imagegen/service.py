@@ -10,6 +10,7 @@ import hashlib
 import json
 import secrets
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -299,12 +300,24 @@ def run_report(
     thresholds: reports.Thresholds | None = None,
     baseline_weeks: int = BASELINE_WEEKS,
 ) -> dict[str, Any]:
-    """Aggregates the period in the database, compares it with the preceding weeks, stores it."""
-    metrics = _metrics(storage, period)
-    baseline = [_metrics(storage, week) for week in reports.weeks_before(period, baseline_weeks)]
+    """Aggregates the period in the database, compares it with the preceding weeks, stores it.
+
+    The aggregations are independent scans: they run side by side (the database works on them in
+    parallel, and SQLite's driver lets go of the GIL while it scans).
+    """
+    with ThreadPoolExecutor(REPORT_SCANS, thread_name_prefix="imagegen-report") as pool:
+        groups = pool.submit(storage.group_counts, period.start, period.end)
+        users = pool.submit(storage.unique_users, period.start, period.end)
+        histograms = pool.submit(
+            storage.generation_time_histogram, period.start, period.end, reports.TIME_BUCKET_MS
+        )
+        weeks = [
+            pool.submit(_metrics, storage, week) for week in reports.weeks_before(period, baseline_weeks)
+        ]
+        metrics = reports.summarize(groups.result(), users.result())
+        baseline = [week.result() for week in weeks]
+        times = reports.generation_times(histograms.result())
     detection = reports.detect(metrics, baseline, thresholds or reports.Thresholds())
-    histograms = storage.generation_time_histogram(period.start, period.end, reports.TIME_BUCKET_MS)
-    times = reports.generation_times(histograms)
     document = reports.report_document(period, metrics, detection, now, times)
     storage.save_report(period.id, document, now)
     return document
@@ -328,6 +341,7 @@ def parse_period(
     return period
 
 
+REPORT_SCANS = 3  # the period's three aggregations at once; the baseline weeks queue behind them
 REPORT_YEARS = (1971, 9998)  # room for the 8-week baseline before, and the period's end after
 
 

@@ -29,7 +29,9 @@ def new_user_key(admin: httpx.Client, user_id: str, credits: int) -> tuple[str, 
     return issued["keyId"], issued["apiKey"]
 
 
-def test_a_price_changed_in_another_process_applies_to_the_next_create(pair: tuple[Server, Server]) -> None:
+def test_a_price_or_option_changed_in_another_process_applies_to_the_next_create(
+    pair: tuple[Server, Server],
+) -> None:
     cached, other = pair
     admin_key = cached.keys()["admin"]
     with cached.client(admin_key) as admin_a, other.client(admin_key) as admin_b:
@@ -40,11 +42,16 @@ def test_a_price_changed_in_another_process_applies_to_the_next_create(pair: tup
             after = client.post("/v1/generations", json={**GENERATION, "userId": "pricey"})
             assert admin_b.put("/v1/admin/catalog/styles/anime", json={"enabled": False}).status_code == 200
             disabled = client.post("/v1/generations", json={**GENERATION, "userId": "pricey"})
+            assert admin_b.put("/v1/admin/catalog/styles/pixel art", json={}).status_code == 200
+            added = client.post(
+                "/v1/generations", json={**GENERATION, "userId": "pricey", "style": "pixel art"}
+            )
         credits = admin_a.get("/v1/users/pricey").json()["credits"]
     assert (before.status_code, before.json()["cost"]) == (202, 1)
     assert (after.status_code, after.json()["cost"]) == (202, 7)
     assert disabled.status_code == 422 and disabled.json()["code"] == "validation_error"
-    assert credits == 100 - 1 - 7
+    assert (added.status_code, added.json()["style"]) == (202, "pixel art")
+    assert credits == 100 - 1 - 7 - 7
 
 
 def test_a_key_revoked_in_another_process_is_refused_on_the_next_create(pair: tuple[Server, Server]) -> None:

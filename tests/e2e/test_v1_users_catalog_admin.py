@@ -204,6 +204,7 @@ def test_a_new_size_and_a_new_price_apply_to_the_next_create_without_a_restart(
         assert admin.put("/v1/admin/catalog/sizes/2048x2048", json={"cost": 9}).status_code == 200
         second = client.post("/v1/generations", json={**BODY, "size": "2048x2048"})
         listed = {s["name"]: s["cost"] for s in client.get("/v1/catalog").json()["sizes"]}
+    assert first.status_code == 202, first.text
     assert (first.status_code, first.json()["cost"]) == (202, 8)
     assert (second.status_code, second.json()["cost"]) == (202, 9)
     assert listed["2048x2048"] == 9

@@ -192,3 +192,24 @@ def test_revoking_a_key_changes_the_configuration_version(sql: SqlStorage) -> No
     assert sql.revoke_api_key(key.id, T0 + timedelta(seconds=1))
     assert sql.config_version() != before
     assert [e.type for e in sql.ledger("testUser1", 10, None).items] == [EntryType.GRANT]
+
+
+def test_the_writers_driver_statements_store_timestamps_exactly_as_sqlalchemy_does(sql: SqlStorage) -> None:
+    # On SQLite timestamps are text compared as text: '... 09:00:00' would sort before
+    # '... 09:00:00.000000' and fall out of a report's range. T0 has no microseconds on purpose.
+    sql.create_user("stamped", 10, T0)  # written through SQLAlchemy
+    new = service.prepare_generation(
+        sql.catalog(), {**BODY, "userId": "stamped"}, max_prompt_length=100, now=T0
+    )
+    sql.submit_debit(new).result(30)
+    with sql.engine.connect() as conn:
+        user_stamp = conn.execute(text("SELECT created_at FROM users WHERE id = 'stamped'")).scalar()
+        stamps = conn.execute(
+            text(
+                "SELECT created_at FROM generation_requests WHERE user_id = 'stamped' "
+                "UNION ALL SELECT created_at FROM ledger_entries "
+                "WHERE user_id = 'stamped' AND type = 'deduction'"
+            )
+        ).scalars()
+        assert list(stamps) == [user_stamp, user_stamp]
+    assert [r.created_at for r in sql.list_requests("stamped", None, 10, None).items] == [T0]

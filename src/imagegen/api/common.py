@@ -17,7 +17,7 @@ from imagegen.api.auth import Principal
 from imagegen.clock import utcnow
 from imagegen.config_cache import ConfigCache
 from imagegen.domain.generation import GenerationRequest
-from imagegen.errors import StaleConfig, StorageUnavailable, Unauthenticated
+from imagegen.errors import InvalidInput, StaleConfig, StorageUnavailable, Unauthenticated
 from imagegen.ports import GroupCommitted
 from imagegen.runtime import Runtime
 
@@ -37,6 +37,8 @@ def base_url(request: Request, runtime: Runtime) -> str:
 
 
 def image_url(request: Request, runtime: Runtime, path: str | None) -> str | None:
+    if path is None:  # no image yet: spare building the base URL (most creates answer before one)
+        return None
     return http.absolute_url(base_url(request, runtime), path)
 
 
@@ -77,9 +79,16 @@ async def _create_from_cache(
         if snapshot is None:
             snapshot = await run_in_threadpool(config.refresh)
         version, catalog = snapshot
-        new = service.prepare_generation(
-            catalog, body, **_create_options(runtime, principal, idempotency_key)
-        )
+        options = _create_options(runtime, principal, idempotency_key)
+        try:
+            new = service.prepare_generation(catalog, body, **options)
+        except InvalidInput:
+            # Refused by the cached catalog: an option added or enabled since would only show in a
+            # fresh one, so look before refusing (a rare path: one small read).
+            if await run_in_threadpool(storage.config_version) == version:
+                raise
+            await run_in_threadpool(config.refresh)
+            continue
         try:
             return await asyncio.wrap_future(storage.submit_debit(new, version))
         except StaleConfig:

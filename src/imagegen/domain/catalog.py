@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,19 @@ class Catalog:
 
     def enabled_models(self) -> list[str]:
         return sorted(name for name, m in self.models.items() if m.enabled)
+
+    @cached_property
+    def allowed(self) -> dict[str, tuple[str, ...]]:
+        """The values a request may name, per field, in the order error messages list them.
+
+        Worked out once per catalog: a process prices every create from the same cached catalog.
+        """
+        return {
+            "model": tuple(self.enabled_models()),
+            "style": tuple(sorted(self.styles)),
+            "color": tuple(sorted(self.colors)),
+            "size": tuple(sorted(self.sizes, key=size_order)),
+        }
 
     def cost_of(self, size: str) -> int:
         return self.sizes[size]

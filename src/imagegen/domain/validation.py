@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from imagegen.domain.catalog import Catalog, size_order
+from imagegen.domain.catalog import Catalog
 from imagegen.domain.generation import ID_RULE, WEBHOOK_EVENTS, GenerationSpec, valid_id
 from imagegen.domain.webhooks import url_problem
 
@@ -41,7 +41,7 @@ def parse_generation(body: object, catalog: Catalog, *, max_prompt_length: int) 
     """The request's spec, or InvalidGeneration listing every problem at once."""
     if not isinstance(body, Mapping):
         raise InvalidGeneration([Problem("body", "Request body must be a JSON object")])
-    allowed = _allowed(catalog)
+    allowed = catalog.allowed
     problems = [
         Problem(name, f"Field '{name}' is required", allowed.get(name, ()), missing=True)
         for name in REQUIRED
@@ -59,15 +59,6 @@ def parse_generation(body: object, catalog: Catalog, *, max_prompt_length: int) 
         size=body["size"],
         prompt=body.get("prompt") or "",
     )
-
-
-def _allowed(catalog: Catalog) -> dict[str, tuple[str, ...]]:
-    return {
-        "model": tuple(catalog.enabled_models()),
-        "style": tuple(sorted(catalog.styles)),
-        "color": tuple(sorted(catalog.colors)),
-        "size": tuple(sorted(catalog.sizes, key=size_order)),
-    }
 
 
 def _type_problems(body: Mapping[str, object]) -> list[Problem]:

@@ -38,7 +38,7 @@ from imagegen.errors import (
     UserExists,
     UserNotFound,
 )
-from imagegen.ids import new_id
+from imagegen.ids import random_id
 from imagegen.ports import (
     NO_FILTER,
     ApiKey,
@@ -210,7 +210,7 @@ class FirestoreStorage:
             {"credits": credits, "createdAt": d.aware(now), "ledgerSeq": 1 if credits else 0},
         )
         if credits:
-            entry = LedgerEntry(new_id(), user_id, EntryType.GRANT, credits, credits, None, reason, now)
+            entry = LedgerEntry(random_id(), user_id, EntryType.GRANT, credits, credits, None, reason, now)
             tx.create(self._ledger(user_id).document(entry.id), d.entry_doc(entry, 1))
 
     @translated
@@ -247,7 +247,7 @@ class FirestoreStorage:
                 query = self._ledger(user_id).where(filter=cond("idempotencyKey", "==", idempotency_key))
                 for snap in query.limit(1).stream(transaction=tx):
                     return _same_move(d.entry_from(snap.id, user_id, snap.to_dict() or {}), entry_type, delta)
-            return self._append(tx, user, entry_type, delta, None, reason, now, new_id(), idempotency_key)
+            return self._append(tx, user, entry_type, delta, None, reason, now, random_id(), idempotency_key)
 
         with self._user_lock(user_id):
             return run_transaction(self.db, move)
@@ -599,7 +599,7 @@ class FirestoreStorage:
         if not request.wants_webhook(event) or request.webhook is None:
             return
         writer.create(
-            self.db.collection(d.WEBHOOKS).document("msg_" + new_id()),
+            self.db.collection(d.WEBHOOKS).document("msg_" + random_id()),
             {
                 "generationRequestId": request.id,
                 "event": event,

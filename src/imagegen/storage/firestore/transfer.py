@@ -39,7 +39,7 @@ from google.cloud import firestore
 
 from imagegen.domain.ledger import EntryType, LedgerEntry
 from imagegen.errors import Conflict, InvalidInput
-from imagegen.ids import new_id
+from imagegen.ids import random_id
 from imagegen.storage.firestore import docs as d
 from imagegen.storage.firestore.errors import run_transaction
 
@@ -314,7 +314,7 @@ class _Plan:
             if ledger_sum != target:
                 seq += 1
                 adjustment = LedgerEntry(
-                    new_id(),
+                    random_id(),
                     user_id,
                     EntryType.ADJUSTMENT,
                     target - ledger_sum,

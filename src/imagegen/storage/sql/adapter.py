@@ -756,7 +756,8 @@ def _debit(
     """Debits and queues one create (or finds its Idempotency-Key's request), in the batch's transaction."""
     if config_version is not None:
         if "config_version" not in batch:  # read once per transaction: no writer changes it meanwhile
-            batch["config_version"] = conn.execute(sql.CONFIG_VERSION).scalar() or ""
+            row = sql.CONFIG_VERSION_FAST.execute(conn, {}).fetchone()
+            batch["config_version"] = (row[0] if row else None) or ""
         if batch["config_version"] != config_version:
             raise StaleConfig
     if new.idempotency_key is None:
@@ -801,7 +802,7 @@ def _debit_once(conn: Connection, new: NewGeneration) -> tuple[GenerationRequest
         "webhook": new.webhook,
         "webhook_events": ",".join(sorted(new.webhook_events)) or None,
     }
-    conn.execute(sql.INSERT_REQUEST, values)
+    sql.INSERT_REQUEST_FAST.execute(conn, values)
     _append_entry(conn, spec.user_id, EntryType.DEDUCTION, -new.cost, balance, new.id, None, new.created_at)
     _notify(conn, JOBS_CHANNEL)
     return _new_request(values), True
@@ -862,11 +863,13 @@ def _add_credits(
     """
     params: dict[str, Any] = {"p_user": user_id, "p_delta": delta, "p_in_flight": in_flight}
     if max_in_flight is None:
-        row = conn.execute(sql.MOVE_CREDITS, params).first()
+        row = sql.MOVE_CREDITS_FAST.execute(conn, params).fetchone()
     else:
-        row = conn.execute(sql.MOVE_CREDITS_LIMITED, {**params, "p_max_in_flight": max_in_flight}).first()
+        row = sql.MOVE_CREDITS_LIMITED_FAST.execute(
+            conn, {**params, "p_max_in_flight": max_in_flight}
+        ).fetchone()
     if row is not None:
-        return int(row.credits)
+        return int(row[0])
     user = conn.execute(sql.USER_STATE, {"p_user": user_id}).first()
     if user is None:
         raise UserNotFound(user_id)
@@ -896,8 +899,8 @@ def _append_entry(
 ) -> LedgerEntry:
     entry_id = entry_id or new_id()
     entry = LedgerEntry(entry_id, user_id, entry_type, delta, balance_after, request_id, reason, now)
-    conn.execute(
-        sql.INSERT_ENTRY,
+    sql.INSERT_ENTRY_FAST.execute(
+        conn,
         {
             "id": entry.id,
             "user_id": user_id,

@@ -12,6 +12,7 @@ from sqlalchemy import bindparam, func, insert, literal, select, update
 
 from imagegen.domain.generation import Status
 from imagegen.storage.sql import tables as t
+from imagegen.storage.sql.driver import DriverStatement
 
 gr = t.generation_requests
 users = t.users
@@ -30,6 +31,9 @@ MOVE_CREDITS_LIMITED = (
     .values(_credit_values)
     .returning(users.c.credits)
 )
+# What a debit runs for every create: straight on the driver (see driver.py).
+MOVE_CREDITS_FAST = DriverStatement(MOVE_CREDITS)
+MOVE_CREDITS_LIMITED_FAST = DriverStatement(MOVE_CREDITS_LIMITED)
 USER_STATE = select(users.c.credits, users.c.in_flight).where(users.c.id == bindparam("p_user"))
 GET_USER = select(users).where(users.c.id == bindparam("p_user"))
 LOCK_USER = select(users.c.id).where(users.c.id == bindparam("p_user")).with_for_update()
@@ -39,6 +43,18 @@ LEAVE_IN_FLIGHT = (
 
 # -- ledger ----------------------------------------------------------------------------------------
 INSERT_ENTRY = insert(t.ledger)
+ENTRY_COLUMNS = (
+    "id",
+    "user_id",
+    "type",
+    "delta",
+    "balance_after",
+    "generation_request_id",
+    "reason",
+    "created_at",
+    "idempotency_key",
+)
+INSERT_ENTRY_FAST = DriverStatement(INSERT_ENTRY, ENTRY_COLUMNS)
 LEDGER_PAGE = (
     select(t.ledger)
     .where(t.ledger.c.user_id == bindparam("p_user"))
@@ -59,6 +75,24 @@ LEDGER_TOTALS = (
 
 # -- generation requests and jobs ------------------------------------------------------------------
 INSERT_REQUEST = insert(gr)
+REQUEST_COLUMNS = (
+    "id",
+    "user_id",
+    "model",
+    "style",
+    "color",
+    "size",
+    "prompt",
+    "cost",
+    "status",
+    "attempts",
+    "idempotency_key",
+    "fingerprint",
+    "created_at",
+    "webhook",
+    "webhook_events",
+)
+INSERT_REQUEST_FAST = DriverStatement(INSERT_REQUEST, REQUEST_COLUMNS)
 GET_REQUEST = select(gr).where(gr.c.id == bindparam("p_id"))
 BY_IDEMPOTENCY_KEY = select(gr).where(
     gr.c.user_id == bindparam("p_user"), gr.c.idempotency_key == bindparam("p_key")
@@ -104,6 +138,7 @@ FIND_API_KEY = select(t.api_keys).where(
 # -- the configuration version: changed with the catalog and the keys, checked by cached creates ----
 CONFIG_VERSION_KEY = "config_version"
 CONFIG_VERSION = select(t.meta.c.value).where(t.meta.c.key == CONFIG_VERSION_KEY)
+CONFIG_VERSION_FAST = DriverStatement(CONFIG_VERSION)
 SET_CONFIG_VERSION = (
     update(t.meta).where(t.meta.c.key == CONFIG_VERSION_KEY).values(value=bindparam("p_version"))
 )

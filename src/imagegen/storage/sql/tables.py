@@ -77,7 +77,14 @@ ledger = Table(
     # At most one deduction and one refund per request, whatever the retries (invariant 3).
     Index("ux_ledger_request_type", "generation_request_id", "type", unique=True),
     Index("ix_ledger_user_seq", "user_id", "seq"),
-    Index("ux_ledger_idempotency", "user_id", "idempotency_key", unique=True),
+    Index(
+        "ux_ledger_idempotency",
+        "user_id",
+        "idempotency_key",
+        unique=True,
+        sqlite_where=text("idempotency_key IS NOT NULL"),
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+    ),
 )
 
 generation_requests = Table(
@@ -107,18 +114,19 @@ generation_requests = Table(
     Column("completed_at", UTCDateTime, nullable=True),
     Index("ix_requests_created", "created_at"),
     Index("ix_requests_user_created", "user_id", "created_at"),
-    Index("ux_requests_idempotency", "user_id", "idempotency_key", unique=True),
+    Index(
+        "ux_requests_idempotency",
+        "user_id",
+        "idempotency_key",
+        unique=True,
+        sqlite_where=text("idempotency_key IS NOT NULL"),
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+    ),
     Index(
         "ix_requests_pending",
         "created_at",
         sqlite_where=text("status = 'pending'"),
         postgresql_where=text("status = 'pending'"),
-    ),
-    Index(
-        "ix_requests_user_in_flight",
-        "user_id",
-        sqlite_where=text("status IN ('pending', 'running')"),
-        postgresql_where=text("status IN ('pending', 'running')"),
     ),
     Index(
         "ix_requests_running_lease",
