@@ -7,7 +7,7 @@ database, so that a document store without multi-statement SQL can keep the same
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
@@ -229,3 +229,6 @@ class GroupCommitted(Protocol):
     def submit_debit(
         self, new: NewGeneration, config_version: str | None = None
     ) -> Future[tuple[GenerationRequest, bool]]: ...
+    def debit_from_loop(
+        self, new: NewGeneration, config_version: str | None = None
+    ) -> Awaitable[tuple[GenerationRequest, bool]]: ...

@@ -6,6 +6,8 @@ it is released, the queued calls run as one batch (they share one `Batch` dict).
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -213,3 +215,64 @@ def test_the_writers_driver_statements_store_timestamps_exactly_as_sqlalchemy_do
         ).scalars()
         assert list(stamps) == [user_stamp, user_stamp]
     assert [r.created_at for r in sql.list_requests("stamped", None, 10, None).items] == [T0]
+
+
+# -- the event loop's batches (SQLite: debits from the HTTP handlers run on the loop itself) ----------
+def test_calls_submitted_in_one_turn_of_the_loop_commit_together_with_their_own_results(
+    sql: SqlStorage,
+) -> None:
+    for n in range(4):
+        sql.create_user(f"loop{n}", 10, T0)
+    batches: list[int] = []
+
+    def fail_after_writing(conn: Connection, batch: Batch) -> None:
+        grant("loop3", 1000)(conn, batch)
+        raise InsufficientCredits("refused after writing")
+
+    def remember(call: Call) -> Call:
+        def run(conn: Connection, batch: Batch) -> Any:
+            batches.append(id(batch))
+            return call(conn, batch)
+
+        return run
+
+    async def main() -> list[Any]:
+        calls = [remember(grant(f"loop{n}", n + 1)) for n in range(3)] + [remember(fail_after_writing)]
+        return await asyncio.gather(
+            *(sql.writes.submit_from_loop(call, order=str(n)) for n, call in enumerate(calls)),
+            return_exceptions=True,
+        )
+
+    results = asyncio.run(main())
+    assert results[:3] == [11, 12, 13] and isinstance(results[3], InsufficientCredits)
+    assert [balance(sql, f"loop{n}") for n in range(4)] == [11, 12, 13, 10]
+    if sql.tx.dialect == "sqlite":  # PostgreSQL's calls go to the writer thread, batched there
+        assert len(set(batches[:4])) == 1  # the first, optimistic run: one transaction
+
+
+def test_the_loop_never_waits_for_a_writer_of_another_process_and_its_calls_complete_after(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "db.sqlite"
+    storage = SqlStorage(f"sqlite:///{path}")
+    storage.migrate()
+    storage.create_user("waiting", 10, T0)
+    other = sqlite3.connect(path, isolation_level=None)  # another process's connection
+    other.execute("BEGIN IMMEDIATE")  # it holds the write lock
+
+    async def main() -> tuple[int, int]:
+        debit = asyncio.ensure_future(storage.writes.submit_from_loop(grant("waiting", 5)))
+        ticks = 0
+        while ticks < 20:  # the loop keeps turning while the write lock is taken
+            await asyncio.sleep(0.005)
+            ticks += 1
+        assert not debit.done()
+        other.execute("COMMIT")
+        return ticks, await asyncio.wait_for(debit, 30)
+
+    try:
+        ticks, credits = asyncio.run(main())
+    finally:
+        other.close()
+        storage.close()
+    assert ticks == 20 and credits == 15

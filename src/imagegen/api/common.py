@@ -90,7 +90,7 @@ async def _create_from_cache(
             await run_in_threadpool(config.refresh)
             continue
         try:
-            return await asyncio.wrap_future(storage.submit_debit(new, version))
+            return await storage.debit_from_loop(new, version)
         except StaleConfig:
             await run_in_threadpool(config.refresh)
             if (

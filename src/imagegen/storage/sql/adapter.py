@@ -11,7 +11,7 @@ import base64
 import functools
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Future
 from datetime import datetime
 from pathlib import Path
@@ -267,6 +267,13 @@ class SqlStorage:
         catalog or the keys have changed since: the caller's cached price and key are then redone.
         """
         return self.writes.submit(functools.partial(_debit, new, config_version), order=new.spec.user_id)
+
+    def debit_from_loop(
+        self, new: NewGeneration, config_version: str | None = None
+    ) -> Awaitable[tuple[GenerationRequest, bool]]:
+        """`submit_debit` for a caller on an asyncio event loop: its awaitable (see GroupCommit)."""
+        work = functools.partial(_debit, new, config_version)
+        return self.writes.submit_from_loop(work, order=new.spec.user_id)
 
     @retrying
     def get_request(self, request_id: str) -> GenerationRequest | None:
