@@ -50,7 +50,7 @@ HOT_SHARE_OF_SPREAD = 0.50
 class Options:
     duration: float = 15.0
     warmup: float = 3.0
-    key_warmup: float = 10.0  # long enough to walk all 10,000 users once
+    key_warmup: float = 10.0  # long enough to walk all 10,000 users once (per API process)
     connections: int = 64
     threads: int = 2
     workers: int = 4
@@ -103,7 +103,8 @@ def ceiling_row(label: str, before: Load, after: Load) -> tuple[Load, Row]:
     return mean, row
 
 
-def creates(server: Server, keys: Keys, path: str, options: Options) -> list[Load]:
+def creates(server: Server, keys: Keys, path: str, options: Options, noop: Load | None = None) -> list[Load]:
+    """Spread and hot at saturation; with `noop`, also spread paced at the target share of it."""
     every_key_once = {
         "BENCH_PATH": path,
         "BENCH_KEYS": str(keys.spread),
@@ -111,18 +112,44 @@ def creates(server: Server, keys: Keys, path: str, options: Options) -> list[Loa
         "BENCH_THREADS": str(options.threads),
     }
     settings = {"connections": options.connections, "threads": options.threads}
-    wrk(server.url, "create.lua", options.key_warmup, every_key_once, **settings)
+    # Each API process keeps its own cache and the kernel deals connections out among them: walk
+    # the users once more for each further process.
+    walks = 1 if server.database.backend == "sqlite" else server.api_processes + 1
+    wrk(server.url, "create.lua", options.key_warmup * walks, every_key_once, **settings)
     spread = options.measure(server, "create.lua", {"BENCH_PATH": path, "BENCH_KEYS": str(keys.spread)})
     hot = options.measure(server, "create.lua", {"BENCH_PATH": path, "BENCH_KEYS": str(keys.hot)})
-    return [spread, hot]
+    if noop is None:
+        return [spread, hot]
+    # Latency is judged at the target load, not at saturation (where even the no-op route's p99 is
+    # the queue of 64 connections on two shared cores): each connection pauses so that together
+    # they offer the target share of the no-op rate.
+    pause_ms = options.connections * 1000 / (CREATE_SHARE_OF_CEILING * noop.rps)
+    env = {"BENCH_PATH": path, "BENCH_KEYS": str(keys.spread), "BENCH_DELAY_MS": f"{pause_ms:.2f}"}
+    paced = options.measure(server, "create.lua", env)
+    return [spread, hot, paced]
 
 
-def create_rows(label: str, spread: Load, hot: Load, noop: Load, users: int) -> list[Row]:
+def create_rows(
+    label: str, spread: Load, hot: Load, noop: Load, users: int, paced: Load | None = None
+) -> list[Row]:
     spread_row = judge(
         load_row(f"{label}: spread over {users:,} users", spread, noop),
-        f">= {CREATE_SHARE_OF_CEILING:.0%} of no-op, p99 <= {CREATE_P99_MS:.0f} ms, no errors",
-        spread.rps >= CREATE_SHARE_OF_CEILING * noop.rps and spread.p99_ms <= CREATE_P99_MS and clean(spread),
+        f">= {CREATE_SHARE_OF_CEILING:.0%} of no-op, no errors",
+        spread.rps >= CREATE_SHARE_OF_CEILING * noop.rps and clean(spread),
     )
+    paced_rows = []
+    if paced is not None:
+        row = load_row(
+            f"{label}: spread, 64 connections paced to {CREATE_SHARE_OF_CEILING:.0%} of no-op", paced, noop
+        )
+        row.detail = "latency at the target load"
+        paced_rows.append(
+            judge(
+                row,
+                f"p99 <= {CREATE_P99_MS:.0f} ms, no errors",
+                paced.p99_ms <= CREATE_P99_MS and clean(paced),
+            )
+        )
     hot_row = load_row(f"{label}: one hot user", hot, noop)
     hot_row.detail = f"{hot.rps / spread.rps:.0%} of spread" if spread.rps else ""
     judge(
@@ -130,7 +157,7 @@ def create_rows(label: str, spread: Load, hot: Load, noop: Load, users: int) -> 
         f">= {HOT_SHARE_OF_SPREAD:.0%} of spread, no errors",
         hot.rps >= HOT_SHARE_OF_SPREAD * spread.rps and clean(hot),
     )
-    return [spread_row, hot_row]
+    return [spread_row, *paced_rows, hot_row]
 
 
 def clean(load: Load) -> bool:
@@ -146,12 +173,12 @@ def scenario_a(space: Workspace, template: Database, keys: Keys, options: Option
     with deployment(database, workers=False, options=options) as server:
         console.print(f"a. POST /v1/generations, enqueue only: {server.describe()}")
         before = ceiling(server, options)
-        spread, hot = creates(server, keys, "/v1/generations", options)
+        spread, hot, paced = creates(server, keys, "/v1/generations", options, before)
         noop, noop_row = ceiling_row("a", before, ceiling(server, options))
         reference = healthz(server, options, noop)
     space.drop(database)
     users = count_lines(keys.spread)
-    return [noop_row, reference, *create_rows("a. /v1 create (queued)", spread, hot, noop, users)]
+    return [noop_row, reference, *create_rows("a. /v1 create (queued)", spread, hot, noop, users, paced)]
 
 
 def scenario_b_c(

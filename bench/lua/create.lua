@@ -1,7 +1,8 @@
 -- POST a generation as a random user of BENCH_KEYS to BENCH_PATH (/v1/generations or
 -- /createGenerationRequest). One line in the file: the hot user. BENCH_SEQUENTIAL=1 walks the users
 -- in order instead (each thread from its own offset): the warm-up uses it so that every user's key
--- has been seen once, as on a server that has been up for a while.
+-- has been seen once, as on a server that has been up for a while. BENCH_DELAY_MS paces each
+-- connection: it waits that long after each answer before its next request (a load below saturation).
 package.path = os.getenv("BENCH_LUA_DIR") .. "/?.lua;" .. package.path
 local common = require("common")
 local built
@@ -28,4 +29,11 @@ function request()
     return built[next_index]
   end
   return built[math.random(#built)]
+end
+
+local pause = tonumber(os.getenv("BENCH_DELAY_MS") or "")
+if pause then
+  function delay()
+    return pause
+  end
 end

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Future
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 from alembic import command
@@ -65,11 +65,19 @@ from imagegen.ports import (
 )
 from imagegen.storage.sql import statements as sql
 from imagegen.storage.sql import tables as t
-from imagegen.storage.sql.engine import Batch, GroupCommit, Transactions, create_sql_engine, retrying
+from imagegen.storage.sql.engine import (
+    BEFORE_COMMIT,
+    Batch,
+    GroupCommit,
+    Transactions,
+    create_sql_engine,
+    retrying,
+)
 from imagegen.storage.sql.transfer import export_records, import_records
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger("imagegen.storage")
+NO_LIMIT = 2**31 - 1  # an in-flight limit that never binds (the column is a 32-bit integer)
 JOBS_CHANNEL = "imagegen_jobs"  # a job was queued: idle workers look
 DONE_CHANNEL = "imagegen_done"  # a job ended (payload: its id): waiting HTTP handlers look
 INITIAL_DATA_MARKER = "initial_data_loaded"
@@ -767,6 +775,8 @@ def _debit(
             batch["config_version"] = (row[0] if row else None) or ""
         if batch["config_version"] != config_version:
             raise StaleConfig
+    # One NOTIFY for the whole batch wakes the workers of every process.
+    batch.setdefault(BEFORE_COMMIT, {})["notify jobs"] = _notify_jobs
     if new.idempotency_key is None:
         return _debit_once(conn, new)
     try:
@@ -775,6 +785,10 @@ def _debit(
     except IntegrityError:
         # A duplicate with the same Idempotency-Key, in another process, committed first: replay it.
         return _debit_once(conn, new)
+
+
+def _notify_jobs(conn: Connection) -> None:
+    _notify(conn, JOBS_CHANNEL)
 
 
 def _debit_once(conn: Connection, new: NewGeneration) -> tuple[GenerationRequest, bool]:
@@ -791,7 +805,6 @@ def _debit_once(conn: Connection, new: NewGeneration) -> tuple[GenerationRequest
                     idempotencyKey=new.idempotency_key,
                 )
             return _request(existing), False
-    balance = _add_credits(conn, spec.user_id, -new.cost, in_flight=1, max_in_flight=new.max_in_flight)
     values = {
         "id": new.id,
         "user_id": spec.user_id,
@@ -809,9 +822,20 @@ def _debit_once(conn: Connection, new: NewGeneration) -> tuple[GenerationRequest
         "webhook": new.webhook,
         "webhook_events": ",".join(sorted(new.webhook_events)) or None,
     }
+    if conn.dialect.name == "postgresql":  # each statement is a round trip there: send one
+        params = {
+            "p_user": spec.user_id,
+            "p_delta": -new.cost,
+            "p_max_in_flight": new.max_in_flight if new.max_in_flight is not None else NO_LIMIT,
+            "e_id": new_id(),
+            **{f"r_{name}": value for name, value in values.items()},
+        }
+        if sql.DEBIT_IN_ONE.execute(conn, params).fetchone() is None:
+            _refuse(conn, spec.user_id, -new.cost, new.max_in_flight)
+        return _new_request(values), True
+    balance = _add_credits(conn, spec.user_id, -new.cost, in_flight=1, max_in_flight=new.max_in_flight)
     sql.INSERT_REQUEST_FAST.execute(conn, values)
     _append_entry(conn, spec.user_id, EntryType.DEDUCTION, -new.cost, balance, new.id, None, new.created_at)
-    _notify(conn, JOBS_CHANNEL)
     return _new_request(values), True
 
 
@@ -877,6 +901,11 @@ def _add_credits(
         ).fetchone()
     if row is not None:
         return int(row[0])
+    _refuse(conn, user_id, delta, max_in_flight)
+
+
+def _refuse(conn: Connection, user_id: str, delta: int, max_in_flight: int | None) -> NoReturn:
+    """Why a conditional UPDATE moved nothing: no such user, the in-flight limit, or the balance."""
     user = conn.execute(sql.USER_STATE, {"p_user": user_id}).first()
     if user is None:
         raise UserNotFound(user_id)

@@ -144,6 +144,7 @@ class WriterBusy(Exception):
 
 
 Batch = dict[str, Any]  # what the calls of one batch share, e.g. a value read once per transaction
+BEFORE_COMMIT = "before_commit"  # batch[BEFORE_COMMIT][name] = run(conn): once per batch, last
 
 
 @dataclass
@@ -337,6 +338,8 @@ class GroupCommit:
                 except Exception as exc:
                     error = translate(exc) if isinstance(exc, DBAPIError) else exc
                     raise _CallFailed(error, batch) from exc
+            for finish in shared.get(BEFORE_COMMIT, {}).values():
+                finish(conn)
         return outcomes
 
 

@@ -135,6 +135,41 @@ FIND_API_KEY = select(t.api_keys).where(
     t.api_keys.c.key_hash == bindparam("p_hash"), t.api_keys.c.revoked_at.is_(None)
 )
 
+# -- PostgreSQL: a whole debit in one statement (one round trip instead of three) -------------------
+# The UPDATE's RETURNING feeds both INSERTs: when it moves no balance, nothing is inserted either.
+_debited = (
+    update(users)
+    .where(
+        users.c.id == bindparam("p_user"),
+        users.c.credits + bindparam("p_delta") >= 0,
+        users.c.in_flight < bindparam("p_max_in_flight"),
+    )
+    .values(credits=users.c.credits + bindparam("p_delta"), in_flight=users.c.in_flight + 1)
+    .returning(users.c.credits)
+    .cte("debited")
+)
+_REQUEST_VALUES = {name: bindparam(f"r_{name}", type_=gr.c[name].type) for name in REQUEST_COLUMNS}
+_ENTRY_VALUES = {
+    "id": bindparam("e_id", type_=t.ledger.c.id.type),
+    "user_id": bindparam("r_user_id", type_=t.ledger.c.user_id.type),
+    "type": literal("deduction"),
+    "delta": bindparam("p_delta", type_=t.ledger.c.delta.type),
+    "balance_after": _debited.c.credits,
+    "generation_request_id": bindparam("r_id", type_=t.ledger.c.generation_request_id.type),
+    "reason": literal(None, type_=t.ledger.c.reason.type),
+    "created_at": bindparam("r_created_at", type_=t.UTCDateTime()),
+    "idempotency_key": literal(None, type_=t.ledger.c.idempotency_key.type),
+}
+_insert_request = insert(gr).from_select(
+    list(_REQUEST_VALUES), select(*_REQUEST_VALUES.values()).select_from(_debited)
+)
+_insert_entry = insert(t.ledger).from_select(
+    list(_ENTRY_VALUES), select(*_ENTRY_VALUES.values()).select_from(_debited)
+)
+DEBIT_IN_ONE = DriverStatement(
+    select(_debited.c.credits).add_cte(_insert_request.cte("request"), _insert_entry.cte("entry"))
+)
+
 # -- the configuration version: changed with the catalog and the keys, checked by cached creates ----
 CONFIG_VERSION_KEY = "config_version"
 CONFIG_VERSION = select(t.meta.c.value).where(t.meta.c.key == CONFIG_VERSION_KEY)
