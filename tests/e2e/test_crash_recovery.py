@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from pathlib import Path
+
+import httpx
 
 from tests.e2e.helpers import assert_verified, credits_of, query_db, request_statuses, wait_for
 from tests.support import GENERATION, Server, ServerFactory
@@ -90,3 +93,59 @@ def test_jobs_killed_on_their_last_attempt_fail_and_are_refunded_exactly_once(
     errors = dict(query_db(restarted.data_dir, "SELECT id, error FROM generation_requests"))
     assert all("worker lost" in errors[request_id] for request_id in running)
     _assert_charged_or_refunded_once(restarted, final)
+
+
+def test_a_server_killed_while_it_commits_batches_of_creates_loses_no_acknowledged_create(
+    servers: ServerFactory,
+) -> None:
+    """Group commit answers a create only after its batch has committed: kill the server while 16
+    clients keep it batching, and every create a client saw accepted is in the database, debited
+    once, while nothing half-written is (the balance is the opening grant minus what is there)."""
+    server = servers.start(
+        IMAGEGEN_WORKERS="0",
+        IMAGEGEN_RATE_PER_USER_PER_SECOND="100000",
+        IMAGEGEN_RATE_BURST_PER_USER="100000",
+        IMAGEGEN_MAX_IN_FLIGHT_PER_USER="100000",
+    )
+    admin_key = server.keys()["admin"]
+    with server.client(admin_key) as admin:
+        assert (
+            admin.post("/v1/admin/users", json={"userId": "batched", "credits": 100_000}).status_code == 201
+        )
+    accepted: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client() -> None:
+        with server.client(admin_key) as http:
+            while not stop.is_set():
+                try:
+                    response = http.post("/v1/generations", json={**GENERATION, "userId": "batched"})
+                except httpx.HTTPError:
+                    return  # the server is gone
+                if response.status_code == 202:
+                    with lock:
+                        accepted.append(response.json()["id"])
+
+    threads = [threading.Thread(target=client) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: len(accepted) >= 300 or None, 30, "300 accepted creates")
+    server.kill()
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+
+    stored = {
+        row[0]
+        for row in query_db(server.data_dir, "SELECT id FROM generation_requests WHERE user_id = 'batched'")
+    }
+    assert set(accepted) <= stored  # acknowledged means committed
+    deducted = query_db(
+        server.data_dir,
+        "SELECT count(*), -sum(delta) FROM ledger_entries WHERE user_id = 'batched' AND type = 'deduction'",
+    )[0]
+    balance = query_db(server.data_dir, "SELECT credits FROM users WHERE id = 'batched'")[0][0]
+    assert deducted == (len(stored), len(stored))  # one deduction of 1 credit per stored request
+    assert balance == 100_000 - len(stored)
+    assert_verified(server.data_dir)
