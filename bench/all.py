@@ -48,7 +48,14 @@ def main() -> None:
             command = [sys.executable, "-m", module, "--backend", args.backend, *options]
             command += ["--rows-out", str(rows_file)]
             console.rule(f"{module} {' '.join(options)}")
-            if subprocess.run(command, check=False).returncode != 0:
+            child = subprocess.Popen(command)
+            try:
+                returncode = child.wait()
+            finally:  # stopped ourselves (SIGTERM, Ctrl-C): stop the benchmark and its servers too
+                if child.poll() is None:
+                    child.terminate()
+                    child.wait(60)
+            if returncode != 0:
                 failed = Row(scenario=f"{module} did not finish", figure="", verdict="FAIL")
                 save_rows(rows_file, args.backend, [failed])
         rows = [_row(json.loads(line)) for line in rows_file.read_text().splitlines()]

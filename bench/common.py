@@ -67,6 +67,15 @@ UNLIMITED = {
 }
 
 console = Console(highlight=False, width=max(200, shutil.get_terminal_size().columns))
+
+
+def _stop_on_sigterm(signum: int, _frame: object) -> None:
+    # `timeout` and `kill` send SIGTERM, which by default ends Python without running `finally`
+    # blocks: the servers under test would be left running and spoil the next benchmark.
+    raise SystemExit(128 + signum)
+
+
+signal.signal(signal.SIGTERM, _stop_on_sigterm)
 T = TypeVar("T")
 # open_storage logs the first start's keys as warnings: the bench keeps its own key files.
 logging.getLogger("imagegen").setLevel(logging.ERROR)
