@@ -309,7 +309,7 @@ class GroupCommit:
                 if len(failed.batch) == 1 and not isinstance(failed.error, Retryable):
                     outcomes = [(failed.batch[0], None, failed.error)]  # as its own transaction
                 else:
-                    outcomes = self._transaction(failed.batch, careful=True)
+                    outcomes = self._transaction(failed.batch, careful=True, now=now)
         except WriterBusy:
             raise
         except Exception as exc:  # the batch did not commit: nothing of it was written
