@@ -21,3 +21,11 @@ end
 function request()
   return req
 end
+
+-- BENCH_DELAY_MS paces each connection as in create.lua: the framework's latency at a given load.
+local pause = tonumber(os.getenv("BENCH_DELAY_MS") or "")
+if pause then
+  function delay()
+    return pause
+  end
+end

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -29,6 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime = await run_in_threadpool(Runtime.build, settings)
         app.state.runtime = runtime
         runtime.start()
+        freeze_startup_heap()
         try:
             yield
         finally:
@@ -42,3 +44,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.bench_routes:
         app.include_router(system.bench_router)
     return app
+
+
+_heap_frozen = False
+
+
+def freeze_startup_heap() -> None:
+    """Moves what the process holds once it is ready to serve out of the garbage collector's sight.
+
+    Python's full collections walk every container object; after start a server holds ~140,000 of
+    them (modules, classes, FastAPI's and pydantic's schemas) that live as long as the process, and
+    each walk stopped the event loop for 25-100 ms: the create route's p99 at a moderate load was
+    that pause (measured: 120 ms, 20 ms once frozen; see bench/README.md). Frozen objects are never
+    collected, so this runs once per process, after startup, on a heap just collected.
+    """
+    global _heap_frozen
+    if not _heap_frozen:
+        _heap_frozen = True
+        gc.collect()
+        gc.freeze()

@@ -134,6 +134,7 @@ class SqlStorage:
 
     def close(self) -> None:
         self.writes.close()
+        self.tx.close()
         self.engine.dispose()
 
     # -- catalog ----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from imagegen.errors import InvalidInput, StorageUnavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 SQLITE_POOL_SIZE = 64
+CHECKPOINT_INTERVAL = 0.1  # seconds between the Checkpointer's WAL checkpoints
 P = ParamSpec("P")
 R = TypeVar("R")
 log = logging.getLogger("imagegen.storage")
@@ -66,6 +67,8 @@ def _sqlite_engine(url: str) -> Engine:
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        # Commits never checkpoint: the Checkpointer thread does, off the paths that answer clients.
+        cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -89,10 +92,18 @@ class Transactions:
     worst wait short (see PERFORMANCE.md). Other processes still wait on the busy timeout.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, checkpoint_interval: float = CHECKPOINT_INTERVAL) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
-        self._writer = threading.Lock() if self.dialect == "sqlite" else None
+        self._writer: threading.Lock | None = None
+        self._checkpointer: Checkpointer | None = None
+        if self.dialect == "sqlite":
+            self._writer = threading.Lock()
+            self._checkpointer = Checkpointer(engine, self._writer, checkpoint_interval)
+
+    def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
@@ -100,6 +111,8 @@ class Transactions:
             conn.execution_options(imagegen_write=True)
             with conn.begin():
                 yield conn
+        if self._checkpointer is not None:
+            self._checkpointer.written()
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -133,6 +146,78 @@ class Transactions:
                     driver.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         finally:
             self._writer.release()
+        if self._checkpointer is not None:
+            self._checkpointer.written()
+
+
+class Checkpointer:
+    """Copies the SQLite WAL back into the database file, from a thread of its own.
+
+    By SQLite's default, the commit that takes the WAL past 1,000 pages checkpoints it: writes the
+    pages back and syncs the file, milliseconds to tens of milliseconds inside that commit. The
+    commit may be the event loop's (GroupCommit.submit_from_loop), which then answers nobody until
+    it is done. So every connection turns that off, and this thread checkpoints CHECKPOINT_INTERVAL
+    after a write, with SQLite releasing the GIL while it works.
+
+    A PASSIVE checkpoint takes no lock that writers or readers wait for, but it copies only the
+    frames written before it began, and the WAL restarts from its beginning only when a write
+    begins after a checkpoint that copied all of it: under a steady load the WAL would grow without
+    end. So each round runs a second, short checkpoint (of the frames written meanwhile) holding
+    this process's writer lock. Frames a reader's snapshot still needs wait for a later round. The
+    thread starts with the first write and sleeps while nothing is written.
+    """
+
+    def __init__(self, engine: Engine, writer: threading.Lock, interval: float = CHECKPOINT_INTERVAL) -> None:
+        self._engine = engine
+        self._writer = writer
+        self._interval = interval
+        self._written = threading.Event()
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._starting = threading.Lock()
+
+    def written(self) -> None:
+        """Called after each write transaction: a checkpoint is due within the interval."""
+        if self._written.is_set():
+            return
+        self._written.set()
+        if self._thread is None:
+            with self._starting:
+                if self._thread is None and not self._closed.is_set():
+                    self._thread = threading.Thread(
+                        target=self._run, name="imagegen-checkpointer", daemon=True
+                    )
+                    self._thread.start()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._written.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        while True:
+            self._written.wait()
+            if self._closed.wait(self._interval):
+                return  # closing: the last connection to close checkpoints what is left
+            self._written.clear()
+            try:
+                self.round()
+            except Exception as exc:  # the database is busy or gone: the next write tries again
+                log.debug("WAL checkpoint skipped: %s", exc)
+
+    def round(self) -> None:
+        self.checkpoint()  # copies what was written before it began, while writers go on
+        with self._writer:  # copies what they wrote meanwhile: now the next write restarts the WAL
+            self.checkpoint()
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """One PASSIVE checkpoint: (1 if it could not finish, frames in the WAL, frames copied back)."""
+        with self._engine.connect() as conn:
+            driver = conn.connection.dbapi_connection
+            assert driver is not None
+            busy, log_frames, copied = driver.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            return int(busy), int(log_frames), int(copied)
 
 
 LOOP_RETRY = 0.001  # seconds between the event loop's attempts to write
