@@ -12,12 +12,14 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Connection, func, insert, select, text
+from sqlalchemy.exc import IntegrityError
 
 from imagegen import service
 from imagegen.clock import utcnow
@@ -25,7 +27,8 @@ from imagegen.domain.ledger import EntryType
 from imagegen.errors import InsufficientCredits, StaleConfig
 from imagegen.storage.sql import tables as t
 from imagegen.storage.sql.adapter import SqlStorage
-from imagegen.storage.sql.engine import Batch
+from imagegen.ports import NewGeneration
+from imagegen.storage.sql.engine import Batch, GroupCommit
 from tests.integration.builders import BODY, T0, balance
 
 Call = Callable[[Connection, Batch], Any]
@@ -186,6 +189,116 @@ def test_a_debit_priced_under_an_old_configuration_version_is_refused_and_writes
         service.prepare_generation(fresh, BODY, max_prompt_length=100, now=T0), fresh_version
     ).result(30)
     assert created.cost == 5 and balance(sql, "testUser1") == 95
+
+
+# -- PostgreSQL pipelines a batch of debits: sent together, results read after one round trip --------
+@pytest.fixture
+def pipelined(sql: SqlStorage, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the batches that went out pipelined (PostgreSQL only; SQLite runs them whole)."""
+    sizes: list[int] = []
+    original = GroupCommit._pipelined
+
+    def spy(self: GroupCommit, conn: Connection, batch: list[Any], shared: Batch) -> Any:
+        sizes.append(len(batch))
+        return original(self, conn, batch, shared)
+
+    monkeypatch.setattr(GroupCommit, "_pipelined", spy)
+    return sizes
+
+
+def debits_in_one_batch(sql: SqlStorage, news: list[tuple[NewGeneration, str | None]]) -> list[Future[Any]]:
+    futures: list[Future[Any]] = []
+    with one_batch(sql):
+        futures = [sql.submit_debit(new, version) for new, version in news]
+    for future in futures:
+        future.exception(30)
+    return futures
+
+
+def test_a_batch_of_debits_commits_each_with_its_request_and_ledger_entry(
+    sql: SqlStorage, pipelined: list[int]
+) -> None:
+    version, catalog = sql.config_snapshot()
+    for n in range(6):
+        sql.create_user(f"p{n}", 10, T0)
+    news = [
+        service.prepare_generation(catalog, {**BODY, "userId": f"p{n}"}, max_prompt_length=100, now=T0)
+        for n in range(6)
+    ]
+    futures = debits_in_one_batch(sql, [(new, version) for new in news])
+
+    assert [future.result()[0].id for future in futures] == [new.id for new in news]
+    assert [balance(sql, f"p{n}") for n in range(6)] == [9] * 6
+    for n, new in enumerate(news):
+        assert sql.get_request(new.id) == futures[n].result()[0]
+        assert [(e.type, e.delta, e.generation_request_id) for e in sql.ledger(f"p{n}", 1, None).items] == [
+            (EntryType.DEDUCTION, -1, new.id)
+        ]
+    assert list(service.verify(sql)) == []
+    if sql.tx.dialect == "postgresql":
+        assert pipelined == [6]
+
+
+def test_a_refused_or_failing_debit_in_a_pipelined_batch_is_undone_alone(
+    sql: SqlStorage, pipelined: list[int]
+) -> None:
+    version, catalog = sql.config_snapshot()
+    sql.create_user("ok", 10, T0)
+    sql.create_user("broke", 0, T0)
+
+    def new(user: str) -> NewGeneration:
+        return service.prepare_generation(catalog, {**BODY, "userId": user}, max_prompt_length=100, now=T0)
+
+    first, refused, last = new("ok"), new("broke"), new("ok")
+    duplicate = replace(new("ok"), id=first.id)  # the same request id twice: a unique violation
+    futures = debits_in_one_batch(
+        sql, [(first, version), (refused, version), (duplicate, version), (last, version)]
+    )
+
+    assert futures[0].result()[0].id == first.id and futures[3].result()[0].id == last.id
+    assert isinstance(futures[1].exception(), InsufficientCredits)
+    assert isinstance(futures[2].exception(), IntegrityError)
+    assert (balance(sql, "ok"), balance(sql, "broke")) == (8, 0)
+    assert list(service.verify(sql)) == []
+    if sql.tx.dialect == "postgresql":
+        assert pipelined == [4]  # tried pipelined, then rerun the careful way
+
+
+def test_a_stale_debit_in_a_pipelined_batch_is_refused_and_the_rest_commit(
+    sql: SqlStorage, pipelined: list[int]
+) -> None:
+    old_version, old_catalog = sql.config_snapshot()
+    stale = service.prepare_generation(old_catalog, BODY, max_prompt_length=100, now=T0)
+    sql.put_option("sizes", "512x512", enabled=True, cost=5)  # another process reprices
+    version, catalog = sql.config_snapshot()
+    fresh = service.prepare_generation(catalog, BODY, max_prompt_length=100, now=T0)
+    uncached = service.prepare_generation(catalog, BODY, max_prompt_length=100, now=T0)
+
+    futures = debits_in_one_batch(sql, [(fresh, version), (stale, old_version), (uncached, None)])
+
+    assert isinstance(futures[1].exception(), StaleConfig)
+    assert futures[0].result()[0].cost == 5 and futures[2].result()[0].cost == 5
+    assert balance(sql, "testUser1") == 90
+    assert sql.get_request(stale.id) is None
+
+
+def test_a_batch_with_an_idempotency_key_runs_whole_and_replays_the_duplicate(
+    sql: SqlStorage, pipelined: list[int]
+) -> None:
+    version, catalog = sql.config_snapshot()
+
+    def new(key: str | None) -> NewGeneration:
+        prepared = service.prepare_generation(catalog, BODY, max_prompt_length=100, now=T0)
+        return replace(prepared, idempotency_key=key, fingerprint="f" if key else None)
+
+    keyed, again, plain = new("k-1"), new("k-1"), new(None)
+    futures = debits_in_one_batch(sql, [(keyed, version), (again, version), (plain, version)])
+
+    assert futures[0].result() == (futures[0].result()[0], True)
+    assert futures[1].result()[0].id == keyed.id and futures[1].result()[1] is False
+    assert futures[2].result()[1] is True
+    assert balance(sql, "testUser1") == 98
+    assert pipelined == []
 
 
 def test_revoking_a_key_changes_the_configuration_version(sql: SqlStorage) -> None:

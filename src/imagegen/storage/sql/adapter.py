@@ -8,11 +8,11 @@ second deduction or refund for one request impossible even if a bug tried.
 from __future__ import annotations
 
 import base64
-import functools
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Future
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -275,14 +275,13 @@ class SqlStorage:
         With `config_version` (from `config_snapshot`), the debit refuses with StaleConfig if the
         catalog or the keys have changed since: the caller's cached price and key are then redone.
         """
-        return self.writes.submit(functools.partial(_debit, new, config_version), order=new.spec.user_id)
+        return self.writes.submit(_Debit(new, config_version), order=new.spec.user_id)
 
     def debit_from_loop(
         self, new: NewGeneration, config_version: str | None = None
     ) -> Awaitable[tuple[GenerationRequest, bool]]:
         """`submit_debit` for a caller on an asyncio event loop: its awaitable (see GroupCommit)."""
-        work = functools.partial(_debit, new, config_version)
-        return self.writes.submit_from_loop(work, order=new.spec.user_id)
+        return self.writes.submit_from_loop(_Debit(new, config_version), order=new.spec.user_id)
 
     @retrying
     def get_request(self, request_id: str) -> GenerationRequest | None:
@@ -762,30 +761,66 @@ class SqlStorage:
 def _notify(conn: Connection, channel: str, payload: str = "") -> None:
     """PostgreSQL NOTIFY, delivered when the transaction commits; SQLite processes poll instead."""
     if conn.dialect.name == "postgresql":
-        conn.execute(sql.NOTIFY, {"p_channel": channel, "p_payload": payload})
+        sql.NOTIFY.execute(conn, {"p_channel": channel, "p_payload": payload})
 
 
 # -- helpers shared by the methods above (each runs inside the caller's transaction) -----------
-def _debit(
-    new: NewGeneration, config_version: str | None, conn: Connection, batch: Batch
-) -> tuple[GenerationRequest, bool]:
-    """Debits and queues one create (or finds its Idempotency-Key's request), in the batch's transaction."""
-    if config_version is not None:
+@dataclass(frozen=True)
+class _Debit:
+    """Debits and queues one create (or finds its Idempotency-Key's request), in a batch's transaction.
+
+    On PostgreSQL a batch of creates without Idempotency-Key is pipelined (see Pipelined): the
+    configuration version, every debit and the NOTIFY go out together, and the results are read
+    after one round trip.
+    """
+
+    new: NewGeneration
+    config_version: str | None
+
+    def __call__(self, conn: Connection, batch: Batch) -> tuple[GenerationRequest, bool]:
+        self._check_config(conn, batch)
+        _notify_jobs_at_commit(batch)
+        if self.new.idempotency_key is None:
+            return _debit_once(conn, self.new)
+        try:
+            with conn.begin_nested():
+                return _debit_once(conn, self.new)
+        except IntegrityError:
+            # A duplicate with the same Idempotency-Key, in another process, committed first: replay it.
+            return _debit_once(conn, self.new)
+
+    def send(self, conn: Connection, batch: Batch) -> Any:
+        if self.config_version is not None and "config_sent" not in batch:
+            batch["config_sent"] = sql.CONFIG_VERSION_FAST.execute(conn, {})
+        _notify_jobs_at_commit(batch)
+        values = _request_values(self.new)
+        return values, sql.DEBIT_IN_ONE.execute(conn, _debit_params(self.new, values))
+
+    def receive(self, conn: Connection, batch: Batch, sent: Any) -> tuple[GenerationRequest, bool]:
+        values, debited = sent
+        self._check_config(conn, batch)  # the debit was written: StaleConfig undoes the batch
+        if debited.fetchone() is None:
+            _refuse(conn, self.new.spec.user_id, -self.new.cost, self.new.max_in_flight)
+        return _new_request(values), True
+
+    @property
+    def pipelines(self) -> bool:
+        return self.new.idempotency_key is None
+
+    def _check_config(self, conn: Connection, batch: Batch) -> None:
+        if self.config_version is None:
+            return
         if "config_version" not in batch:  # read once per transaction: no writer changes it meanwhile
-            row = sql.CONFIG_VERSION_FAST.execute(conn, {}).fetchone()
+            cursor = batch.pop("config_sent", None) or sql.CONFIG_VERSION_FAST.execute(conn, {})
+            row = cursor.fetchone()
             batch["config_version"] = (row[0] if row else None) or ""
-        if batch["config_version"] != config_version:
+        if batch["config_version"] != self.config_version:
             raise StaleConfig
+
+
+def _notify_jobs_at_commit(batch: Batch) -> None:
     # One NOTIFY for the whole batch wakes the workers of every process.
     batch.setdefault(BEFORE_COMMIT, {})["notify jobs"] = _notify_jobs
-    if new.idempotency_key is None:
-        return _debit_once(conn, new)
-    try:
-        with conn.begin_nested():
-            return _debit_once(conn, new)
-    except IntegrityError:
-        # A duplicate with the same Idempotency-Key, in another process, committed first: replay it.
-        return _debit_once(conn, new)
 
 
 def _notify_jobs(conn: Connection) -> None:
@@ -806,7 +841,20 @@ def _debit_once(conn: Connection, new: NewGeneration) -> tuple[GenerationRequest
                     idempotencyKey=new.idempotency_key,
                 )
             return _request(existing), False
-    values = {
+    values = _request_values(new)
+    if conn.dialect.name == "postgresql":  # each statement is a round trip there: send one
+        if sql.DEBIT_IN_ONE.execute(conn, _debit_params(new, values)).fetchone() is None:
+            _refuse(conn, spec.user_id, -new.cost, new.max_in_flight)
+        return _new_request(values), True
+    balance = _add_credits(conn, spec.user_id, -new.cost, in_flight=1, max_in_flight=new.max_in_flight)
+    sql.INSERT_REQUEST_FAST.execute(conn, values)
+    _append_entry(conn, spec.user_id, EntryType.DEDUCTION, -new.cost, balance, new.id, None, new.created_at)
+    return _new_request(values), True
+
+
+def _request_values(new: NewGeneration) -> dict[str, Any]:
+    spec = new.spec
+    return {
         "id": new.id,
         "user_id": spec.user_id,
         "model": spec.model,
@@ -823,21 +871,17 @@ def _debit_once(conn: Connection, new: NewGeneration) -> tuple[GenerationRequest
         "webhook": new.webhook,
         "webhook_events": ",".join(sorted(new.webhook_events)) or None,
     }
-    if conn.dialect.name == "postgresql":  # each statement is a round trip there: send one
-        params = {
-            "p_user": spec.user_id,
-            "p_delta": -new.cost,
-            "p_max_in_flight": new.max_in_flight if new.max_in_flight is not None else NO_LIMIT,
-            "e_id": new_id(),
-            **{f"r_{name}": value for name, value in values.items()},
-        }
-        if sql.DEBIT_IN_ONE.execute(conn, params).fetchone() is None:
-            _refuse(conn, spec.user_id, -new.cost, new.max_in_flight)
-        return _new_request(values), True
-    balance = _add_credits(conn, spec.user_id, -new.cost, in_flight=1, max_in_flight=new.max_in_flight)
-    sql.INSERT_REQUEST_FAST.execute(conn, values)
-    _append_entry(conn, spec.user_id, EntryType.DEDUCTION, -new.cost, balance, new.id, None, new.created_at)
-    return _new_request(values), True
+
+
+def _debit_params(new: NewGeneration, values: dict[str, Any]) -> dict[str, Any]:
+    """DEBIT_IN_ONE's parameters: the balance move, the request's values, the ledger entry's id."""
+    return {
+        "p_user": new.spec.user_id,
+        "p_delta": -new.cost,
+        "p_max_in_flight": new.max_in_flight if new.max_in_flight is not None else NO_LIMIT,
+        "e_id": new_id(),
+        **{f"r_{name}": value for name, value in values.items()},
+    }
 
 
 def _catalog(conn: Connection) -> Catalog:

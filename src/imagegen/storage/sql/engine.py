@@ -14,7 +14,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -27,6 +27,7 @@ SQLITE_POOL_SIZE = 64
 CHECKPOINT_INTERVAL = 0.1  # seconds between the Checkpointer's WAL checkpoints
 P = ParamSpec("P")
 R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
 log = logging.getLogger("imagegen.storage")
 
 
@@ -235,6 +236,27 @@ Batch = dict[str, Any]  # what the calls of one batch share, e.g. a value read o
 BEFORE_COMMIT = "before_commit"  # batch[BEFORE_COMMIT][name] = run(conn): once per batch, last
 
 
+@runtime_checkable
+class Pipelined(Protocol[R_co]):
+    """A call that can also run in two halves, for PostgreSQL's pipeline mode.
+
+    Called as a function it runs whole. In a pipelined batch, `send` queues its statements (their
+    results are not there yet) and `receive`, once the whole batch has been sent and its results
+    came back in one round trip, reads them and gives the call's value or raises. `receive` may
+    run further statements (then one round trip each), e.g. to tell why a debit moved nothing.
+    """
+
+    @property
+    def pipelines(self) -> bool:
+        """False for a call that must run whole even in a pipelined batch's place (then the batch does)."""
+
+    def __call__(self, conn: Connection, batch: Batch) -> R_co: ...
+
+    def send(self, conn: Connection, batch: Batch) -> Any: ...
+
+    def receive(self, conn: Connection, batch: Batch, sent: Any) -> R_co: ...
+
+
 @dataclass
 class _Work(Generic[R]):
     """A queued call and how its caller waits: a thread's Future, or a future of an event loop."""
@@ -417,6 +439,8 @@ class GroupCommit:
             # Begun: the calls are running now (a careful rerun finds them running already), unless
             # their callers gave up meanwhile.
             batch = [work for work in batch if work.start()]
+            if not careful and self._pipelines(batch):
+                return self._pipelined(conn, batch, shared)
             for work in batch:
                 if careful:
                     outcomes.append((work, *_run_in_savepoint(conn, work, shared)))
@@ -428,6 +452,36 @@ class GroupCommit:
                     raise _CallFailed(error, batch) from exc
             for finish in shared.get(BEFORE_COMMIT, {}).values():
                 finish(conn)
+        return outcomes
+
+    def _pipelines(self, batch: list[_Work[Any]]) -> bool:
+        return (
+            self._tx.dialect == "postgresql"
+            and len(batch) > 1
+            and all(isinstance(work.run, Pipelined) and work.run.pipelines for work in batch)
+        )
+
+    def _pipelined(
+        self, conn: Connection, batch: list[_Work[Any]], shared: Batch
+    ) -> list[tuple[_Work[Any], Any, Exception | None]]:
+        """Sends the whole batch (BEGIN included) before reading any result: one round trip for
+        what would be one per statement. Any failure reruns the batch the careful way."""
+        driver = conn.connection.dbapi_connection
+        assert driver is not None
+        try:
+            with driver.pipeline():
+                sent = [work.run.send(conn, shared) for work in batch]  # type: ignore[attr-defined]
+                for finish in shared.get(BEFORE_COMMIT, {}).values():
+                    finish(conn)
+        except Exception as exc:  # a statement failed: the database refused the batch as a whole
+            raise _CallFailed(Retryable(f"pipelined batch failed: {exc}"), batch) from exc
+        outcomes: list[tuple[_Work[Any], Any, Exception | None]] = []
+        for work, handle in zip(batch, sent, strict=True):
+            try:
+                outcomes.append((work, work.run.receive(conn, shared, handle), None))  # type: ignore[attr-defined]
+            except Exception as exc:
+                error = translate(exc) if isinstance(exc, DBAPIError) else exc
+                raise _CallFailed(error, batch) from exc
         return outcomes
 
 

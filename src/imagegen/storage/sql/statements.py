@@ -185,5 +185,5 @@ ENABLED_COLORS = select(t.colors.c.name).where(t.colors.c.enabled)
 ENABLED_SIZES = select(t.sizes.c.name, t.sizes.c.cost).where(t.sizes.c.enabled)
 
 # -- PostgreSQL NOTIFY (delivered at commit) --------------------------------------------------------
-NOTIFY = select(func.pg_notify(bindparam("p_channel"), bindparam("p_payload")))
+NOTIFY = DriverStatement(select(func.pg_notify(bindparam("p_channel"), bindparam("p_payload"))))
 ONE = select(literal(1))
