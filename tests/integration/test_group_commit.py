@@ -25,9 +25,9 @@ from imagegen import service
 from imagegen.clock import utcnow
 from imagegen.domain.ledger import EntryType
 from imagegen.errors import InsufficientCredits, StaleConfig
+from imagegen.ports import NewGeneration
 from imagegen.storage.sql import tables as t
 from imagegen.storage.sql.adapter import SqlStorage
-from imagegen.ports import NewGeneration
 from imagegen.storage.sql.engine import Batch, GroupCommit
 from tests.integration.builders import BODY, T0, balance
 
