@@ -123,10 +123,24 @@ def creates(server: Server, keys: Keys, path: str, options: Options, noop: Load 
     # Latency is judged at the target load, not at saturation (where even the no-op route's p99 is
     # the queue of 64 connections on two shared cores): each connection pauses so that together
     # they offer the target share of the no-op rate.
-    pause_ms = options.connections * 1000 / (CREATE_SHARE_OF_CEILING * noop.rps)
-    env = {"BENCH_PATH": path, "BENCH_KEYS": str(keys.spread), "BENCH_DELAY_MS": f"{pause_ms:.2f}"}
+    env = {"BENCH_PATH": path, "BENCH_KEYS": str(keys.spread), "BENCH_DELAY_MS": pause(options, noop)}
     paced = options.measure(server, "create.lua", env)
     return [spread, hot, paced]
+
+
+def pause(options: Options, noop: Load) -> str:
+    """The pause after each answer that makes the connections offer the target share of `noop`."""
+    return f"{options.connections * 1000 / (CREATE_SHARE_OF_CEILING * noop.rps):.2f}"
+
+
+def paced_noop(server: Server, options: Options, noop: Load, paced: Load) -> Row:
+    """The no-op route paced exactly as the create was: the framework's own latency at that load."""
+    load = options.measure(
+        server, "noop.lua", {"BENCH_PATH": "/_bench/noop", "BENCH_DELAY_MS": pause(options, noop)}
+    )
+    row = load_row("   for reference: no-op POST paced the same", load, noop)
+    row.detail = f"the framework's own p99 at that pacing (the create's: {paced.p99_ms:.1f} ms)"
+    return row
 
 
 def create_rows(
@@ -174,11 +188,13 @@ def scenario_a(space: Workspace, template: Database, keys: Keys, options: Option
         console.print(f"a. POST /v1/generations, enqueue only: {server.describe()}")
         before = ceiling(server, options)
         spread, hot, paced = creates(server, keys, "/v1/generations", options, before)
+        paced_reference = paced_noop(server, options, before, paced)
         noop, noop_row = ceiling_row("a", before, ceiling(server, options))
         reference = healthz(server, options, noop)
     space.drop(database)
     users = count_lines(keys.spread)
-    return [noop_row, reference, *create_rows("a. /v1 create (queued)", spread, hot, noop, users, paced)]
+    rows = create_rows("a. /v1 create (queued)", spread, hot, noop, users, paced)
+    return [noop_row, reference, *rows[:2], paced_reference, *rows[2:]]
 
 
 def scenario_b_c(
