@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Future
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
@@ -212,6 +213,19 @@ class Storage(Protocol):
 class ImageStore(Protocol):
     def put(self, image_id: str, png: bytes) -> str: ...
     def open(self, image_id: str) -> bytes | None: ...
+
+
+@runtime_checkable
+class ReadsOnLoop(Protocol):
+    """A storage whose reads an event loop may run itself (the SQL adapter, on SQLite).
+
+    Inside `reading_on_loop()`, the calling thread's reads either run at once or raise ReaderBusy
+    (having done nothing); `reads_on_loop` says whether this storage does it at all.
+    """
+
+    @property
+    def reads_on_loop(self) -> bool: ...
+    def reading_on_loop(self) -> AbstractContextManager[None]: ...
 
 
 @runtime_checkable

@@ -7,7 +7,7 @@ import contextlib
 import functools
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
@@ -17,8 +17,8 @@ from imagegen.api.auth import Principal
 from imagegen.clock import utcnow
 from imagegen.config_cache import ConfigCache
 from imagegen.domain.generation import GenerationRequest
-from imagegen.errors import InvalidInput, StaleConfig, StorageUnavailable, Unauthenticated
-from imagegen.ports import GroupCommitted
+from imagegen.errors import InvalidInput, ReaderBusy, StaleConfig, StorageUnavailable, Unauthenticated
+from imagegen.ports import GroupCommitted, ReadsOnLoop
 from imagegen.runtime import Runtime
 
 STALE_ATTEMPTS = 5
@@ -26,6 +26,22 @@ STALE_ATTEMPTS = 5
 
 async def json_body(request: Request) -> Any:
     return http.parse_json(await request.body())
+
+
+T = TypeVar("T")
+
+
+async def read_only(runtime: Runtime, work: Callable[[], T]) -> T:
+    """Runs `work`, which only reads, on the event loop where the storage allows it (SQLite: no
+    thread hand-offs), else (or should the database not be readable at once) on a thread."""
+    storage = runtime.storage
+    if isinstance(storage, ReadsOnLoop) and storage.reads_on_loop:
+        try:
+            with storage.reading_on_loop():
+                return work()
+        except ReaderBusy:
+            pass
+    return await run_in_threadpool(work)
 
 
 def page_size(value: str | None, runtime: Runtime) -> int:

@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Future
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -131,6 +132,13 @@ class SqlStorage:
     def ping(self) -> None:
         with self.tx.read() as conn:
             conn.execute(sql.ONE)
+
+    @property
+    def reads_on_loop(self) -> bool:
+        return self.tx.reads_on_loop
+
+    def reading_on_loop(self) -> AbstractContextManager[None]:
+        return self.tx.reading_on_loop()
 
     def close(self) -> None:
         self.writes.close()

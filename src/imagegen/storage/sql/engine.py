@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from imagegen.errors import InvalidInput, StorageUnavailable
+from imagegen.errors import InvalidInput, ReaderBusy, StorageUnavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 SQLITE_POOL_SIZE = 64
@@ -104,10 +104,41 @@ class Transactions:
         if self.dialect == "sqlite":
             self._writer = threading.Lock()
             self._checkpointer = Checkpointer(engine, self._writer, checkpoint_interval)
+        self._here = threading.local()  # .on_loop: this thread's reads go to the loop's connection
+        self._loop_lock = threading.Lock()
+        self._loop_conn: Connection | None = None
 
     def close(self) -> None:
         if self._checkpointer is not None:
             self._checkpointer.close()
+        with self._loop_lock:
+            if self._loop_conn is not None:
+                self._loop_conn.close()
+                self._loop_conn = None
+
+    @property
+    def reads_on_loop(self) -> bool:
+        """SQLite reads take tens of microseconds and never wait for writers (WAL): an event loop
+        can run them itself instead of handing them to a thread (see `reading_on_loop`)."""
+        return self.dialect == "sqlite"
+
+    @contextmanager
+    def reading_on_loop(self) -> Iterator[None]:
+        """The `read()` transactions this thread opens inside the block run on one connection kept
+        for the event loop, with no busy timeout: if SQLite cannot be read at once, or another
+        thread is using that connection, they raise ReaderBusy (nothing was done) instead of
+        waiting, and the caller runs the same work on a thread.
+
+        A thread pool costs more than such a read: each SQLite call releases the GIL and takes it
+        back, and handing it between the pool's threads and the busy event loop is where
+        getUserCredits spent its time (futex waits and wake-ups; see bench/README.md).
+        """
+        assert self.reads_on_loop, "reading on the event loop is for SQLite"
+        self._here.on_loop = True
+        try:
+            yield
+        finally:
+            self._here.on_loop = False
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
@@ -120,8 +151,36 @@ class Transactions:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
+        if getattr(self._here, "on_loop", False):
+            with self._read_on_loop() as conn:
+                yield conn
+            return
         with translate_errors(), self.engine.connect() as conn, conn.begin():
             yield conn
+
+    @contextmanager
+    def _read_on_loop(self) -> Iterator[Connection]:
+        if not self._loop_lock.acquire(blocking=False):
+            raise ReaderBusy
+        try:
+            if self._loop_conn is None:
+                self._loop_conn = self.engine.connect()
+                driver = self._loop_conn.connection.dbapi_connection
+                assert driver is not None
+                driver.execute("PRAGMA busy_timeout=0")
+            try:
+                transaction = self._loop_conn.begin()
+                with transaction:
+                    yield self._loop_conn
+            except OperationalError as exc:
+                if _is_busy(exc):
+                    raise ReaderBusy from exc
+                translated = translate(exc)
+                if translated is exc:
+                    raise
+                raise translated from exc
+        finally:
+            self._loop_lock.release()
 
     @contextmanager
     def write_now(self) -> Iterator[Connection]:
@@ -230,6 +289,10 @@ LOOP_PATIENCE = 0.05  # after this long, the writer thread takes the batch over
 
 class WriterBusy(Exception):
     """The database could not be written at once: nothing was done."""
+
+
+def _is_busy(exc: OperationalError) -> bool:
+    return "locked" in str(exc.orig) or "busy" in str(exc.orig)
 
 
 Batch = dict[str, Any]  # what the calls of one batch share, e.g. a value read once per transaction
