@@ -20,7 +20,7 @@ import pytest
 from imagegen import service
 from imagegen.api.common import read_only
 from imagegen.clock import utcnow
-from imagegen.errors import ReaderBusy, UserNotFound
+from imagegen.errors import ReaderBusy, StorageUnavailable, UserNotFound
 from imagegen.runtime import Runtime
 from imagegen.storage.sql.adapter import SqlStorage
 
@@ -49,6 +49,20 @@ def test_reads_on_the_loop_see_the_same_data_and_errors(sql: SqlStorage) -> None
     sql.create_user("late", 5, utcnow())  # written on another connection, seen by the next read
     with sql.reading_on_loop():
         assert service.get_user(sql, "late").credits == 5
+
+
+def test_a_broken_loop_connection_fails_one_read_and_is_replaced(sql: SqlStorage) -> None:
+    with sql.reading_on_loop():
+        assert sql.get_user("testUser1") is not None
+        with sql.tx.read() as conn:  # the loop's connection, broken underneath SQLAlchemy
+            driver = conn.connection.dbapi_connection
+        assert driver is not None
+        driver.close()
+        with pytest.raises(StorageUnavailable):  # a 503 for this one read
+            sql.get_user("testUser1")
+        assert sql.get_user("testUser1") is not None
+        with sql.tx.read() as conn:  # and the new one never waits either
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 0
 
 
 def test_a_read_on_the_loop_never_waits_for_the_loop_connection(sql: SqlStorage) -> None:

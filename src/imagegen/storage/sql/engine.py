@@ -172,9 +172,11 @@ class Transactions:
                 transaction = self._loop_conn.begin()
                 with transaction:
                     yield self._loop_conn
-            except OperationalError as exc:
-                if _is_busy(exc):
+            except DBAPIError as exc:
+                if isinstance(exc, OperationalError) and _is_busy(exc):
                     raise ReaderBusy from exc
+                self._loop_conn.close()  # whatever broke it, the next read opens a fresh one
+                self._loop_conn = None
                 translated = translate(exc)
                 if translated is exc:
                     raise
