@@ -807,9 +807,7 @@ class _Debit:
     def receive(self, conn: Connection, batch: Batch, sent: Any) -> tuple[GenerationRequest, bool]:
         values, debited = sent
         self._check_config(conn, batch)  # the debit was written: StaleConfig undoes the batch
-        if debited.fetchone() is None:
-            _refuse(conn, self.new.spec.user_id, -self.new.cost, self.new.max_in_flight)
-        return _new_request(values), True
+        return _debited(conn, self.new, values, debited)
 
     @property
     def pipelines(self) -> bool:
@@ -851,12 +849,19 @@ def _debit_once(conn: Connection, new: NewGeneration) -> tuple[GenerationRequest
             return _request(existing), False
     values = _request_values(new)
     if conn.dialect.name == "postgresql":  # each statement is a round trip there: send one
-        if sql.DEBIT_IN_ONE.execute(conn, _debit_params(new, values)).fetchone() is None:
-            _refuse(conn, spec.user_id, -new.cost, new.max_in_flight)
-        return _new_request(values), True
+        return _debited(conn, new, values, sql.DEBIT_IN_ONE.execute(conn, _debit_params(new, values)))
     balance = _add_credits(conn, spec.user_id, -new.cost, in_flight=1, max_in_flight=new.max_in_flight)
     sql.INSERT_REQUEST_FAST.execute(conn, values)
     _append_entry(conn, spec.user_id, EntryType.DEDUCTION, -new.cost, balance, new.id, None, new.created_at)
+    return _new_request(values), True
+
+
+def _debited(
+    conn: Connection, new: NewGeneration, values: dict[str, Any], cursor: Any
+) -> tuple[GenerationRequest, bool]:
+    """The answer to DEBIT_IN_ONE (its cursor): the request it queued, or why it moved nothing."""
+    if cursor.fetchone() is None:
+        _refuse(conn, new.spec.user_id, -new.cost, new.max_in_flight)
     return _new_request(values), True
 
 

@@ -21,6 +21,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.expression import Executable
 
 
+def driver_connection(conn: Connection) -> Any:
+    """The DB-API connection under `conn` (sqlite3's or psycopg's), checked out with it."""
+    dbapi_connection = conn.connection.dbapi_connection
+    assert dbapi_connection is not None
+    return dbapi_connection
+
+
 @dataclass(frozen=True)
 class _Compiled:
     sql: str
@@ -43,9 +50,7 @@ class DriverStatement:
         for name, process in compiled.processors.items():
             values[name] = process(values[name])
         bound: Any = values if compiled.names is None else tuple(values[name] for name in compiled.names)
-        dbapi_connection = conn.connection.dbapi_connection
-        assert dbapi_connection is not None
-        cursor = dbapi_connection.cursor()
+        cursor = driver_connection(conn).cursor()
         try:
             cursor.execute(compiled.sql, bound)
         except dialect.loaded_dbapi.Error as exc:

@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from imagegen.errors import InvalidInput, ReaderBusy, StorageUnavailable
+from imagegen.storage.sql.driver import driver_connection
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 SQLITE_POOL_SIZE = 64
@@ -165,9 +166,7 @@ class Transactions:
         try:
             if self._loop_conn is None:
                 self._loop_conn = self.engine.connect()
-                driver = self._loop_conn.connection.dbapi_connection
-                assert driver is not None
-                driver.execute("PRAGMA busy_timeout=0")
+                driver_connection(self._loop_conn).execute("PRAGMA busy_timeout=0")
             try:
                 transaction = self._loop_conn.begin()
                 with transaction:
@@ -197,8 +196,7 @@ class Transactions:
         try:
             with translate_errors(), self.engine.connect() as conn:
                 conn.execution_options(imagegen_write=True)
-                driver = conn.connection.dbapi_connection
-                assert driver is not None
+                driver = driver_connection(conn)
                 driver.execute("PRAGMA busy_timeout=0")
                 try:
                     try:
@@ -276,13 +274,10 @@ class Checkpointer:
         with self._writer:  # copies what they wrote meanwhile: now the next write restarts the WAL
             self.checkpoint()
 
-    def checkpoint(self) -> tuple[int, int, int]:
-        """One PASSIVE checkpoint: (1 if it could not finish, frames in the WAL, frames copied back)."""
+    def checkpoint(self) -> None:
+        """One PASSIVE checkpoint: copies back what no reader's snapshot still needs."""
         with self._engine.connect() as conn:
-            driver = conn.connection.dbapi_connection
-            assert driver is not None
-            busy, log_frames, copied = driver.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            return int(busy), int(log_frames), int(copied)
+            driver_connection(conn).execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 LOOP_RETRY = 0.001  # seconds between the event loop's attempts to write
@@ -372,6 +367,11 @@ class _CallFailed(Exception):
     def __init__(self, error: Exception, batch: list[_Work[Any]]) -> None:
         self.error = error
         self.batch = batch  # the calls that were running
+
+    @classmethod
+    def of(cls, exc: Exception, batch: list[_Work[Any]]) -> _CallFailed:
+        """A call of `batch` raised `exc` (a driver error is translated, as for any caller)."""
+        return cls(translate(exc) if isinstance(exc, DBAPIError) else exc, batch)
 
 
 class GroupCommit:
@@ -513,8 +513,7 @@ class GroupCommit:
                 try:
                     outcomes.append((work, work.run(conn, shared), None))
                 except Exception as exc:
-                    error = translate(exc) if isinstance(exc, DBAPIError) else exc
-                    raise _CallFailed(error, batch) from exc
+                    raise _CallFailed.of(exc, batch) from exc
             for finish in shared.get(BEFORE_COMMIT, {}).values():
                 finish(conn)
         return outcomes
@@ -531,10 +530,8 @@ class GroupCommit:
     ) -> list[tuple[_Work[Any], Any, Exception | None]]:
         """Sends the whole batch (BEGIN included) before reading any result: one round trip for
         what would be one per statement. Any failure reruns the batch the careful way."""
-        driver = conn.connection.dbapi_connection
-        assert driver is not None
         try:
-            with driver.pipeline():
+            with driver_connection(conn).pipeline():
                 sent = [work.run.send(conn, shared) for work in batch]  # type: ignore[attr-defined]
                 for finish in shared.get(BEFORE_COMMIT, {}).values():
                     finish(conn)
@@ -545,8 +542,7 @@ class GroupCommit:
             try:
                 outcomes.append((work, work.run.receive(conn, shared, handle), None))  # type: ignore[attr-defined]
             except Exception as exc:
-                error = translate(exc) if isinstance(exc, DBAPIError) else exc
-                raise _CallFailed(error, batch) from exc
+                raise _CallFailed.of(exc, batch) from exc
         return outcomes
 
 
