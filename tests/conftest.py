@@ -9,12 +9,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from imagegen import service
-from imagegen.clock import utcnow
 from imagegen.ports import Storage
 from imagegen.storage.sql.adapter import SqlStorage
 from tests.firestore_emulator import firestore_clean, firestore_emulator, firestore_storage  # noqa: F401
-from tests.support import ServerFactory
+from tests.support import ServerFactory, migrated_sql
 
 POSTGRES_ENV = "IMAGEGEN_TEST_POSTGRES_URL"
 
@@ -91,11 +89,7 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]
         url = f"sqlite:///{tmp_path / 'imagegen.db'}"
     else:
         url = str(request.getfixturevalue("postgres_url"))
-    storage = SqlStorage(url)
-    storage.migrate()
-    service.first_start(storage, utcnow())
-    yield storage
-    storage.close()
+    yield from migrated_sql(url)
 
 
 @pytest.fixture

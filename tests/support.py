@@ -9,10 +9,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from imagegen import service
+from imagegen.clock import utcnow
+from imagegen.storage.sql.adapter import SqlStorage
 
 IMAGEGEN = shutil.which("imagegen", path=str(Path(sys.executable).parent)) or "imagegen"
 
@@ -113,3 +118,12 @@ class ServerFactory:
     def stop_all(self) -> None:
         for server in self.started:
             server.stop()
+
+
+def migrated_sql(url: str) -> Iterator[SqlStorage]:
+    """A migrated SQL database with the initial data set (testUser1: 100, testUser2: 10), closed after."""
+    storage = SqlStorage(url)
+    storage.migrate()
+    service.first_start(storage, utcnow())
+    yield storage
+    storage.close()

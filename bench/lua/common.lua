@@ -47,6 +47,16 @@ function M.prebuild(users, build)
   return built
 end
 
+-- With BENCH_DELAY_MS, wrk's delay(): each connection waits that long after each answer before its
+-- next request (a load below saturation). Without it, nil: no pause.
+function M.pacing()
+  local pause = tonumber(os.getenv("BENCH_DELAY_MS") or "")
+  if pause then
+    return function() return pause end
+  end
+  return nil
+end
+
 function M.done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(

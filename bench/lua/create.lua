@@ -31,9 +31,4 @@ function request()
   return built[math.random(#built)]
 end
 
-local pause = tonumber(os.getenv("BENCH_DELAY_MS") or "")
-if pause then
-  function delay()
-    return pause
-  end
-end
+delay = common.pacing()

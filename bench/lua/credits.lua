@@ -17,10 +17,5 @@ function request()
   return built[math.random(#built)]
 end
 
--- BENCH_DELAY_MS paces each connection as in create.lua: latency below saturation.
-local pause = tonumber(os.getenv("BENCH_DELAY_MS") or "")
-if pause then
-  function delay()
-    return pause
-  end
-end
+-- BENCH_DELAY_MS paces each connection (see common.pacing): latency below saturation.
+delay = common.pacing()

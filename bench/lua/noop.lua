@@ -22,10 +22,5 @@ function request()
   return req
 end
 
--- BENCH_DELAY_MS paces each connection as in create.lua: the framework's latency at a given load.
-local pause = tonumber(os.getenv("BENCH_DELAY_MS") or "")
-if pause then
-  function delay()
-    return pause
-  end
-end
+-- BENCH_DELAY_MS paces each connection (see common.pacing): the framework's latency at a given load.
+delay = common.pacing()

@@ -22,7 +22,6 @@ from sqlalchemy import Connection, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
 from imagegen import service
-from imagegen.clock import utcnow
 from imagegen.domain.ledger import EntryType
 from imagegen.errors import InsufficientCredits, StaleConfig
 from imagegen.ports import NewGeneration
@@ -30,17 +29,14 @@ from imagegen.storage.sql import tables as t
 from imagegen.storage.sql.adapter import SqlStorage
 from imagegen.storage.sql.engine import Batch, GroupCommit
 from tests.integration.builders import BODY, T0, balance
+from tests.support import migrated_sql
 
 Call = Callable[[Connection, Batch], Any]
 
 
 @pytest.fixture
 def sql(database_url: str) -> Iterator[SqlStorage]:
-    storage = SqlStorage(database_url)
-    storage.migrate()
-    service.first_start(storage, utcnow())
-    yield storage
-    storage.close()
+    yield from migrated_sql(database_url)
 
 
 @contextmanager

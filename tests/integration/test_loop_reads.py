@@ -23,15 +23,12 @@ from imagegen.clock import utcnow
 from imagegen.errors import ReaderBusy, StorageUnavailable, UserNotFound
 from imagegen.runtime import Runtime
 from imagegen.storage.sql.adapter import SqlStorage
+from tests.support import migrated_sql
 
 
 @pytest.fixture
 def sql(tmp_path: Path) -> Iterator[SqlStorage]:
-    storage = SqlStorage(f"sqlite:///{tmp_path / 'loop.db'}")
-    storage.migrate()
-    service.first_start(storage, utcnow())
-    yield storage
-    storage.close()
+    yield from migrated_sql(f"sqlite:///{tmp_path / 'loop.db'}")
 
 
 def credits(storage: SqlStorage) -> tuple[int, int, int]:

@@ -20,15 +20,12 @@ from imagegen.clock import utcnow
 from imagegen.errors import StorageUnavailable
 from imagegen.storage.sql.adapter import SqlStorage
 from tests.integration.builders import BODY
+from tests.support import migrated_sql
 
 
 @pytest.fixture
 def pg(postgres_url: str) -> Iterator[SqlStorage]:
-    storage = SqlStorage(postgres_url)
-    storage.migrate()
-    service.first_start(storage, utcnow())
-    yield storage
-    storage.close()
+    yield from migrated_sql(postgres_url)
 
 
 def kill_connections(url: str) -> int:
