@@ -74,6 +74,7 @@ from imagegen.storage.sql.engine import (
     create_sql_engine,
     retrying,
 )
+from imagegen.storage.sql.loop_pipeline import HAND_OVER, HandOver, LoopBatch, LoopStatement
 from imagegen.storage.sql.transfer import export_records, import_records
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -813,15 +814,35 @@ class _Debit:
     def pipelines(self) -> bool:
         return self.new.idempotency_key is None
 
+    def on_loop(self, batch: LoopBatch) -> LoopStatement[tuple[GenerationRequest, bool]]:
+        """The debit as one statement of a batch the event loop pipelines (see LoopPipeline)."""
+        if self.config_version is not None:
+            expected = self.config_version
+            batch.check(
+                ("config", expected), sql.CONFIG_VERSION_FAST, {}, lambda row: _version(row) == expected
+            )
+        batch.finish("notify jobs", sql.NOTIFY, {"p_channel": JOBS_CHANNEL, "p_payload": ""})
+        values = _request_values(self.new)
+
+        def answer(row: tuple[Any, ...] | None) -> tuple[GenerationRequest, bool] | HandOver:
+            # No row: the debit moved nothing. The writer thread runs it again, to say why.
+            return HAND_OVER if row is None else (_new_request(values), True)
+
+        return LoopStatement(sql.DEBIT_IN_ONE, _debit_params(self.new, values), answer)
+
     def _check_config(self, conn: Connection, batch: Batch) -> None:
         if self.config_version is None:
             return
         if "config_version" not in batch:  # read once per transaction: no writer changes it meanwhile
             cursor = batch.pop("config_sent", None) or sql.CONFIG_VERSION_FAST.execute(conn, {})
-            row = cursor.fetchone()
-            batch["config_version"] = (row[0] if row else None) or ""
+            batch["config_version"] = _version(cursor.fetchone())
         if batch["config_version"] != self.config_version:
             raise StaleConfig
+
+
+def _version(row: tuple[Any, ...] | None) -> str:
+    """The configuration version from CONFIG_VERSION's row ("" when there is none)."""
+    return (row[0] if row else None) or ""
 
 
 def _notify_jobs_at_commit(batch: Batch) -> None:

@@ -45,17 +45,22 @@ class DriverStatement:
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """Runs the statement in `conn`'s transaction; returns the DB-API cursor (rows, rowcount)."""
         dialect = conn.dialect
+        text, bound = self.bind(dialect, params)
+        cursor = driver_connection(conn).cursor()
+        try:
+            cursor.execute(text, bound)
+        except dialect.loaded_dbapi.Error as exc:
+            raise DBAPIError.instance(text, bound, exc, dialect.loaded_dbapi.Error) from exc
+        return cursor
+
+    def bind(self, dialect: Dialect, params: Mapping[str, Any]) -> tuple[str, Any]:
+        """The SQL text for `dialect` and the values its driver takes for `params`."""
         compiled = self._compiled.get(dialect.name) or self._compile(dialect)
         values = {**compiled.defaults, **params}
         for name, process in compiled.processors.items():
             values[name] = process(values[name])
         bound: Any = values if compiled.names is None else tuple(values[name] for name in compiled.names)
-        cursor = driver_connection(conn).cursor()
-        try:
-            cursor.execute(compiled.sql, bound)
-        except dialect.loaded_dbapi.Error as exc:
-            raise DBAPIError.instance(compiled.sql, bound, exc, dialect.loaded_dbapi.Error) from exc
-        return cursor
+        return compiled.sql, bound
 
     def _compile(self, dialect: Dialect) -> _Compiled:
         compiled = self._statement.compile(dialect=dialect, column_keys=self._column_keys)  # type: ignore[attr-defined]

@@ -12,16 +12,17 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, ParamSpec, Protocol, TypeVar, runtime_checkable
+from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from imagegen.errors import InvalidInput, ReaderBusy, StorageUnavailable
+from imagegen.storage.sql.calls import BEFORE_COMMIT, Batch, QueuedCall, call_order
 from imagegen.storage.sql.driver import driver_connection
+from imagegen.storage.sql.loop_pipeline import LoopPipeline, LoopPipelined
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 SQLITE_POOL_SIZE = 64
@@ -292,10 +293,6 @@ def _is_busy(exc: OperationalError) -> bool:
     return "locked" in str(exc.orig) or "busy" in str(exc.orig)
 
 
-Batch = dict[str, Any]  # what the calls of one batch share, e.g. a value read once per transaction
-BEFORE_COMMIT = "before_commit"  # batch[BEFORE_COMMIT][name] = run(conn): once per batch, last
-
-
 @runtime_checkable
 class Pipelined(Protocol[R_co]):
     """A call that can also run in two halves, for PostgreSQL's pipeline mode.
@@ -317,59 +314,13 @@ class Pipelined(Protocol[R_co]):
     def receive(self, conn: Connection, batch: Batch, sent: Any) -> R_co: ...
 
 
-@dataclass
-class _Work(Generic[R]):
-    """A queued call and how its caller waits: a thread's Future, or a future of an event loop."""
-
-    run: Callable[[Connection, Batch], R]
-    future: Future[R] | asyncio.Future[R]
-    order: str
-    started: bool = False
-
-    def start(self) -> bool:
-        """Marks the call as running; False if its caller has given up already (it is skipped)."""
-        if not self.started:
-            if isinstance(self.future, Future):
-                self.started = self.future.set_running_or_notify_cancel()
-            else:
-                self.started = not self.future.cancelled()
-        return self.started
-
-    def resolve(self, value: Any, error: BaseException | None) -> None:
-        if isinstance(self.future, Future):
-            if not self.future.done():
-                _settle(self.future, value, error)
-            return
-        loop = self.future.get_loop()
-        if _running_loop() is loop:
-            _settle(self.future, value, error)
-        else:
-            loop.call_soon_threadsafe(_settle, self.future, value, error)
-
-
-def _settle(future: Future[Any] | asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
-    if future.done():  # an event loop's future its caller canceled
-        return
-    if error is None:
-        future.set_result(value)
-    else:
-        future.set_exception(error)
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
 class _CallFailed(Exception):
-    def __init__(self, error: Exception, batch: list[_Work[Any]]) -> None:
+    def __init__(self, error: Exception, batch: list[QueuedCall[Any]]) -> None:
         self.error = error
         self.batch = batch  # the calls that were running
 
     @classmethod
-    def of(cls, exc: Exception, batch: list[_Work[Any]]) -> _CallFailed:
+    def of(cls, exc: Exception, batch: list[QueuedCall[Any]]) -> _CallFailed:
         """A call of `batch` raised `exc` (a driver error is translated, as for any caller)."""
         return cls(translate(exc) if isinstance(exc, DBAPIError) else exc, batch)
 
@@ -393,11 +344,14 @@ class GroupCommit:
     def __init__(self, tx: Transactions, max_batch: int = 128) -> None:
         self._tx = tx
         self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[_Work[Any] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[QueuedCall[Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._started = threading.Lock()
         self._closed = False
-        self._on_loop: list[_Work[Any]] = []  # submitted on the event loop, flushed after its turn
+        self._on_loop: list[QueuedCall[Any]] = []  # submitted on the event loop, flushed after its turn
+        self._loop_pipeline = (
+            LoopPipeline(tx.engine, self._hand_over, max_batch) if tx.dialect == "postgresql" else None
+        )
 
     def submit(self, run: Callable[[Connection, Batch], R], order: str = "") -> Future[R]:
         future: Future[R] = Future()
@@ -405,7 +359,7 @@ class GroupCommit:
             future.set_exception(StorageUnavailable("storage is closed"))
             return future
         self._start()
-        self._queue.put(_Work(run, future, order))
+        self._queue.put(QueuedCall(run, future, order))
         return future
 
     def submit_from_loop(self, run: Callable[[Connection, Batch], R], order: str = "") -> Awaitable[R]:
@@ -419,6 +373,8 @@ class GroupCommit:
         never waits on a lock.
         """
         if self._tx.dialect != "sqlite":
+            if self._loop_pipeline is not None and isinstance(run, LoopPipelined) and run.pipelines:
+                return self._loop_pipeline.submit(run, order)  # PostgreSQL: see LoopPipeline
             return asyncio.wrap_future(self.submit(run, order))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
@@ -428,11 +384,11 @@ class GroupCommit:
         if not self._on_loop:
             self._loop_waiting_since = time.monotonic()
             loop.call_soon(self._flush_loop_batch)
-        self._on_loop.append(_Work(run, future, order))
+        self._on_loop.append(QueuedCall(run, future, order))
         return future
 
     def _flush_loop_batch(self) -> None:
-        batch = sorted(self._on_loop, key=_order)
+        batch = sorted(self._on_loop, key=call_order)
         try:
             self._commit(batch, now=True)
         except WriterBusy:
@@ -444,8 +400,20 @@ class GroupCommit:
                 self._queue.put(work)
         self._on_loop = []
 
+    def _hand_over(self, calls: list[QueuedCall[Any]]) -> None:
+        """Calls the loop's pipeline did not commit, for the writer thread to run whole."""
+        if self._closed:
+            for call in calls:
+                call.resolve(None, StorageUnavailable("storage is closed"))
+            return
+        self._start()
+        for call in calls:
+            self._queue.put(call)
+
     def close(self) -> None:
         self._closed = True
+        if self._loop_pipeline is not None:
+            self._loop_pipeline.close()
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join(10)
@@ -472,9 +440,9 @@ class GroupCommit:
                     self._queue.put(None)  # stop after this batch
                     break
                 batch.append(item)
-            self._commit(sorted(batch, key=_order))
+            self._commit(sorted(batch, key=call_order))
 
-    def _commit(self, batch: list[_Work[Any]], now: bool = False) -> None:
+    def _commit(self, batch: list[QueuedCall[Any]], now: bool = False) -> None:
         """Runs and commits `batch`, and resolves its futures; with `now`, raises WriterBusy (and
         leaves every future as it was) rather than wait for the transaction to begin."""
         try:
@@ -496,10 +464,10 @@ class GroupCommit:
             work.resolve(value, error)
 
     def _transaction(
-        self, batch: list[_Work[Any]], careful: bool, now: bool = False
-    ) -> list[tuple[_Work[Any], Any, Exception | None]]:
+        self, batch: list[QueuedCall[Any]], careful: bool, now: bool = False
+    ) -> list[tuple[QueuedCall[Any], Any, Exception | None]]:
         shared: Batch = {}
-        outcomes: list[tuple[_Work[Any], Any, Exception | None]] = []
+        outcomes: list[tuple[QueuedCall[Any], Any, Exception | None]] = []
         with self._tx.write_now() if now else self._tx.write() as conn:
             # Begun: the calls are running now (a careful rerun finds them running already), unless
             # their callers gave up meanwhile.
@@ -518,7 +486,7 @@ class GroupCommit:
                 finish(conn)
         return outcomes
 
-    def _pipelines(self, batch: list[_Work[Any]]) -> bool:
+    def _pipelines(self, batch: list[QueuedCall[Any]]) -> bool:
         return (
             self._tx.dialect == "postgresql"
             and len(batch) > 1
@@ -526,8 +494,8 @@ class GroupCommit:
         )
 
     def _pipelined(
-        self, conn: Connection, batch: list[_Work[Any]], shared: Batch
-    ) -> list[tuple[_Work[Any], Any, Exception | None]]:
+        self, conn: Connection, batch: list[QueuedCall[Any]], shared: Batch
+    ) -> list[tuple[QueuedCall[Any], Any, Exception | None]]:
         """Sends the whole batch (BEGIN included) before reading any result: one round trip for
         what would be one per statement. Any failure reruns the batch the careful way."""
         try:
@@ -537,7 +505,7 @@ class GroupCommit:
                     finish(conn)
         except Exception as exc:  # a statement failed: the database refused the batch as a whole
             raise _CallFailed(Retryable(f"pipelined batch failed: {exc}"), batch) from exc
-        outcomes: list[tuple[_Work[Any], Any, Exception | None]] = []
+        outcomes: list[tuple[QueuedCall[Any], Any, Exception | None]] = []
         for work, handle in zip(batch, sent, strict=True):
             try:
                 outcomes.append((work, work.run.receive(conn, shared, handle), None))  # type: ignore[attr-defined]
@@ -546,11 +514,7 @@ class GroupCommit:
         return outcomes
 
 
-def _order(work: _Work[Any]) -> str:
-    return work.order
-
-
-def _run_in_savepoint(conn: Connection, work: _Work[Any], shared: Batch) -> tuple[Any, Exception | None]:
+def _run_in_savepoint(conn: Connection, work: QueuedCall[Any], shared: Batch) -> tuple[Any, Exception | None]:
     """Runs one call in its own savepoint: its value, or its error with its writes undone."""
     for attempt in range(1, MAX_ATTEMPTS + 1):
         savepoint = conn.begin_nested()

@@ -1,0 +1,208 @@
+"""PostgreSQL: the creates an event loop submits are debited by the loop itself, pipelined.
+
+The calls submitted in one turn of the loop go out as one batch on the loop's async connection; the
+writer thread runs only what the loop hands it: a debit that moved nothing (to say why), a batch
+with a failed statement or check (the careful way), a batch whose connection broke. Each test
+checks the money as well as the answers, and `imagegen verify`'s checks at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy.exc import IntegrityError
+
+from imagegen import service
+from imagegen.domain.ledger import EntryType
+from imagegen.errors import InsufficientCredits, StaleConfig
+from imagegen.ports import NewGeneration
+from imagegen.storage.sql.adapter import SqlStorage
+from tests.integration.builders import BODY, T0, balance
+from tests.support import migrated_sql
+
+
+@pytest.fixture
+def pg(postgres_url: str) -> Iterator[SqlStorage]:
+    yield from migrated_sql(postgres_url)
+
+
+@pytest.fixture
+def handed_over(pg: SqlStorage, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of what the loop handed to the writer thread."""
+    sizes: list[int] = []
+    pipeline = pg.writes._loop_pipeline
+    assert pipeline is not None
+    original = pipeline._hand_over
+
+    def spy(calls: list[Any]) -> None:
+        sizes.append(len(calls))
+        original(calls)
+
+    monkeypatch.setattr(pipeline, "_hand_over", spy)
+    return sizes
+
+
+def prepared(pg: SqlStorage, user: str, catalog: Any = None) -> NewGeneration:
+    return service.prepare_generation(
+        catalog or pg.catalog(), {**BODY, "userId": user}, max_prompt_length=100, now=T0
+    )
+
+
+def debit_together(pg: SqlStorage, news: list[tuple[NewGeneration, str | None]]) -> list[Any]:
+    """Submits every debit in one turn of an event loop; their results (or errors), in order."""
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(
+            *(pg.debit_from_loop(new, version) for new, version in news), return_exceptions=True
+        )
+
+    return asyncio.run(main())
+
+
+def test_a_turn_of_the_loop_debits_its_creates_in_one_batch_without_the_writer_thread(
+    pg: SqlStorage, handed_over: list[int]
+) -> None:
+    version, catalog = pg.config_snapshot()
+    for n in range(6):
+        pg.create_user(f"u{n}", 10, T0)
+    news = [prepared(pg, f"u{n}", catalog) for n in range(6)]
+
+    results = debit_together(pg, [(new, version) for new in news])
+
+    assert [(request.id, fresh) for request, fresh in results] == [(new.id, True) for new in news]
+    assert [balance(pg, f"u{n}") for n in range(6)] == [9] * 6
+    for n, new in enumerate(news):
+        assert pg.get_request(new.id) == results[n][0]
+        assert [(e.type, e.delta, e.generation_request_id) for e in pg.ledger(f"u{n}", 1, None).items] == [
+            (EntryType.DEDUCTION, -1, new.id)
+        ]
+    assert handed_over == [] and pg.writes._thread is None  # all of it ran on the loop
+    assert list(service.verify(pg)) == []
+
+
+def test_a_refused_debit_is_handed_to_the_writer_which_says_why_and_the_rest_commit_on_the_loop(
+    pg: SqlStorage, handed_over: list[int]
+) -> None:
+    version, catalog = pg.config_snapshot()
+    pg.create_user("ok", 10, T0)
+    pg.create_user("broke", 0, T0)
+    news = [prepared(pg, user, catalog) for user in ("ok", "broke", "ok")]
+
+    results = debit_together(pg, [(new, version) for new in news])
+
+    assert results[0][0].id == news[0].id and results[2][0].id == news[2].id
+    assert isinstance(results[1], InsufficientCredits)
+    assert (balance(pg, "ok"), balance(pg, "broke")) == (8, 0)
+    assert pg.get_request(news[1].id) is None
+    assert handed_over == [1]
+    assert list(service.verify(pg)) == []
+
+
+def test_a_batch_with_a_failing_statement_is_rolled_back_and_rerun_the_careful_way(
+    pg: SqlStorage, handed_over: list[int]
+) -> None:
+    version, catalog = pg.config_snapshot()
+    first, last = prepared(pg, "testUser1", catalog), prepared(pg, "testUser1", catalog)
+    duplicate = replace(prepared(pg, "testUser1", catalog), id=first.id)  # a unique violation
+
+    results = debit_together(pg, [(first, version), (duplicate, version), (last, version)])
+
+    assert results[0][0].id == first.id and results[2][0].id == last.id
+    assert isinstance(results[1], IntegrityError)
+    assert balance(pg, "testUser1") == 98  # the duplicate's debit undone, the others once each
+    assert handed_over == [3]
+    assert list(service.verify(pg)) == []
+
+
+def test_a_stale_configuration_version_hands_the_batch_over_and_only_the_stale_debit_is_refused(
+    pg: SqlStorage, handed_over: list[int]
+) -> None:
+    old_version, old_catalog = pg.config_snapshot()
+    stale = prepared(pg, "testUser1", old_catalog)
+    pg.put_option("sizes", "512x512", enabled=True, cost=5)  # another process reprices
+    version, catalog = pg.config_snapshot()
+    fresh = prepared(pg, "testUser1", catalog)
+
+    results = debit_together(pg, [(fresh, version), (stale, old_version)])
+
+    assert results[0][0].cost == 5 and isinstance(results[1], StaleConfig)
+    assert balance(pg, "testUser1") == 95 and pg.get_request(stale.id) is None
+    assert handed_over == [2]
+
+
+def test_creates_with_an_idempotency_key_go_to_the_writer_thread(
+    pg: SqlStorage, handed_over: list[int]
+) -> None:
+    version, catalog = pg.config_snapshot()
+    keyed = replace(prepared(pg, "testUser1", catalog), idempotency_key="k-1", fingerprint="f")
+    again = replace(prepared(pg, "testUser1", catalog), idempotency_key="k-1", fingerprint="f")
+
+    results = debit_together(pg, [(keyed, version), (again, version)])
+
+    assert results[0] == (results[0][0], True) and results[1] == (results[0][0], False)
+    assert balance(pg, "testUser1") == 99
+    assert handed_over == [] and pg.writes._thread is not None
+
+
+def test_a_killed_loop_connection_fails_no_debit_and_the_next_batch_reconnects(
+    pg: SqlStorage, postgres_url: str, handed_over: list[int]
+) -> None:
+    version, catalog = pg.config_snapshot()
+
+    async def main() -> list[Any]:
+        first = await pg.debit_from_loop(prepared(pg, "testUser1", catalog), version)
+        pipeline = pg.writes._loop_pipeline
+        assert pipeline is not None
+        (state,) = pipeline._loops.values()
+        assert state.conn is not None
+        with psycopg.connect(postgres_url, autocommit=True) as admin:  # the loop's connection dies
+            admin.execute("SELECT pg_terminate_backend(%s)", (state.conn.info.backend_pid,))
+        second = await pg.debit_from_loop(prepared(pg, "testUser1", catalog), version)
+        third = await pg.debit_from_loop(prepared(pg, "testUser1", catalog), version)
+        return [first, second, third]
+
+    results = asyncio.run(main())
+
+    assert all(fresh for _, fresh in results)
+    assert balance(pg, "testUser1") == 97
+    assert handed_over == [1]  # the batch on the dead connection; the next one reconnected
+    assert list(service.verify(pg)) == []
+
+
+def test_many_concurrent_creates_on_two_loops_never_overspend_a_user(
+    pg: SqlStorage, postgres_url: str
+) -> None:
+    """Two storages stand for two API processes; their loops race for the same users' credits."""
+    other = SqlStorage(postgres_url)  # the same database, migrated already
+    for n in range(4):
+        pg.create_user(f"racer{n}", 25, T0)
+    version, catalog = pg.config_snapshot()
+
+    async def one_process(storage: SqlStorage) -> list[Any]:
+        news = [prepared(storage, f"racer{n % 4}", catalog) for n in range(60)]
+        results: list[Any] = []
+        for start in range(0, 60, 12):  # batches of 12 across several turns of the loop
+            results += await asyncio.gather(
+                *(storage.debit_from_loop(new, version) for new in news[start : start + 12]),
+                return_exceptions=True,
+            )
+        return results
+
+    async def main() -> list[Any]:
+        return [*(await asyncio.gather(one_process(pg), one_process(other)))]
+
+    try:
+        first, second = asyncio.run(main())
+    finally:
+        other.close()
+    results = first + second
+    created = [r for r in results if isinstance(r, tuple)]
+    refused = [r for r in results if isinstance(r, InsufficientCredits)]
+    assert len(created) == 100 and len(refused) == 20  # 4 users x 25 credits, 120 asks of 1
+    assert [balance(pg, f"racer{n}") for n in range(4)] == [0] * 4
+    assert list(service.verify(pg)) == []
