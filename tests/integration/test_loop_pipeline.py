@@ -22,6 +22,8 @@ from imagegen.domain.ledger import EntryType
 from imagegen.errors import InsufficientCredits, StaleConfig
 from imagegen.ports import NewGeneration
 from imagegen.storage.sql.adapter import SqlStorage
+from imagegen.storage.sql.loop_pipeline import LoopStatement, _executions
+from imagegen.storage.sql.statements import DEBIT_ROWS
 from tests.integration.builders import BODY, T0, balance
 from tests.support import migrated_sql
 
@@ -206,3 +208,29 @@ def test_many_concurrent_creates_on_two_loops_never_overspend_a_user(
     assert len(created) == 100 and len(refused) == 20  # 4 users x 25 credits, 120 asks of 1
     assert [balance(pg, f"racer{n}") for n in range(4)] == [0] * 4
     assert list(service.verify(pg)) == []
+
+
+def test_one_users_creates_in_one_batch_are_debited_one_after_another_until_the_credits_run_out(
+    pg: SqlStorage, handed_over: list[int]
+) -> None:
+    version, catalog = pg.config_snapshot()
+    pg.create_user("hot", 5, T0)
+    news = [prepared(pg, "hot", catalog) for _ in range(8)]
+
+    results = debit_together(pg, [(new, version) for new in news])
+
+    assert [isinstance(result, tuple) for result in results] == [True] * 5 + [False] * 3
+    assert all(isinstance(result, InsufficientCredits) for result in results[5:])
+    assert balance(pg, "hot") == 0
+    assert [e.balance_after for e in reversed(pg.ledger("hot", 10, None).items)][-5:] == [4, 3, 2, 1, 0]
+    assert handed_over == [3]
+    assert list(service.verify(pg)) == []
+
+
+def test_a_batch_goes_out_as_one_execution_per_turn_of_each_user() -> None:
+    def statement(key: str) -> LoopStatement[Any]:
+        return LoopStatement(DEBIT_ROWS, {}, key, lambda applied: applied)
+
+    calls = [statement(user) for user in ("a", "b", "a", "c", "a", "b")]
+
+    assert _executions(calls) == [[0, 1, 3], [2, 5], [4]]

@@ -824,11 +824,11 @@ class _Debit:
         batch.finish("notify jobs", sql.NOTIFY, {"p_channel": JOBS_CHANNEL, "p_payload": ""})
         values = _request_values(self.new)
 
-        def answer(row: tuple[Any, ...] | None) -> tuple[GenerationRequest, bool] | HandOver:
-            # No row: the debit moved nothing. The writer thread runs it again, to say why.
-            return HAND_OVER if row is None else (_new_request(values), True)
+        def answer(applied: bool) -> tuple[GenerationRequest, bool] | HandOver:
+            # Not applied: the debit moved nothing. The writer thread runs it again, to say why.
+            return (_new_request(values), True) if applied else HAND_OVER
 
-        return LoopStatement(sql.DEBIT_IN_ONE, _debit_params(self.new, values), answer)
+        return LoopStatement(sql.DEBIT_ROWS, _debit_params(self.new, values), self.new.spec.user_id, answer)
 
     def _check_config(self, conn: Connection, batch: Batch) -> None:
         if self.config_version is None:

@@ -19,6 +19,7 @@ from sqlalchemy import Connection
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.expression import Executable
+from sqlalchemy.types import TypeEngine
 
 
 def driver_connection(conn: Connection) -> Any:
@@ -77,3 +78,36 @@ class DriverStatement:
         )
         self._compiled[dialect.name] = result
         return result
+
+
+class RowsStatement:
+    """A PostgreSQL statement that applies many rows in one execution: each column's values go as
+    one array parameter, and the SQL unnests them (`unnest(...) WITH ORDINALITY`).
+
+    `sql` names each column's array `%(name)s`; `columns` gives each column's SQLAlchemy type, whose
+    bind processing each value gets (as DriverStatement's parameters do). The statement returns the
+    ordinal (from 1) of each row it applied. With `one`, a single row runs that statement instead,
+    with the row as its parameters (cheaper to plan and run); it returns a row if it applied.
+    """
+
+    def __init__(
+        self, sql: str, columns: Mapping[str, TypeEngine[Any]], one: DriverStatement | None = None
+    ) -> None:
+        self.sql = sql
+        self._columns = dict(columns)
+        self._processors: dict[str, Callable[[Any], Any] | None] | None = None
+        self.one = one
+
+    def bind(self, dialect: Dialect, rows: Sequence[Mapping[str, Any]]) -> tuple[str, Any]:
+        if len(rows) == 1 and self.one is not None:
+            return self.one.bind(dialect, rows[0])
+        if self._processors is None:
+            self._processors = {
+                name: kind.dialect_impl(dialect).bind_processor(dialect)
+                for name, kind in self._columns.items()
+            }
+        arrays: dict[str, list[Any]] = {}
+        for name, process in self._processors.items():
+            values = [row[name] for row in rows]
+            arrays[name] = values if process is None else [process(value) for value in values]
+        return self.sql, arrays

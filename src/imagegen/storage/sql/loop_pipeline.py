@@ -30,7 +30,7 @@ from sqlalchemy.engine import Dialect
 
 from imagegen.errors import StorageUnavailable
 from imagegen.storage.sql.calls import QueuedCall, call_order
-from imagegen.storage.sql.driver import DriverStatement
+from imagegen.storage.sql.driver import DriverStatement, RowsStatement
 
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
@@ -46,11 +46,17 @@ HAND_OVER = HandOver()
 
 @dataclass(frozen=True)
 class LoopStatement(Generic[R_co]):
-    """One call's statement in a pipelined batch, and how its first row (or None) answers the call."""
+    """One call's row for a statement that applies many calls' rows in one execution.
 
-    statement: DriverStatement
-    params: dict[str, Any]
-    answer: Callable[[tuple[Any, ...] | None], R_co | HandOver]
+    Calls with the same `key` (e.g. the user whose balance the row moves) never share an execution:
+    the second goes in the next one, after the first in the same transaction. `answer` gives the
+    call's value from whether the statement applied its row, or HAND_OVER.
+    """
+
+    statement: RowsStatement
+    row: dict[str, Any]
+    key: Hashable
+    answer: Callable[[bool], R_co | HandOver]
 
 
 @dataclass
@@ -174,24 +180,48 @@ class LoopPipeline:
         """The batch's statements in one round trip; each call's answer (nothing is committed yet)."""
         async with conn.pipeline():
             checks = [
-                (await self._execute(conn, statement, params), holds)
+                (await self._execute(conn, statement.bind(self._dialect, params)), holds)
                 for statement, params, holds in shared.checks.values()
             ]
-            sent = [await self._execute(conn, each.statement, each.params) for each in statements]
+            executions = []
+            for group in _executions(statements):
+                rows = [statements[index].row for index in group]
+                bound = statements[group[0]].statement.bind(self._dialect, rows)
+                executions.append((group, await self._execute(conn, bound)))
             for statement, params in shared.finishers.values():
-                await self._execute(conn, statement, params)
+                await self._execute(conn, statement.bind(self._dialect, params))
         for cursor, holds in checks:
             if not holds(await cursor.fetchone()):
                 raise _BatchRefused("a check of the batch failed")
-        return [each.answer(await cursor.fetchone()) for each, cursor in zip(statements, sent, strict=True)]
+        answers: list[Any] = [None] * len(statements)
+        for group, cursor in executions:
+            rows = await cursor.fetchall()
+            # A single row ran RowsStatement.one, which answers with a row if it applied.
+            applied = ({1} if rows else set()) if len(group) == 1 else {ordinal for (ordinal,) in rows}
+            for ordinal, index in enumerate(group, start=1):
+                answers[index] = statements[index].answer(ordinal in applied)
+        return answers
 
     async def _execute(
-        self, conn: psycopg.AsyncConnection[Any], statement: DriverStatement, params: dict[str, Any]
+        self, conn: psycopg.AsyncConnection[Any], bound: tuple[str, Any]
     ) -> psycopg.AsyncCursor[Any]:
-        text, bound = statement.bind(self._dialect, params)
         cursor = conn.cursor()
-        await cursor.execute(text, bound)
+        await cursor.execute(*bound)
         return cursor
+
+
+def _executions(statements: list[LoopStatement[Any]]) -> list[list[int]]:
+    """The calls (their indexes) each execution applies, in order: one execution per statement
+    for the first call of each key, then another for the second, and so on."""
+    rounds: list[dict[RowsStatement, list[int]]] = []
+    seen: dict[tuple[RowsStatement, Hashable], int] = {}
+    for index, each in enumerate(statements):
+        turn = seen.get((each.statement, each.key), 0)
+        seen[(each.statement, each.key)] = turn + 1
+        if turn == len(rounds):
+            rounds.append({})
+        rounds[turn].setdefault(each.statement, []).append(index)
+    return [group for groups in rounds for group in groups.values()]
 
 
 @dataclass

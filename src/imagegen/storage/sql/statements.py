@@ -8,11 +8,14 @@ Bind parameter names start with `p_`: SQLAlchemy reserves column names for the S
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, func, insert, literal, select, update
+from typing import Any
+
+from sqlalchemy import BigInteger, bindparam, func, insert, literal, select, update
+from sqlalchemy.dialects import postgresql
 
 from imagegen.domain.generation import Status
 from imagegen.storage.sql import tables as t
-from imagegen.storage.sql.driver import DriverStatement
+from imagegen.storage.sql.driver import DriverStatement, RowsStatement
 
 gr = t.generation_requests
 users = t.users
@@ -169,6 +172,49 @@ _insert_entry = insert(t.ledger).from_select(
 DEBIT_IN_ONE = DriverStatement(
     select(_debited.c.credits).add_cte(_insert_request.cte("request"), _insert_entry.cte("entry"))
 )
+
+# -- PostgreSQL: DEBIT_IN_ONE for a whole batch (the event loop's; see loop_pipeline.py) -------------
+# The same debit, request and ledger entry for many creates in one execution, with the same
+# parameters, each column's values as one array. A user may appear once per execution: the UPDATE
+# joins each user's row to one input row only (the loop runs a user's further creates in later ones).
+_DEBIT_COLUMNS: dict[str, Any] = {
+    "p_user": users.c.id.type,
+    "p_delta": BigInteger(),
+    "p_max_in_flight": BigInteger(),
+    "e_id": t.ledger.c.id.type,
+    **{f"r_{name}": gr.c[name].type for name in REQUEST_COLUMNS},
+}
+
+
+def _debit_rows_sql() -> str:
+    pg = postgresql.dialect()
+    arrays = ", ".join(f"%({name})s::{kind.compile(dialect=pg)}[]" for name, kind in _DEBIT_COLUMNS.items())
+    requests = ", ".join(REQUEST_COLUMNS)
+    request_values = ", ".join(f"input.r_{name}" for name in REQUEST_COLUMNS)
+    return f"""
+WITH input AS (
+    SELECT * FROM unnest({arrays}) WITH ORDINALITY AS input({", ".join(_DEBIT_COLUMNS)}, n)
+), debited AS (
+    UPDATE {users.name} SET credits = {users.name}.credits + input.p_delta,
+        in_flight = {users.name}.in_flight + 1
+    FROM input
+    WHERE {users.name}.id = input.p_user AND {users.name}.credits + input.p_delta >= 0
+        AND {users.name}.in_flight < input.p_max_in_flight
+    RETURNING input.n, {users.name}.credits
+), request AS (
+    INSERT INTO {gr.name} ({requests})
+    SELECT {request_values} FROM input JOIN debited ON debited.n = input.n
+), entry AS (
+    INSERT INTO {t.ledger.name} (id, user_id, type, delta, balance_after, generation_request_id, created_at)
+    SELECT input.e_id, input.p_user, 'deduction', input.p_delta, debited.credits, input.r_id,
+        input.r_created_at
+    FROM input JOIN debited ON debited.n = input.n
+)
+SELECT n FROM debited"""
+
+
+DEBIT_ROWS = RowsStatement(_debit_rows_sql(), _DEBIT_COLUMNS, one=DEBIT_IN_ONE)
+
 
 # -- the configuration version: changed with the catalog and the keys, checked by cached creates ----
 CONFIG_VERSION_KEY = "config_version"
