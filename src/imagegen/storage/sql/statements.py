@@ -175,8 +175,9 @@ DEBIT_IN_ONE = DriverStatement(
 
 # -- PostgreSQL: DEBIT_IN_ONE for a whole batch (the event loop's; see loop_pipeline.py) -------------
 # The same debit, request and ledger entry for many creates in one execution, with the same
-# parameters, each column's values as one array. A user may appear once per execution: the UPDATE
-# joins each user's row to one input row only (the loop runs a user's further creates in later ones).
+# parameters, as the rows of one JSON array (see RowsStatement). A user may appear once per
+# execution: the UPDATE joins each user's row to one input row only (the loop runs a user's further
+# creates in later ones).
 _DEBIT_COLUMNS: dict[str, Any] = {
     "p_user": users.c.id.type,
     "p_delta": BigInteger(),
@@ -188,12 +189,13 @@ _DEBIT_COLUMNS: dict[str, Any] = {
 
 def _debit_rows_sql() -> str:
     pg = postgresql.dialect()
-    arrays = ", ".join(f"%({name})s::{kind.compile(dialect=pg)}[]" for name, kind in _DEBIT_COLUMNS.items())
+    typed = ", ".join(f"{name} {kind.compile(dialect=pg)}" for name, kind in _DEBIT_COLUMNS.items())
     requests = ", ".join(REQUEST_COLUMNS)
     request_values = ", ".join(f"input.r_{name}" for name in REQUEST_COLUMNS)
     return f"""
 WITH input AS (
-    SELECT * FROM unnest({arrays}) WITH ORDINALITY AS input({", ".join(_DEBIT_COLUMNS)}, n)
+    SELECT * FROM ROWS FROM (jsonb_to_recordset(%(rows)s::jsonb) AS ({typed}))
+        WITH ORDINALITY AS input({", ".join(_DEBIT_COLUMNS)}, n)
 ), debited AS (
     UPDATE {users.name} SET credits = {users.name}.credits + input.p_delta,
         in_flight = {users.name}.in_flight + 1
