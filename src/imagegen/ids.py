@@ -18,11 +18,16 @@ _BASE = len(_ALPHABET)
 _CLOCK_DIGITS = 9  # 62**9 microseconds: beyond the year 2400
 
 
+_PAIRS = [high + low for high in _ALPHABET for low in _ALPHABET]  # two digits per division
+
+
 def new_id(length: int = 20) -> str:
     """A time-ordered id; shorter than 20 characters, all of it is random."""
     if length < 20:
         return random_id(length)
-    return _base62(time.time_ns() // 1000, _CLOCK_DIGITS) + random_id(length - _CLOCK_DIGITS)
+    random_digits = length - _CLOCK_DIGITS
+    clock = time.time_ns() // 1000
+    return _base62(clock * _BASE**random_digits + secrets.randbelow(_BASE**random_digits), length)
 
 
 def random_id(length: int = 20) -> str:
@@ -31,8 +36,11 @@ def random_id(length: int = 20) -> str:
 
 
 def _base62(number: int, digits: int) -> str:
-    characters = []
-    for _ in range(digits):
-        number, digit = divmod(number, _BASE)
-        characters.append(_ALPHABET[digit])
-    return "".join(reversed(characters))
+    """`number` as exactly `digits` base-62 digits (it is below 62**digits), most significant first."""
+    parts = []
+    for _ in range(digits // 2):
+        number, pair = divmod(number, _BASE * _BASE)
+        parts.append(_PAIRS[pair])
+    if digits % 2:
+        parts.append(_ALPHABET[number])
+    return "".join(reversed(parts))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import random
 import re
 
-from imagegen.ids import new_id, random_id
+from imagegen.ids import _base62, new_id, random_id
 
 SHAPE = re.compile(r"[0-9A-Za-z]{20}")
 
@@ -28,3 +29,13 @@ def test_random_ids_and_short_ids_have_no_order() -> None:
     assert ids != sorted(ids)
     short = [new_id(6) for _ in range(200)]
     assert all(re.fullmatch(r"[0-9A-Za-z]{6}", i) for i in short) and short != sorted(short)
+
+
+def test_the_digits_of_an_id_are_its_number_in_base_62_most_significant_first() -> None:
+    alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    rng = random.Random(7)
+    for digits in (1, 2, 9, 11, 20):
+        for number in [0, 62**digits - 1, *(rng.randrange(62**digits) for _ in range(200))]:
+            text = _base62(number, digits)
+            assert len(text) == digits
+            assert sum(alphabet.index(c) * 62**i for i, c in enumerate(reversed(text))) == number
