@@ -200,7 +200,8 @@ WITH input AS (
     UPDATE {users.name} SET credits = {users.name}.credits + input.p_delta,
         in_flight = {users.name}.in_flight + 1
     FROM input
-    WHERE {users.name}.id = input.p_user AND {users.name}.credits + input.p_delta >= 0
+    WHERE {users.name}.id = ANY(%(keys)s) AND {users.name}.id = input.p_user
+        AND {users.name}.credits + input.p_delta >= 0
         AND {users.name}.in_flight < input.p_max_in_flight
     RETURNING input.n, {users.name}.credits
 ), request AS (
@@ -215,7 +216,7 @@ WITH input AS (
 SELECT n FROM debited"""
 
 
-DEBIT_ROWS = RowsStatement(_debit_rows_sql(), _DEBIT_COLUMNS, one=DEBIT_IN_ONE)
+DEBIT_ROWS = RowsStatement(_debit_rows_sql(), _DEBIT_COLUMNS, key="p_user", one=DEBIT_IN_ONE)
 
 
 # -- the configuration version: changed with the catalog and the keys, checked by cached creates ----
