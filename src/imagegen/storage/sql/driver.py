@@ -119,10 +119,9 @@ class RowsStatement:
                 for name, kind in self._columns.items()
                 if (process := kind.dialect_impl(dialect).bind_processor(dialect)) is not None
             }
-        if self._processors:
-            processed = {name: process for name, process in self._processors.items()}
+        if processors := self._processors:
             rows = [
-                {**row, **{name: process(row[name]) for name, process in processed.items()}} for row in rows
+                {**row, **{name: process(row[name]) for name, process in processors.items()}} for row in rows
             ]
         params: dict[str, Any] = {"rows": json.dumps(rows, default=_json_scalar)}
         if self._key is not None:

@@ -168,19 +168,16 @@ class Transactions:
             if self._loop_conn is None:
                 self._loop_conn = self.engine.connect()
                 driver_connection(self._loop_conn).execute("PRAGMA busy_timeout=0")
-            try:
-                transaction = self._loop_conn.begin()
-                with transaction:
-                    yield self._loop_conn
-            except DBAPIError as exc:
-                if isinstance(exc, OperationalError) and _is_busy(exc):
-                    raise ReaderBusy from exc
-                self._loop_conn.close()  # whatever broke it, the next read opens a fresh one
-                self._loop_conn = None
-                translated = translate(exc)
-                if translated is exc:
+            with translate_errors():
+                try:
+                    with self._loop_conn.begin():
+                        yield self._loop_conn
+                except DBAPIError as exc:
+                    if isinstance(exc, OperationalError) and _is_busy(exc):
+                        raise ReaderBusy from exc
+                    self._loop_conn.close()  # whatever broke it, the next read opens a fresh one
+                    self._loop_conn = None
                     raise
-                raise translated from exc
         finally:
             self._loop_lock.release()
 

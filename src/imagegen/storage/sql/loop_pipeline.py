@@ -22,7 +22,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar
 
 import psycopg
 from sqlalchemy import Engine
@@ -80,7 +80,6 @@ class LoopBatch:
         self.finishers.setdefault(name, (statement, params))
 
 
-@runtime_checkable
 class LoopPipelined(Protocol[R_co]):
     """A write call that can also be one statement of a batch the event loop pipelines."""
 
