@@ -19,11 +19,11 @@ from sqlalchemy.exc import IntegrityError
 
 from imagegen import service
 from imagegen.domain.ledger import EntryType
-from imagegen.errors import InsufficientCredits, StaleConfig
+from imagegen.errors import InsufficientCredits, StaleConfig, StorageUnavailable
 from imagegen.ports import NewGeneration
 from imagegen.storage.sql.adapter import SqlStorage
 from imagegen.storage.sql.loop_pipeline import LoopStatement, _executions
-from imagegen.storage.sql.statements import DEBIT_ROWS
+from imagegen.storage.sql.statements import DEBIT_ROWS, JOBS_CHANNEL
 from tests.integration.builders import BODY, T0, balance
 from tests.support import migrated_sql
 
@@ -121,7 +121,7 @@ def test_a_batch_with_a_failing_statement_is_rolled_back_and_rerun_the_careful_w
     assert list(service.verify(pg)) == []
 
 
-def test_a_stale_configuration_version_hands_the_batch_over_and_only_the_stale_debit_is_refused(
+def test_a_debit_priced_with_a_stale_configuration_is_handed_over_and_refused_the_rest_commit(
     pg: SqlStorage, handed_over: list[int]
 ) -> None:
     old_version, old_catalog = pg.config_snapshot()
@@ -134,7 +134,7 @@ def test_a_stale_configuration_version_hands_the_batch_over_and_only_the_stale_d
 
     assert results[0][0].cost == 5 and isinstance(results[1], StaleConfig)
     assert balance(pg, "testUser1") == 95 and pg.get_request(stale.id) is None
-    assert handed_over == [2]
+    assert handed_over == [1]  # only the stale one: the fresh one committed on the loop
 
 
 def test_creates_with_an_idempotency_key_go_to_the_writer_thread(
@@ -151,7 +151,7 @@ def test_creates_with_an_idempotency_key_go_to_the_writer_thread(
     assert handed_over == [] and pg.writes._thread is not None
 
 
-def test_a_killed_loop_connection_fails_no_debit_and_the_next_batch_reconnects(
+def test_a_loop_connection_killed_while_idle_is_replaced_before_the_next_batch(
     pg: SqlStorage, postgres_url: str, handed_over: list[int]
 ) -> None:
     version, catalog = pg.config_snapshot()
@@ -162,8 +162,9 @@ def test_a_killed_loop_connection_fails_no_debit_and_the_next_batch_reconnects(
         assert pipeline is not None
         (state,) = pipeline._loops.values()
         assert state.conn is not None
+        pid = state.conn.info.backend_pid
         with psycopg.connect(postgres_url, autocommit=True) as admin:  # the loop's connection dies
-            admin.execute("SELECT pg_terminate_backend(%s)", (state.conn.info.backend_pid,))
+            admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))  # waits until it has
         second = await pg.debit_from_loop(prepared(pg, "testUser1", catalog), version)
         third = await pg.debit_from_loop(prepared(pg, "testUser1", catalog), version)
         return [first, second, third]
@@ -172,8 +173,66 @@ def test_a_killed_loop_connection_fails_no_debit_and_the_next_batch_reconnects(
 
     assert all(fresh for _, fresh in results)
     assert balance(pg, "testUser1") == 97
-    assert handed_over == [1]  # the batch on the dead connection; the next one reconnected
+    assert handed_over == []  # the dead connection was noticed and replaced before sending
     assert list(service.verify(pg)) == []
+
+
+def test_a_connection_lost_with_a_batch_out_fails_its_calls_as_unavailable_and_reconnects(
+    pg: SqlStorage, postgres_url: str, handed_over: list[int]
+) -> None:
+    """Whether a batch lost in flight committed is unknown: its callers hear so, nobody reruns it."""
+    version, catalog = pg.config_snapshot()
+    pg.create_user("slow", 10, T0)
+
+    async def main() -> list[Any]:
+        await pg.debit_from_loop(prepared(pg, "slow", catalog), version)  # the loop's connection
+        pipeline = pg.writes._loop_pipeline
+        assert pipeline is not None
+        (state,) = pipeline._loops.values()
+        assert state.conn is not None
+        pid = state.conn.info.backend_pid
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_advisory_lock(42)")  # the batch's statement will wait for it
+            admin.execute(
+                "CREATE FUNCTION wait_for_lock() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM pg_advisory_lock_shared(42); RETURN NEW; END $$"
+            )
+            admin.execute(
+                "CREATE TRIGGER wait BEFORE INSERT ON ledger_entries"
+                " FOR EACH ROW EXECUTE FUNCTION wait_for_lock()"
+            )
+            lost = asyncio.ensure_future(pg.debit_from_loop(prepared(pg, "slow", catalog), version))
+            while not admin.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'", (pid,)
+            ).fetchone():
+                await asyncio.sleep(0.01)
+            admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+            admin.execute("DROP TRIGGER wait ON ledger_entries")
+            admin.execute("DROP FUNCTION wait_for_lock()")
+        first = await asyncio.gather(lost, return_exceptions=True)
+        after = await pg.debit_from_loop(prepared(pg, "slow", catalog), version)
+        return [*first, after]
+
+    lost, after = asyncio.run(main())
+
+    assert isinstance(lost, StorageUnavailable)
+    assert after[1] is True  # the next batch reconnected
+    assert balance(pg, "slow") == 8 and handed_over == []  # the lost one did not commit, nor ran again
+    assert list(service.verify(pg)) == []
+
+
+def test_a_batch_wakes_the_job_workers_once_and_a_batch_that_debits_nothing_does_not(
+    pg: SqlStorage, postgres_url: str
+) -> None:
+    version, catalog = pg.config_snapshot()
+    pg.create_user("broke", 0, T0)
+    with psycopg.connect(postgres_url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {JOBS_CHANNEL}")
+        debit_together(pg, [(prepared(pg, "broke", catalog), version)])
+        assert list(listener.notifies(timeout=0.5)) == []
+        users = ["testUser1", "testUser2", "testUser1"]  # two executions, one transaction
+        debit_together(pg, [(prepared(pg, user, catalog), version) for user in users])
+        assert [note.channel for note in listener.notifies(timeout=0.5)] == [JOBS_CHANNEL]
 
 
 def test_many_concurrent_creates_on_two_loops_never_overspend_a_user(

@@ -74,14 +74,12 @@ from imagegen.storage.sql.engine import (
     create_sql_engine,
     retrying,
 )
-from imagegen.storage.sql.loop_pipeline import HAND_OVER, HandOver, LoopBatch, LoopStatement
+from imagegen.storage.sql.loop_pipeline import HAND_OVER, HandOver, LoopStatement
 from imagegen.storage.sql.transfer import export_records, import_records
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger("imagegen.storage")
 NO_LIMIT = 2**31 - 1  # an in-flight limit that never binds (the column is a 32-bit integer)
-JOBS_CHANNEL = "imagegen_jobs"  # a job was queued: idle workers look
-DONE_CHANNEL = "imagegen_done"  # a job ended (payload: its id): waiting HTTP handlers look
 INITIAL_DATA_MARKER = "initial_data_loaded"
 gr = t.generation_requests
 
@@ -354,7 +352,7 @@ class SqlStorage:
                 return False
             conn.execute(sql.LEAVE_IN_FLIGHT, {"p_user": result.user_id})
             _enqueue_webhook(conn, _request(result), "completed", now)
-            _notify(conn, DONE_CHANNEL, request_id)
+            _notify(conn, sql.DONE_CHANNEL, request_id)
             return True
 
     @retrying
@@ -398,7 +396,7 @@ class SqlStorage:
             balance = _add_credits(conn, row.user_id, row.cost, in_flight=-1)
             _append_entry(conn, row.user_id, EntryType.REFUND, row.cost, balance, row.id, error, now)
             _enqueue_webhook(conn, _request(row), "completed", now)
-            _notify(conn, DONE_CHANNEL, row.id)
+            _notify(conn, sql.DONE_CHANNEL, row.id)
             return True
 
     @retrying
@@ -424,7 +422,7 @@ class SqlStorage:
                 )
                 .values(status=Status.PENDING.value, lease_owner=None, lease_expires_at=None)
             )
-            _notify(conn, JOBS_CHANNEL)
+            _notify(conn, sql.JOBS_CHANNEL)
             return result.rowcount == 1
 
     def listen(
@@ -437,12 +435,12 @@ class SqlStorage:
         while not stop.is_set():
             try:
                 with psycopg.connect(url, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {JOBS_CHANNEL}")
-                    conn.execute(f"LISTEN {DONE_CHANNEL}")
+                    conn.execute(f"LISTEN {sql.JOBS_CHANNEL}")
+                    conn.execute(f"LISTEN {sql.DONE_CHANNEL}")
                     on_job()  # anything queued while we were not listening
                     while not stop.is_set():
                         for note in conn.notifies(timeout=1.0):
-                            if note.channel == JOBS_CHANNEL:
+                            if note.channel == sql.JOBS_CHANNEL:
                                 on_job()
                             else:
                                 on_done(note.payload)
@@ -814,21 +812,18 @@ class _Debit:
     def pipelines(self) -> bool:
         return self.new.idempotency_key is None
 
-    def on_loop(self, batch: LoopBatch) -> LoopStatement[tuple[GenerationRequest, bool]]:
-        """The debit as one statement of a batch the event loop pipelines (see LoopPipeline)."""
-        if self.config_version is not None:
-            expected = self.config_version
-            batch.check(
-                ("config", expected), sql.CONFIG_VERSION_FAST, {}, lambda row: _version(row) == expected
-            )
-        batch.finish("notify jobs", sql.NOTIFY, {"p_channel": JOBS_CHANNEL, "p_payload": ""})
+    def on_loop(self) -> LoopStatement[tuple[GenerationRequest, bool]]:
+        """The debit as one row of a statement the event loop runs for a batch (see LoopPipeline):
+        the statement checks the configuration version and wakes the workers itself."""
         values = _request_values(self.new)
 
         def answer(applied: bool) -> tuple[GenerationRequest, bool] | HandOver:
-            # Not applied: the debit moved nothing. The writer thread runs it again, to say why.
+            # Not applied: the debit moved nothing (short of credits, at the in-flight limit, or
+            # priced with a stale configuration). The writer thread runs it again, to say why.
             return (_new_request(values), True) if applied else HAND_OVER
 
-        return LoopStatement(sql.DEBIT_ROWS, _debit_params(self.new, values), self.new.spec.user_id, answer)
+        row = {**_debit_params(self.new, values), "p_config": self.config_version}
+        return LoopStatement(sql.DEBIT_ROWS, row, self.new.spec.user_id, answer)
 
     def _check_config(self, conn: Connection, batch: Batch) -> None:
         if self.config_version is None:
@@ -851,7 +846,7 @@ def _notify_jobs_at_commit(batch: Batch) -> None:
 
 
 def _notify_jobs(conn: Connection) -> None:
-    _notify(conn, JOBS_CHANNEL)
+    _notify(conn, sql.JOBS_CHANNEL)
 
 
 def _debit_once(conn: Connection, new: NewGeneration) -> tuple[GenerationRequest, bool]:

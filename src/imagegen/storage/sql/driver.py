@@ -84,7 +84,7 @@ class DriverStatement:
 
 class RowsStatement:
     """A PostgreSQL statement that applies many rows in one execution: the rows go as one JSON
-    array parameter, `%(rows)s`, which the SQL turns back into typed columns (`jsonb_to_recordset`).
+    array parameter, `%(rows)s`, which `rows_sql` turns back into typed columns (`jsonb_to_recordset`).
 
     One JSON text costs the client a few microseconds a row, where an array parameter per column
     cost ~25 µs a row (psycopg dumps array elements one by one, a regex for each string). `columns`
@@ -93,26 +93,20 @@ class RowsStatement:
     each row it applied. With `key`, `%(keys)s` is the list of that column's values: the planner
     cannot tell how many rows the JSON holds (it guesses 100), and for 100 rows it preferred reading
     the whole users table into a hash join to looking each user up; `id = ANY(%(keys)s)` makes it
-    look them up. With `one`, a single row runs that statement instead, with the row as its
-    parameters (cheaper to plan and run); it returns a row if it applied.
+    look them up. A single row runs `one_sql` instead, the same statement with the row's columns as
+    its parameters (`%(column)s`), which is cheaper to plan and run.
     """
 
     def __init__(
-        self,
-        sql: str,
-        columns: Mapping[str, TypeEngine[Any]],
-        key: str | None = None,
-        one: DriverStatement | None = None,
+        self, rows_sql: str, one_sql: str, columns: Mapping[str, TypeEngine[Any]], key: str | None = None
     ) -> None:
-        self.sql = sql
+        self.rows_sql = rows_sql
+        self.one_sql = one_sql
         self._columns = dict(columns)
         self._key = key
         self._processors: dict[str, Callable[[Any], Any]] | None = None
-        self.one = one
 
     def bind(self, dialect: Dialect, rows: Sequence[Mapping[str, Any]]) -> tuple[str, Any]:
-        if len(rows) == 1 and self.one is not None:
-            return self.one.bind(dialect, rows[0])
         if self._processors is None:
             self._processors = {
                 name: process
@@ -123,10 +117,10 @@ class RowsStatement:
             rows = [
                 {**row, **{name: process(row[name]) for name, process in processors.items()}} for row in rows
             ]
-        params: dict[str, Any] = {"rows": json.dumps(rows, default=_json_scalar)}
-        if self._key is not None:
-            params["keys"] = [row[self._key] for row in rows]
-        return self.sql, params
+        keys = [row[self._key] for row in rows] if self._key is not None else None
+        if len(rows) == 1:
+            return self.one_sql, {**rows[0], "keys": keys}
+        return self.rows_sql, {"rows": json.dumps(rows, default=_json_scalar), "keys": keys}
 
 
 def _json_scalar(value: Any) -> str:

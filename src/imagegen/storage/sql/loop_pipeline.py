@@ -1,25 +1,32 @@
-"""PostgreSQL writes sent by the event loop itself: a batch pipelined on one async connection.
+"""PostgreSQL writes sent by the event loop itself: a batch as one transaction in one round trip.
 
 On PostgreSQL the writer thread (GroupCommit) spends a batch waiting for round trips, and after each
 one waits again for the GIL, which the event loop holds while it serves requests; with the cores
 shared by the API processes and the database, those hand-offs cost more CPU than the debits. So an
-API process's event loop sends its creates' batches itself, over one psycopg AsyncConnection in
-pipeline mode, and awaits the answers like any other socket: one round trip for the statements (the
-transaction's checks, every call's statement, then its finishing statements such as NOTIFY), one for
-the COMMIT, and no thread. One batch is in flight at a time; calls made meanwhile form the next.
+API process's event loop sends its creates' batches itself, over one psycopg AsyncConnection, and
+awaits the answer like any other socket, with no thread. A batch's calls become the rows of one
+statement (`RowsStatement`) that does everything their transaction needs; on an autocommit
+connection it is its own transaction: one execution, one round trip. Only when a key (a user) comes
+twice does the batch need more executions, one per turn of that key; then they go out pipelined
+between BEGIN and COMMIT, still in one round trip. One batch is in flight at a time; calls made
+meanwhile form the next.
 
-Only the common case runs here: a batch whose statements all succeed. A call whose statement moved
-nothing (a debit refused for credits or an in-flight limit) is left out of the commit and handed to
-the writer thread, which runs it whole and says why. A batch with a failed statement or check, or a
-broken connection, is rolled back and handed over whole; the writer reruns it the careful way, each
-call in its own savepoint. Nothing was written for a call handed over, so running it there is
-running it once. A COMMIT that fails fails every call of its batch, as on the writer thread.
+Only the common case runs here: a batch whose statements all succeed. A call whose row moved nothing
+(a debit refused for credits, an in-flight limit or a stale configuration) is left out and handed to
+the writer thread, which runs it whole and says why. A batch whose statement failed on the server
+wrote nothing (its transaction is rolled back) and is handed over whole; the writer reruns it the
+careful way, each call in its own savepoint. Nothing was written for a call handed over, so running
+it there is running it once. A connection lost while a batch was out leaves it unknown whether the
+batch committed: its callers all hear StorageUnavailable, as on the writer thread when a COMMIT
+fails. A connection that died while idle (a restarted server, an administrator) is noticed before
+a batch is sent on it (its socket has something to read) and replaced.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import select
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -30,7 +37,7 @@ from sqlalchemy.engine import Dialect
 
 from imagegen.errors import StorageUnavailable
 from imagegen.storage.sql.calls import QueuedCall, call_order
-from imagegen.storage.sql.driver import DriverStatement, RowsStatement
+from imagegen.storage.sql.driver import RowsStatement
 
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
@@ -59,27 +66,6 @@ class LoopStatement(Generic[R_co]):
     answer: Callable[[bool], R_co | HandOver]
 
 
-@dataclass
-class LoopBatch:
-    """What the calls of one pipelined batch share: checks sent first and statements sent last,
-    each once per batch whichever calls ask for it."""
-
-    checks: dict[Hashable, tuple[DriverStatement, dict[str, Any], Callable[[Any], bool]]] = field(
-        default_factory=dict
-    )
-    finishers: dict[Hashable, tuple[DriverStatement, dict[str, Any]]] = field(default_factory=dict)
-
-    def check(
-        self, name: Hashable, statement: DriverStatement, params: dict[str, Any], holds: Callable[[Any], bool]
-    ) -> None:
-        """Sent before the calls; if `holds(first row)` is false, the batch is handed over whole."""
-        self.checks.setdefault(name, (statement, params, holds))
-
-    def finish(self, name: Hashable, statement: DriverStatement, params: dict[str, Any]) -> None:
-        """Sent after the calls, in the same transaction."""
-        self.finishers.setdefault(name, (statement, params))
-
-
 class LoopPipelined(Protocol[R_co]):
     """A write call that can also be one statement of a batch the event loop pipelines."""
 
@@ -87,11 +73,7 @@ class LoopPipelined(Protocol[R_co]):
     def pipelines(self) -> bool:
         """False for a call that must run whole (on the writer thread)."""
 
-    def on_loop(self, batch: LoopBatch) -> LoopStatement[R_co]: ...
-
-
-class _BatchRefused(Exception):
-    """A check of a pipelined batch failed: the batch is rolled back and handed over whole."""
+    def on_loop(self) -> LoopStatement[R_co]: ...
 
 
 class LoopPipeline:
@@ -145,24 +127,27 @@ class LoopPipeline:
             state.draining = None
 
     async def _run(self, state: _LoopState, batch: list[QueuedCall[Any]]) -> None:
-        shared = LoopBatch()
         try:
-            statements = [call.run.on_loop(shared) for call in batch]  # type: ignore[attr-defined]
+            statements = [call.run.on_loop() for call in batch]  # type: ignore[attr-defined]
             conn = await state.connection(self._conninfo)
-            answers = await self._send(conn, shared, statements)
-        except Exception as exc:  # a failed statement or check, a lost connection: nothing committed
-            log.debug("a pipelined batch of %d went to the writer thread: %s", len(batch), exc)
-            await state.roll_back()
+        except Exception as exc:  # no connection: nothing was sent
+            log.debug("a batch of %d went to the writer thread: %s", len(batch), exc)
             self._hand_over(batch)
             return
         try:
-            await conn.commit()
-        except psycopg.Error as exc:  # as on the writer thread: the batch's callers all hear of it
-            state.drop_connection()
-            log.warning("a batch of %d writes did not commit: %s", len(batch), exc)
-            error = StorageUnavailable(f"database unavailable: {_first_line(exc)}")
-            for call in batch:
-                call.resolve(None, error)
+            answers = await self._send(conn, statements)
+        except psycopg.Error as exc:
+            if conn.broken or conn.closed:  # lost with the batch out: it may have committed
+                state.drop_connection()
+                log.warning("lost the connection with a batch of %d writes out: %s", len(batch), exc)
+                error = StorageUnavailable(f"database unavailable: {_first_line(exc)}")
+                for call in batch:
+                    call.resolve(None, error)
+                return
+            # The server refused a statement (or the COMMIT): nothing of the batch was written.
+            log.debug("a batch of %d went to the writer thread: %s", len(batch), exc)
+            await state.roll_back()
+            self._hand_over(batch)
             return
         refused = []
         for call, answer in zip(batch, answers, strict=True):
@@ -174,39 +159,29 @@ class LoopPipeline:
             self._hand_over(refused)
 
     async def _send(
-        self, conn: psycopg.AsyncConnection[Any], shared: LoopBatch, statements: list[LoopStatement[Any]]
+        self, conn: psycopg.AsyncConnection[Any], statements: list[LoopStatement[Any]]
     ) -> list[Any]:
-        """The batch's statements in one round trip; each call's answer (nothing is committed yet)."""
-        async with conn.pipeline():
-            checks = [
-                (await self._execute(conn, statement.bind(self._dialect, params)), holds)
-                for statement, params, holds in shared.checks.values()
-            ]
-            executions = []
-            for group in _executions(statements):
-                rows = [statements[index].row for index in group]
-                bound = statements[group[0]].statement.bind(self._dialect, rows)
-                executions.append((group, await self._execute(conn, bound)))
-            for statement, params in shared.finishers.values():
-                await self._execute(conn, statement.bind(self._dialect, params))
-        for cursor, holds in checks:
-            if not holds(await cursor.fetchone()):
-                raise _BatchRefused("a check of the batch failed")
+        """The batch, committed; each call's answer from whether its row was applied."""
+        executions = []
+        groups = _executions(statements)
+        if len(groups) == 1:  # one statement: its own transaction (the connection autocommits)
+            executions.append((groups[0], await conn.execute(*self._bind(statements, groups[0]))))
+        else:
+            async with conn.pipeline():
+                await conn.execute("BEGIN")
+                for group in groups:
+                    executions.append((group, await conn.execute(*self._bind(statements, group))))
+                await conn.execute("COMMIT")
         answers: list[Any] = [None] * len(statements)
         for group, cursor in executions:
-            rows = await cursor.fetchall()
-            # A single row ran RowsStatement.one, which answers with a row if it applied.
-            applied = ({1} if rows else set()) if len(group) == 1 else {ordinal for (ordinal,) in rows}
+            applied = {ordinal for (ordinal,) in await cursor.fetchall()}
             for ordinal, index in enumerate(group, start=1):
                 answers[index] = statements[index].answer(ordinal in applied)
         return answers
 
-    async def _execute(
-        self, conn: psycopg.AsyncConnection[Any], bound: tuple[str, Any]
-    ) -> psycopg.AsyncCursor[Any]:
-        cursor = conn.cursor()
-        await cursor.execute(*bound)
-        return cursor
+    def _bind(self, statements: list[LoopStatement[Any]], group: list[int]) -> tuple[str, Any]:
+        rows = [statements[index].row for index in group]
+        return statements[group[0]].statement.bind(self._dialect, rows)
 
 
 def _executions(statements: list[LoopStatement[Any]]) -> list[list[int]]:
@@ -232,17 +207,20 @@ class _LoopState:
     conn: psycopg.AsyncConnection[Any] | None = None
 
     async def connection(self, conninfo: str) -> psycopg.AsyncConnection[Any]:
-        if self.conn is None or self.conn.closed:
-            self.conn = await psycopg.AsyncConnection.connect(conninfo)
+        if self.conn is not None and (self.conn.closed or _has_input(self.conn)):
+            # An idle connection has nothing to say unless the server ended it (ErrorResponse, EOF).
+            self.drop_connection()
+        if self.conn is None:
+            self.conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
         return self.conn
 
     async def roll_back(self) -> None:
-        """Ends a failed batch's transaction; a connection that cannot is dropped (the next batch
-        opens a new one)."""
-        if self.conn is None:
+        """Ends a failed batch's transaction, if one is open; a connection that cannot is dropped
+        (the next batch opens a new one)."""
+        if self.conn is None or self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             return
         try:
-            await self.conn.rollback()
+            await self.conn.execute("ROLLBACK")
         except psycopg.Error:
             self.drop_connection()
 
@@ -250,6 +228,11 @@ class _LoopState:
         if self.conn is not None and not self.conn.closed:
             self.conn.pgconn.finish()
         self.conn = None
+
+
+def _has_input(conn: psycopg.AsyncConnection[Any]) -> bool:
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    return bool(readable)
 
 
 def _first_line(exc: BaseException) -> str:

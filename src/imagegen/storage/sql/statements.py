@@ -175,35 +175,52 @@ DEBIT_IN_ONE = DriverStatement(
 
 # -- PostgreSQL: DEBIT_IN_ONE for a whole batch (the event loop's; see loop_pipeline.py) -------------
 # The same debit, request and ledger entry for many creates in one execution, with the same
-# parameters, as the rows of one JSON array (see RowsStatement). A user may appear once per
-# execution: the UPDATE joins each user's row to one input row only (the loop runs a user's further
-# creates in later ones).
+# parameters, as the rows of one JSON array (see RowsStatement), and everything else the batch's
+# transaction needs, so that a batch of distinct users is one statement in one round trip, its own
+# transaction. A user may appear once per execution: the UPDATE joins each user's row to one input
+# row only (the loop runs a user's further creates in later ones). A row whose `p_config` is not
+# the stored configuration version (the catalog and keys it was priced with are stale) moves
+# nothing, like a row short of credits; NULL skips that check. The first applied row wakes the job
+# workers (NOTIFY, delivered at commit).
+CONFIG_VERSION_KEY = "config_version"
+JOBS_CHANNEL = "imagegen_jobs"  # a job was queued: idle workers look
+DONE_CHANNEL = "imagegen_done"  # a job ended (payload: its id): waiting HTTP handlers look
+
 _DEBIT_COLUMNS: dict[str, Any] = {
     "p_user": users.c.id.type,
     "p_delta": BigInteger(),
     "p_max_in_flight": BigInteger(),
+    "p_config": t.meta.c.value.type,
     "e_id": t.ledger.c.id.type,
     **{f"r_{name}": gr.c[name].type for name in REQUEST_COLUMNS},
 }
 
 
-def _debit_rows_sql() -> str:
+def _debit_on_loop_sql(*, one: bool) -> str:
     pg = postgresql.dialect()
-    typed = ", ".join(f"{name} {kind.compile(dialect=pg)}" for name, kind in _DEBIT_COLUMNS.items())
+    types = {name: kind.compile(dialect=pg) for name, kind in _DEBIT_COLUMNS.items()}
+    if one:  # the row's columns are the parameters
+        columns = ", ".join(f"%({name})s::{kind} AS {name}" for name, kind in types.items())
+        rows = f"SELECT {columns}, 1 AS n"
+    else:
+        typed = ", ".join(f"{name} {kind}" for name, kind in types.items())
+        rows = f"""SELECT * FROM ROWS FROM (jsonb_to_recordset(%(rows)s::jsonb) AS ({typed}))
+        WITH ORDINALITY AS input({", ".join(types)}, n)"""
+    u, meta = users.name, t.meta.name
     requests = ", ".join(REQUEST_COLUMNS)
     request_values = ", ".join(f"input.r_{name}" for name in REQUEST_COLUMNS)
     return f"""
 WITH input AS (
-    SELECT * FROM ROWS FROM (jsonb_to_recordset(%(rows)s::jsonb) AS ({typed}))
-        WITH ORDINALITY AS input({", ".join(_DEBIT_COLUMNS)}, n)
+    {rows}
 ), debited AS (
-    UPDATE {users.name} SET credits = {users.name}.credits + input.p_delta,
-        in_flight = {users.name}.in_flight + 1
+    UPDATE {u} SET credits = {u}.credits + input.p_delta, in_flight = {u}.in_flight + 1
     FROM input
-    WHERE {users.name}.id = ANY(%(keys)s) AND {users.name}.id = input.p_user
-        AND {users.name}.credits + input.p_delta >= 0
-        AND {users.name}.in_flight < input.p_max_in_flight
-    RETURNING input.n, {users.name}.credits
+    WHERE {u}.id = ANY(%(keys)s) AND {u}.id = input.p_user
+        AND {u}.credits + input.p_delta >= 0
+        AND {u}.in_flight < input.p_max_in_flight
+        AND (input.p_config IS NULL OR input.p_config = coalesce(
+            (SELECT value FROM {meta} WHERE key = '{CONFIG_VERSION_KEY}'), ''))
+    RETURNING input.n, {u}.credits
 ), request AS (
     INSERT INTO {gr.name} ({requests})
     SELECT {request_values} FROM input JOIN debited ON debited.n = input.n
@@ -212,15 +229,18 @@ WITH input AS (
     SELECT input.e_id, input.p_user, 'deduction', input.p_delta, debited.credits, input.r_id,
         input.r_created_at
     FROM input JOIN debited ON debited.n = input.n
+), woken AS (
+    SELECT pg_notify('{JOBS_CHANNEL}', '') FROM (SELECT FROM debited LIMIT 1) AS any_debit
 )
-SELECT n FROM debited"""
+SELECT n FROM debited LEFT JOIN woken ON true"""
 
 
-DEBIT_ROWS = RowsStatement(_debit_rows_sql(), _DEBIT_COLUMNS, key="p_user", one=DEBIT_IN_ONE)
+DEBIT_ROWS = RowsStatement(
+    _debit_on_loop_sql(one=False), _debit_on_loop_sql(one=True), _DEBIT_COLUMNS, key="p_user"
+)
 
 
 # -- the configuration version: changed with the catalog and the keys, checked by cached creates ----
-CONFIG_VERSION_KEY = "config_version"
 CONFIG_VERSION = select(t.meta.c.value).where(t.meta.c.key == CONFIG_VERSION_KEY)
 CONFIG_VERSION_FAST = DriverStatement(CONFIG_VERSION)
 SET_CONFIG_VERSION = (
