@@ -31,10 +31,11 @@ import psycopg
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
-from sqlalchemy import insert, update
+from sqlalchemy import func, insert, select, update
 
 from imagegen import service
 from imagegen.clock import utcnow
+from imagegen.domain.generation import Status
 from imagegen.domain.ledger import EntryType
 from imagegen.ids import new_id
 from imagegen.runtime import open_storage
@@ -168,6 +169,38 @@ def open_db(database: Database) -> SqlStorage:
     storage = open_storage(Settings(database_url=database.url, data_dir=database.data_dir))
     assert isinstance(storage, SqlStorage)
     return storage
+
+
+def unfinished(storage: SqlStorage) -> int:
+    """Jobs queued or running."""
+    open_states = [Status.PENDING.value, Status.RUNNING.value]
+    gr = t.generation_requests
+    with storage.tx.read() as conn:
+        return int(conn.execute(select(func.count()).where(gr.c.status.in_(open_states))).scalar_one())
+
+
+def drain(server: Server, timeout: float = 600.0) -> tuple[int, float]:
+    """Waits until the deployment's workers have finished every job; (jobs left at the start, seconds).
+
+    A route that answers before its job is done (a wait that timed out, a client that gave up)
+    leaves work behind: measured meanwhile, the next scenario would share the cores with it.
+    """
+    storage = open_db(server.database)
+    try:
+        started, left = time.monotonic(), unfinished(storage)
+        at_start = left
+        with progress() as bar:
+            task = bar.add_task(f"draining {left:,} unfinished jobs", total=left)
+            while left > 0:
+                server.check()
+                if time.monotonic() - started > timeout:
+                    raise RuntimeError(f"{left} jobs still unfinished after {timeout:.0f} s")
+                time.sleep(0.2)
+                left = unfinished(storage)
+                bar.update(task, completed=at_start - left)
+        return at_start, time.monotonic() - started
+    finally:
+        storage.close()
 
 
 def prepare_template(space: Workspace, users: int = SPREAD_USERS) -> tuple[Database, Keys]:

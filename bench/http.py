@@ -31,6 +31,7 @@ from bench.common import (
     Server,
     Workspace,
     console,
+    drain,
     judge,
     load_row,
     machine_load,
@@ -212,6 +213,8 @@ def scenario_b_c(
         before = ceiling(server, options)
         if "b" in only:
             loads += creates(server, keys, "/createGenerationRequest", options)
+            left, seconds = drain(server)
+            console.print(f"   b left {left:,} jobs unfinished; the workers finished them in {seconds:.1f} s")
         if "c" in only:
             loads.append(options.measure(server, "credits.lua", {"BENCH_KEYS": str(keys.ledger)}))
         noop, noop_row = ceiling_row("b/c", before, ceiling(server, options))

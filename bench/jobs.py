@@ -34,6 +34,7 @@ from bench.common import (
     print_table,
     progress,
     save_rows,
+    unfinished,
     workspace,
 )
 from imagegen import service
@@ -62,12 +63,6 @@ def enqueue(storage: SqlStorage, users: list[str], jobs: int) -> None:
         task = bar.add_task(f"queueing {jobs:,} jobs", total=jobs)
         for _ in pool.map(create, range(jobs)):
             bar.advance(task)
-
-
-def unfinished(storage: SqlStorage) -> int:
-    open_states = [Status.PENDING.value, Status.RUNNING.value]
-    with storage.tx.read() as conn:
-        return int(conn.execute(select(func.count()).where(gr.c.status.in_(open_states))).scalar_one())
 
 
 def span(storage: SqlStorage) -> tuple[float, dict[str, int]]:
