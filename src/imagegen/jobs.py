@@ -32,7 +32,7 @@ def run_job(
     request: GenerationRequest,
     worker_id: str,
 ) -> JobOutcome:
-    settings = storage.catalog().models.get(request.model)
+    settings = storage.model_settings(request.model)  # as stored now: an admin's edit applies at once
     spec = GenerationSpec(
         request.user_id, request.model, request.style, request.color, request.size, request.prompt
     )

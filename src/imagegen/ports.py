@@ -124,6 +124,9 @@ class Storage(Protocol):
 
     # catalog
     def catalog(self) -> Catalog: ...
+    def model_settings(self, name: str) -> ModelSettings | None:
+        """One model's settings as stored now (what a job reads before it generates)."""
+
     def put_model(self, model: ModelSettings) -> None: ...
     def put_option(self, kind: str, name: str, *, enabled: bool, cost: int | None = None) -> None: ...
 

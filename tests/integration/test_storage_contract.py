@@ -14,6 +14,7 @@ import pytest
 
 from imagegen import jobs, service
 from imagegen.domain import reports
+from imagegen.domain.catalog import ModelSettings
 from imagegen.domain.generation import Status
 from imagegen.domain.ledger import EntryType
 from imagegen.errors import (
@@ -267,6 +268,16 @@ def test_a_replay_after_the_request_was_canceled_returns_it_canceled_and_debits_
 
     assert (replayed.id, replayed.status, created) == (first.id, Status.CANCELED, False)
     assert balance(storage, "testUser1") == 100
+
+
+def test_a_models_settings_read_alone_match_the_catalog_and_an_edit_shows_at_once(storage: Storage) -> None:
+    assert storage.model_settings("model-a") == storage.catalog().models["model-a"]
+    assert storage.model_settings("model-z") is None
+
+    storage.put_model(ModelSettings("model-a", failure_rate=0.5, latency_ms=7, enabled=False))
+
+    assert storage.model_settings("model-a") == ModelSettings("model-a", 0.5, 7, False)
+    assert storage.catalog().models["model-a"] == ModelSettings("model-a", 0.5, 7, False)
 
 
 def test_service_create_generation_prices_the_size_from_the_catalog(storage: Storage) -> None:

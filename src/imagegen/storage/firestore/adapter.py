@@ -161,15 +161,9 @@ class FirestoreStorage:
     # -- catalog ----------------------------------------------------------------------------
     @translated
     def catalog(self) -> Catalog:
-        models = {}
-        for snap in self.db.collection(d.MODELS).stream():
-            data = snap.to_dict() or {}
-            models[snap.id] = ModelSettings(
-                snap.id,
-                float(data.get("failureRate", 0.05)),
-                int(data.get("latencyMs", 300)),
-                bool(data.get("enabled", True)),
-            )
+        models = {
+            snap.id: _model(snap.id, snap.to_dict() or {}) for snap in self.db.collection(d.MODELS).stream()
+        }
         enabled = {kind: self._enabled(kind) for kind in d.OPTION_KINDS}
         sizes = {snap_id: int(data["cost"]) for snap_id, data in enabled["sizes"]}
         return Catalog(
@@ -178,6 +172,11 @@ class FirestoreStorage:
             frozenset(name for name, _ in enabled["colors"]),
             sizes,
         )
+
+    @translated
+    def model_settings(self, name: str) -> ModelSettings | None:
+        snap = self.db.collection(d.MODELS).document(name).get()
+        return _model(name, snap.to_dict() or {}) if snap.exists else None
 
     def _enabled(self, kind: str) -> list[tuple[str, dict[str, Any]]]:
         found = ((snap.id, snap.to_dict() or {}) for snap in self.db.collection(kind).stream())
@@ -960,6 +959,15 @@ def _same_move(existing: LedgerEntry, entry_type: EntryType, delta: int) -> Ledg
 
 def _running_for(data: dict[str, Any], worker_id: str) -> bool:
     return data.get("status") == Status.RUNNING.value and data.get("leaseOwner") == worker_id
+
+
+def _model(name: str, data: dict[str, Any]) -> ModelSettings:
+    return ModelSettings(
+        name,
+        float(data.get("failureRate", 0.05)),
+        int(data.get("latencyMs", 300)),
+        bool(data.get("enabled", True)),
+    )
 
 
 def _model_doc(model: ModelSettings) -> dict[str, Any]:

@@ -151,6 +151,12 @@ class SqlStorage:
             return _catalog(conn)
 
     @retrying
+    def model_settings(self, name: str) -> ModelSettings | None:
+        with self.tx.read() as conn:
+            row = conn.execute(sql.MODELS.where(t.models.c.name == name)).first()
+        return None if row is None else _model(row)
+
+    @retrying
     def config_version(self) -> str:
         with self.tx.read() as conn:
             return conn.execute(sql.CONFIG_VERSION).scalar() or ""
@@ -914,14 +920,15 @@ def _debit_params(new: NewGeneration, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _catalog(conn: Connection) -> Catalog:
-    models = {
-        row.name: ModelSettings(row.name, row.failure_rate, row.latency_ms, row.enabled)
-        for row in conn.execute(sql.MODELS)
-    }
+    models = {row.name: _model(row) for row in conn.execute(sql.MODELS)}
     styles = conn.execute(sql.ENABLED_STYLES).scalars()
     colors = conn.execute(sql.ENABLED_COLORS).scalars()
     sizes = conn.execute(sql.ENABLED_SIZES)
     return Catalog(models, frozenset(styles), frozenset(colors), {name: cost for name, cost in sizes})
+
+
+def _model(row: Any) -> ModelSettings:
+    return ModelSettings(row.name, row.failure_rate, row.latency_ms, row.enabled)
 
 
 def _bump_config_version(conn: Connection) -> None:
