@@ -1,4 +1,5 @@
-"""PostgreSQL: a process keeps at most POSTGRES_POOL_SIZE connections and reuses them.
+"""PostgreSQL connections and plans: a process keeps at most POSTGRES_POOL_SIZE connections and
+reuses them, and its polled queries stay cheap in PostgreSQL's generic plans.
 
 Reads beyond the pool's size wait for a lent connection rather than open one for themselves: each
 new connection starts a backend on the server, and overflow connections were closed again on
@@ -11,10 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import psycopg
 import pytest
 from sqlalchemy import event
+from sqlalchemy.engine import make_url
 
 from imagegen import service
+from imagegen.clock import utcnow
 from imagegen.storage.sql.adapter import SqlStorage
 from imagegen.storage.sql.engine import POSTGRES_POOL_SIZE
 from tests.support import migrated_sql
@@ -41,3 +45,32 @@ def test_many_more_concurrent_reads_than_connections_share_the_pool_without_open
             assert list(pool.map(read, range(threads * 5))) == [100] * threads * 5
 
     assert 0 < len(opened) <= POSTGRES_POOL_SIZE
+
+
+def test_an_idle_workers_claim_uses_the_pending_index_even_in_postgresqls_generic_plans(
+    postgres_url: str,
+) -> None:
+    """psycopg prepares a statement after 5 executions, and PostgreSQL may then plan it once for
+    any parameters. `status = $1` cannot use the partial index on pending requests there: idle
+    workers, polling, then walked every request ever made (a busy core once there were 10,000s)."""
+    database = make_url(postgres_url).database
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"ALTER DATABASE {database} SET plan_cache_mode = force_generic_plan")
+    for storage in migrated_sql(postgres_url):
+        with storage.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO generation_requests (id, user_id, model, style, color, size, prompt, cost,"
+                " status, attempts, created_at) SELECT 'r' || g, 'testUser1', 'model-a', 'anime',"
+                " 'vibrant', '512x512', 'p', 1, 'completed', 1, now() FROM generate_series(1, 2000) g"
+            )
+        now = utcnow()
+        for _ in range(20):  # prepared after 5, generic from then on
+            assert storage.claim_job("w", now, now) is None
+            assert storage.expired_jobs(now) == []
+    with psycopg.connect(postgres_url, autocommit=True) as admin:  # the storage closed: stats flushed
+        admin.execute("SELECT pg_stat_force_next_flush()")
+        rows_read = admin.execute(
+            "SELECT seq_tup_read + idx_tup_fetch, seq_scan, idx_scan FROM pg_stat_user_tables"
+            " WHERE relname = 'generation_requests'"
+        ).fetchone()
+    assert rows_read is not None and rows_read[0] < 2000  # not one walk over the requests

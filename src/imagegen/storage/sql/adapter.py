@@ -409,7 +409,7 @@ class SqlStorage:
     def expired_jobs(self, now: datetime) -> list[GenerationRequest]:
         query = (
             select(gr)
-            .where(gr.c.status == Status.RUNNING.value, gr.c.lease_expires_at < now)
+            .where(sql.status_is(Status.RUNNING.value), gr.c.lease_expires_at < now)
             .order_by(gr.c.lease_expires_at)
             .limit(100)
         )

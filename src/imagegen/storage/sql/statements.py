@@ -10,7 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import BigInteger, bindparam, func, insert, literal, select, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    bindparam,
+    func,
+    insert,
+    literal,
+    literal_column,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql
 
 from imagegen.domain.generation import Status
@@ -100,9 +110,20 @@ GET_REQUEST = select(gr).where(gr.c.id == bindparam("p_id"))
 BY_IDEMPOTENCY_KEY = select(gr).where(
     gr.c.user_id == bindparam("p_user"), gr.c.idempotency_key == bindparam("p_key")
 )
+
+
+def status_is(value: str) -> ColumnElement[bool]:
+    """`status = 'value'` with the value in the SQL text, not a parameter: the partial indexes on
+    pending and on running requests then serve the query in PostgreSQL's generic plans too. psycopg
+    prepares a statement after 5 executions; a generic plan cannot tell that `status = $1` matches
+    an index's `status = 'pending'`, and the job claim, polled by every idle worker thread, walked
+    every request ever made by creation time (with 10,000s of them, a busy core)."""
+    return gr.c.status == literal_column(f"'{value}'", gr.c.status.type)
+
+
 _oldest_pending = (
     select(gr.c.id)
-    .where(gr.c.status == PENDING)
+    .where(status_is(PENDING))
     .order_by(gr.c.created_at)
     .limit(1)
     .with_for_update(skip_locked=True)
