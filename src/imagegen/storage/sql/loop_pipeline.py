@@ -231,8 +231,10 @@ class _LoopState:
 
 
 def _has_input(conn: psycopg.AsyncConnection[Any]) -> bool:
-    readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    return bool(readable)
+    # poll, not select: select() refuses descriptors above 1024, which a busy server reaches.
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _first_line(exc: BaseException) -> str:
