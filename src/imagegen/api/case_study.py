@@ -42,7 +42,7 @@ async def create_generation_request(
 ) -> JSONResponse:
     body = await json_body(request)
     created = await create_and_enqueue(runtime, principal, body, idempotency_key)
-    done = await wait_until_done(runtime, created.id, runtime.settings.wait_timeout_seconds)
+    done = await wait_until_done(runtime, created, runtime.settings.wait_timeout_seconds)
     return _generation_response(request, runtime, done)
 
 

@@ -129,19 +129,29 @@ def _create_options(runtime: Runtime, principal: Principal, idempotency_key: str
     }
 
 
-async def wait_until_done(runtime: Runtime, request_id: str, timeout: float) -> GenerationRequest:
-    """Returns the request once it is terminal, or as it stands when `timeout` runs out."""
+async def wait_until_done(runtime: Runtime, created: GenerationRequest, timeout: float) -> GenerationRequest:
+    """Returns the request once it is terminal, or as it stands when `timeout` runs out.
+
+    Starts from the request as the create returned it and reads it again only when a worker says
+    the job ended (or at the re-read interval), on the event loop where the storage allows it.
+    """
+    request_id = created.id
     deadline = time.monotonic() + timeout
-    while True:
+    current = created
+    while not service.is_terminal(current):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
         future = runtime.completions.register(request_id)
         try:
-            current = await run_in_threadpool(service.get_generation, runtime.storage, request_id)
-            remaining = deadline - time.monotonic()
-            if service.is_terminal(current) or remaining <= 0:
-                return current
-            # In-process workers wake us at once; the re-read covers workers in other processes.
+            # In-process workers and other processes' NOTIFYs wake us at once; the timed re-read
+            # covers a process that cannot be heard (SQLite has no NOTIFY).
             recheck = min(remaining, max(runtime.settings.poll_interval_seconds, 0.05) * 2)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(future), recheck)
         finally:
             runtime.completions.unregister(request_id, future)
+        current = await read_only(
+            runtime, functools.partial(service.get_generation, runtime.storage, request_id)
+        )
+    return current

@@ -132,7 +132,7 @@ async def create_generation(request: Request) -> JSONResponse:
 
     async def run() -> JSONResponse:
         created = await create_and_enqueue(runtime, principal, body, idempotency_key)
-        current = await wait_until_done(runtime, created.id, wait) if wait else created
+        current = await wait_until_done(runtime, created, wait) if wait else created
         headers = {"Location": f"/v1/generations/{created.id}"}
         if wait:
             headers["Preference-Applied"] = f"wait={wait}"
