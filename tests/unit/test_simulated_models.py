@@ -9,7 +9,7 @@ from PIL import Image
 
 from imagegen.domain.catalog import INITIAL_DATA, ModelSettings
 from imagegen.domain.generation import GenerationSpec
-from imagegen.models import ModelFailure, SimulatedModel, draw_png
+from imagegen.models import ModelFailure, SimulatedModel, draw_png, simulated
 
 SPEC = GenerationSpec(
     user_id="testUser1",
@@ -67,6 +67,29 @@ def test_draws_tiny_and_odd_sizes_in_every_style(style, size):
     width, height = (int(n) for n in size.split("x"))
 
     assert open_png(draw_png(replace(SPEC, style=style, size=size))).size == (width, height)
+
+
+@pytest.mark.parametrize("size", ["512x512", "64x96", "33x17", "7x2", "1x1"])
+@pytest.mark.parametrize("style", ["anime", "realistic"])
+def test_the_png_holds_exactly_the_painting_widened_and_its_rows_repeated_down(style, size):
+    """The hand-written encoder against Pillow's pixels: the painting, widened by Pillow, with each of
+    its rows repeated down in turn, and nothing else."""
+    width, height = (int(n) for n in size.split("x"))
+    spec = replace(SPEC, style=style, size=size)
+    small = (max(1, width // simulated.SCALE), max(1, height // simulated.SCALE))
+    painting = simulated.PAINTERS[style](
+        small, simulated._palette(spec.color), random.Random(simulated._seed(spec))
+    )
+    wide = painting.convert("RGB").resize((width, small[1]), Image.Resampling.BILINEAR)
+    expected = Image.new("RGB", (width, height))
+    for y in range(height):
+        source = max(r for r in range(small[1]) if r * height // small[1] <= y)
+        expected.paste(wide.crop((0, source, width, source + 1)), (0, y))
+
+    image = open_png(draw_png(spec))
+
+    assert image.mode == "RGB"
+    assert image.tobytes() == expected.tobytes()
 
 
 def test_draws_identical_bytes_for_the_same_spec():

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import random
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable
 
-from PIL import Image, ImageDraw, ImageFilter, ImageOps
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps
 
 from imagegen.domain.catalog import ModelSettings, parse_size
 from imagegen.domain.generation import GenerationSpec
@@ -20,9 +21,10 @@ RGB = tuple[int, int, int]
 Box = tuple[float, float, float, float]
 Painter = Callable[[tuple[int, int], list[RGB], random.Random], Image.Image]
 
-# Painting at a quarter of the size makes the drawing itself nearly free (1-5 ms); most of the time
-# for a 1024x1792 image goes to the PNG encoding, which grows with the pixel count whatever we draw.
+# Painting at a quarter of the size makes the drawing itself nearly free (0.1-0.7 ms at 512x512);
+# most of the time goes to the PNG encoding, which grows with the pixel count whatever we draw.
 SCALE = 4
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 INK: RGB = (25, 20, 30)
 PAPER: RGB = (246, 242, 232)
@@ -95,7 +97,10 @@ def draw_png(spec: GenerationSpec) -> bytes:
     small = (max(1, width // SCALE), max(1, height // SCALE))
     paint = PAINTERS.get(spec.style, _generic)
     image = paint(small, _palette(spec.color), random.Random(_seed(spec)))
-    return _png(_upscale(image, (width, height)))
+    # Smooth across, repeated down: the 4-pixel vertical steps do not show at these sizes, and a
+    # repeated row costs the encoder almost nothing (see _png).
+    wide = image.convert("RGB").resize((width, image.height), Image.Resampling.BILINEAR)
+    return _png(wide, height)
 
 
 def _seed(spec: GenerationSpec) -> int:
@@ -111,22 +116,33 @@ def _palette(color: str) -> list[RGB]:
     return [(d[i], d[i + 1], d[i + 2]) for i in range(0, 15, 3)]
 
 
-def _upscale(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Smooth across, repeated down: the PNG encoder gets rows identical to the one above.
+def _png(image: Image.Image, height: int) -> bytes:
+    """`image` (RGB) as a PNG `height` rows tall, each of its rows repeated down in turn.
 
-    Pillow's encoder stops its filter search on such a row and zlib swallows it almost for free,
-    which halves the encoding time; the 4-pixel vertical steps do not show at these sizes.
+    Written here rather than by Pillow, because we know what Pillow's encoder has to find out: each
+    row of the painting goes out once with the "Sub" filter (each byte minus the one a pixel to the
+    left, worked out by Pillow for the whole image in one pass), and each repetition with the "Up"
+    filter, which makes it a row of zeros. That spares the encoder's per-row filter search, and
+    halves the time of a 512x512 image (2.4-3.6 ms with Pillow's encoder at level 1, same size).
     """
-    return image.resize((size[0], image.height), Image.Resampling.BILINEAR).resize(
-        size, Image.Resampling.NEAREST
-    )
+    width, rows = image.size
+    line = 3 * width
+    left = Image.new("RGB", image.size)  # each pixel's left neighbour (black left of the edge)
+    left.paste(image.crop((0, 0, width - 1, rows)), (1, 0))
+    sub = ImageChops.subtract_modulo(image, left).tobytes()
+    again = b"\x02" + bytes(line)
+    parts: list[bytes] = []
+    for row in range(rows):
+        copies = (row + 1) * height // rows - row * height // rows
+        parts += (b"\x01", sub[row * line : (row + 1) * line], *([again] * (copies - 1)))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, not interlaced
+    # Level 1: about twice as fast as the default, for files ~1.5x larger.
+    data = zlib.compress(b"".join(parts), 1)
+    return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
 
 
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    # Speed over size: level 1 encodes about twice as fast as the default, for files ~1.5x larger.
-    image.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 # --- colors and shapes ---------------------------------------------------------------------------
