@@ -8,6 +8,7 @@ credits, testUser2: 10; 512x512 costs 1, 1024x1024 3, 1024x1792 4).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -367,6 +368,44 @@ def test_only_the_lease_owner_can_complete_a_job(storage: Storage) -> None:
     assert not storage.complete(job.id, "w-1", "/images/y.png", T0 + 2 * MINUTE)
     assert entries_for(storage, "testUser1", job.id) == {EntryType.DEDUCTION: 1}
     assert list(service.verify(storage)) == []
+
+
+@pytest.mark.parametrize(
+    ("events", "expected"),
+    [
+        ({"start", "completed"}, ["start", "completed"]),
+        ({"start"}, ["start"]),
+        ({"completed"}, ["completed"]),
+    ],
+)
+def test_a_job_with_a_webhook_queues_a_delivery_for_each_event_it_asked_for(
+    storage: Storage, events: set[str], expected: list[str]
+) -> None:
+    new = replace(new_generation(), webhook="https://hooks.example.com/x", webhook_events=frozenset(events))
+    request, _ = storage.debit_and_enqueue(new)
+    job = claim(storage, "w-1")
+    started = storage.claim_webhooks(T0, T0 + LEASE, 10)
+    for delivery in started:
+        storage.webhook_delivered(delivery.id, T0)
+
+    assert storage.complete(job.id, "w-1", "/images/x.png", T0 + MINUTE)
+    ended = storage.claim_webhooks(T0 + MINUTE, T0 + MINUTE + LEASE, 10)
+
+    assert [d.event for d in started + ended] == expected
+    assert {d.generation_request_id for d in started + ended} == {request.id}
+    assert all(d.url == "https://hooks.example.com/x" for d in started + ended)
+    done = storage.get_request(request.id)
+    assert done is not None and done.status is Status.COMPLETED
+    assert list(service.verify(storage)) == []
+
+
+def test_completing_a_job_without_a_webhook_queues_no_delivery(storage: Storage) -> None:
+    enqueue(storage)
+    job = claim(storage, "w-1")
+
+    assert storage.complete(job.id, "w-1", "/images/x.png", T0 + MINUTE)
+
+    assert storage.claim_webhooks(T0 + MINUTE, T0 + MINUTE + LEASE, 10) == []
 
 
 def test_a_pending_job_can_be_neither_completed_nor_failed(storage: Storage) -> None:

@@ -19,6 +19,8 @@ from sqlalchemy import (
     literal,
     literal_column,
     select,
+    text,
+    true,
     update,
 )
 from sqlalchemy.dialects import postgresql
@@ -30,6 +32,10 @@ from imagegen.storage.sql.driver import DriverStatement, RowsStatement
 gr = t.generation_requests
 users = t.users
 PENDING, RUNNING = Status.PENDING.value, Status.RUNNING.value
+
+# PostgreSQL NOTIFY channels (SQLite processes poll instead).
+JOBS_CHANNEL = "imagegen_jobs"  # a job was queued: idle workers look
+DONE_CHANNEL = "imagegen_done"  # a job ended (payload: its id): waiting HTTP handlers look
 
 # -- credits: one conditional UPDATE moves a balance (and the in-flight count) or moves nothing ----
 _credit_conditions = (users.c.id == bindparam("p_user"), users.c.credits + bindparam("p_delta") >= 0)
@@ -129,17 +135,39 @@ _oldest_pending = (
     .with_for_update(skip_locked=True)
     .scalar_subquery()
 )
+_claimed_values: dict[str, Any] = {
+    "status": RUNNING,
+    "lease_owner": bindparam("p_worker"),
+    "lease_expires_at": bindparam("p_lease_until", type_=t.UTCDateTime()),
+    "attempts": gr.c.attempts + 1,
+    "started_at": func.coalesce(gr.c.started_at, bindparam("p_now", type_=t.UTCDateTime())),
+}
 CLAIM_JOB = (
     update(gr)
     .where(gr.c.id == _oldest_pending, gr.c.status == PENDING)
-    .values(
-        status=RUNNING,
-        lease_owner=bindparam("p_worker"),
-        lease_expires_at=bindparam("p_lease_until", type_=t.UTCDateTime()),
-        attempts=gr.c.attempts + 1,
-        started_at=func.coalesce(gr.c.started_at, bindparam("p_now", type_=t.UTCDateTime())),
-    )
+    .values(_claimed_values)
     .returning(*gr.c)
+)
+# PostgreSQL: the claim as one statement outside any transaction, for the oldest pending job if it
+# has no webhook (whose "start" delivery is written beside the claim, in Python). No row: nothing is
+# pending; a row without an id (only `oldest_id`): the oldest has a webhook, for CLAIM_JOB to take.
+_oldest = (
+    select(gr.c.id, gr.c.webhook)
+    .where(status_is(PENDING))
+    .order_by(gr.c.created_at)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+    .cte("oldest")
+)
+_claimed = (
+    update(gr)
+    .where(gr.c.id == _oldest.c.id, gr.c.status == PENDING, _oldest.c.webhook.is_(None))
+    .values(_claimed_values)
+    .returning(*gr.c)
+    .cte("claimed")
+)
+CLAIM_QUIETLY = select(_oldest.c.id.label("oldest_id"), *_claimed.c).select_from(
+    _oldest.outerjoin(_claimed, true())
 )
 COMPLETE_JOB = (
     update(gr)
@@ -153,6 +181,21 @@ COMPLETE_JOB = (
     )
     .returning(*gr.c)
 )
+
+# PostgreSQL: COMPLETE_JOB, LEAVE_IN_FLIGHT and the NOTIFY in one statement, for a job without a
+# webhook (whose delivery is written beside it, in Python). No row: not completed by it.
+COMPLETE_QUIETLY = text(
+    f"""
+WITH done AS (
+    UPDATE {gr.name} SET status = '{Status.COMPLETED.value}', image_url = :p_image_url,
+        completed_at = :p_now, lease_owner = NULL, lease_expires_at = NULL
+    WHERE id = :p_id AND status = '{RUNNING}' AND lease_owner = :p_worker AND webhook IS NULL
+    RETURNING user_id
+), left_flight AS (
+    UPDATE {users.name} AS u SET in_flight = u.in_flight - 1 FROM done WHERE u.id = done.user_id
+)
+SELECT pg_notify('{DONE_CHANNEL}', :p_id) FROM done"""
+).bindparams(bindparam("p_now", type_=t.UTCDateTime()))
 
 # -- API keys --------------------------------------------------------------------------------------
 FIND_API_KEY = select(t.api_keys).where(
@@ -204,8 +247,6 @@ DEBIT_IN_ONE = DriverStatement(
 # nothing, like a row short of credits; NULL skips that check. The first applied row wakes the job
 # workers (NOTIFY, delivered at commit).
 CONFIG_VERSION_KEY = "config_version"
-JOBS_CHANNEL = "imagegen_jobs"  # a job was queued: idle workers look
-DONE_CHANNEL = "imagegen_done"  # a job ended (payload: its id): waiting HTTP handlers look
 
 _DEBIT_COLUMNS: dict[str, Any] = {
     "p_user": users.c.id.type,
