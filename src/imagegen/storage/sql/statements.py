@@ -19,7 +19,6 @@ from sqlalchemy import (
     literal,
     literal_column,
     select,
-    text,
     true,
     update,
 )
@@ -127,13 +126,13 @@ def status_is(value: str) -> ColumnElement[bool]:
     return gr.c.status == literal_column(f"'{value}'", gr.c.status.type)
 
 
-_oldest_pending = (
+# The oldest pending job, locked, skipping those another worker has locked.
+_oldest_pending_query = (
     select(gr.c.id)
     .where(status_is(PENDING))
     .order_by(gr.c.created_at)
     .limit(1)
     .with_for_update(skip_locked=True)
-    .scalar_subquery()
 )
 _claimed_values: dict[str, Any] = {
     "status": RUNNING,
@@ -144,21 +143,14 @@ _claimed_values: dict[str, Any] = {
 }
 CLAIM_JOB = (
     update(gr)
-    .where(gr.c.id == _oldest_pending, gr.c.status == PENDING)
+    .where(gr.c.id == _oldest_pending_query.scalar_subquery(), gr.c.status == PENDING)
     .values(_claimed_values)
     .returning(*gr.c)
 )
 # PostgreSQL: the claim as one statement outside any transaction, for the oldest pending job if it
 # has no webhook (whose "start" delivery is written beside the claim, in Python). No row: nothing is
 # pending; a row without an id (only `oldest_id`): the oldest has a webhook, for CLAIM_JOB to take.
-_oldest = (
-    select(gr.c.id, gr.c.webhook)
-    .where(status_is(PENDING))
-    .order_by(gr.c.created_at)
-    .limit(1)
-    .with_for_update(skip_locked=True)
-    .cte("oldest")
-)
+_oldest = _oldest_pending_query.add_columns(gr.c.webhook).cte("oldest")
 _claimed = (
     update(gr)
     .where(gr.c.id == _oldest.c.id, gr.c.status == PENDING, _oldest.c.webhook.is_(None))
@@ -169,33 +161,37 @@ _claimed = (
 CLAIM_QUIETLY = select(_oldest.c.id.label("oldest_id"), *_claimed.c).select_from(
     _oldest.outerjoin(_claimed, true())
 )
-COMPLETE_JOB = (
-    update(gr)
-    .where(gr.c.id == bindparam("p_id"), gr.c.status == RUNNING, gr.c.lease_owner == bindparam("p_worker"))
-    .values(
-        status=Status.COMPLETED.value,
-        image_url=bindparam("p_image_url"),
-        completed_at=bindparam("p_now", type_=t.UTCDateTime()),
-        lease_owner=None,
-        lease_expires_at=None,
-    )
-    .returning(*gr.c)
+_completed_conditions = (
+    gr.c.id == bindparam("p_id"),
+    gr.c.status == RUNNING,
+    gr.c.lease_owner == bindparam("p_worker"),
 )
-
+_completed_values: dict[str, Any] = {
+    "status": Status.COMPLETED.value,
+    "image_url": bindparam("p_image_url"),
+    "completed_at": bindparam("p_now", type_=t.UTCDateTime()),
+    "lease_owner": None,
+    "lease_expires_at": None,
+}
+COMPLETE_JOB = update(gr).where(*_completed_conditions).values(_completed_values).returning(*gr.c)
 # PostgreSQL: COMPLETE_JOB, LEAVE_IN_FLIGHT and the NOTIFY in one statement, for a job without a
 # webhook (whose delivery is written beside it, in Python). No row: not completed by it.
-COMPLETE_QUIETLY = text(
-    f"""
-WITH done AS (
-    UPDATE {gr.name} SET status = '{Status.COMPLETED.value}', image_url = :p_image_url,
-        completed_at = :p_now, lease_owner = NULL, lease_expires_at = NULL
-    WHERE id = :p_id AND status = '{RUNNING}' AND lease_owner = :p_worker AND webhook IS NULL
-    RETURNING user_id
-), left_flight AS (
-    UPDATE {users.name} AS u SET in_flight = u.in_flight - 1 FROM done WHERE u.id = done.user_id
+_done = (
+    update(gr)
+    .where(*_completed_conditions, gr.c.webhook.is_(None))
+    .values(_completed_values)
+    .returning(gr.c.user_id)
+    .cte("done")
 )
-SELECT pg_notify('{DONE_CHANNEL}', :p_id) FROM done"""
-).bindparams(bindparam("p_now", type_=t.UTCDateTime()))
+_left_flight = (
+    update(users)
+    .where(users.c.id == _done.c.user_id)
+    .values(in_flight=users.c.in_flight - 1)
+    .cte("left_flight")
+)
+COMPLETE_QUIETLY = (
+    select(func.pg_notify(DONE_CHANNEL, bindparam("p_id"))).select_from(_done).add_cte(_left_flight)
+)
 
 # -- API keys --------------------------------------------------------------------------------------
 FIND_API_KEY = select(t.api_keys).where(
