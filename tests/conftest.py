@@ -12,7 +12,7 @@ import pytest
 from imagegen.ports import Storage
 from imagegen.storage.sql.adapter import SqlStorage
 from tests.firestore_emulator import firestore_clean, firestore_emulator, firestore_storage  # noqa: F401
-from tests.support import ServerFactory, migrated_sql
+from tests.support import ServerFactory, memory_storage, migrated_sql
 
 POSTGRES_ENV = "IMAGEGEN_TEST_POSTGRES_URL"
 
@@ -75,15 +75,18 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'imagegen.db'}"
 
 
-@pytest.fixture(params=["sqlite", "postgres", "firestore"])
+@pytest.fixture(params=["memory", "sqlite", "postgres", "firestore"])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
     """A migrated database with the initial data set (testUser1: 100, testUser2: 10).
 
-    On SQLite, PostgreSQL and Firestore (the emulator, see tests/firestore_emulator.py: there a test
-    that uses `storage.engine` is SQL-only and skips).
+    In memory, on SQLite, PostgreSQL and Firestore (the emulator, see tests/firestore_emulator.py:
+    there, and in memory, a test that uses `storage.engine` is SQL-only and skips).
     """
     if request.param == "firestore":
         yield from firestore_storage(request)
+        return
+    if request.param == "memory":
+        yield from memory_storage()
         return
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'imagegen.db'}"

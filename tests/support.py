@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from imagegen import service
 from imagegen.clock import utcnow
+from imagegen.storage.memory import MemoryStorage
 from imagegen.storage.sql.adapter import SqlStorage
 
 IMAGEGEN = shutil.which("imagegen", path=str(Path(sys.executable).parent)) or "imagegen"
@@ -127,3 +129,17 @@ def migrated_sql(url: str) -> Iterator[SqlStorage]:
     service.first_start(storage, utcnow())
     yield storage
     storage.close()
+
+
+def memory_storage() -> Iterator[MemoryStorage]:
+    """The in-memory adapter with the initial data set; a test that needs a SQL engine skips."""
+
+    class InMemory(MemoryStorage):
+        def __getattr__(self, name: str) -> Any:
+            if name == "engine":
+                pytest.skip("SQL-only: this test works on storage.engine (SQL), which memory has not")
+            raise AttributeError(name)
+
+    storage = InMemory()
+    service.first_start(storage, utcnow())
+    yield storage
