@@ -6,8 +6,10 @@ with a scripted sequence of statuses (200 once the script runs out).
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import json
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -243,3 +245,56 @@ def test_a_webhook_to_a_private_address_is_a_422_unless_private_webhooks_are_all
 def test_a_webhook_secret_that_cannot_sign_is_refused_at_start(servers: ServerFactory) -> None:
     with pytest.raises(RuntimeError, match="(?i)webhook"):
         servers.start(IMAGEGEN_WEBHOOK_SECRET="hunter2")
+
+
+# Spellings of 127.0.0.1 and ::1 that resolvers or URL parsers accept, each to the receiver's port.
+LOOPBACK_SPELLINGS = [
+    "http://2130706433:{port}/h",
+    "http://0x7f000001:{port}/h",
+    "http://017700000001:{port}/h",
+    "http://0177.0.0.1:{port}/h",
+    "http://0x7f.0.0.1:{port}/h",
+    "http://127.1:{port}/h",
+    "http://127.0.0.1.:{port}/h",
+    "http://[::ffff:127.0.0.1]:{port}/h",
+    "http://[::ffff:7f00:1]:{port}/h",
+    "http://[::127.0.0.1]:{port}/h",
+    "http://[64:ff9b::7f00:1]:{port}/h",
+    "http://[2002:7f00:1::]:{port}/h",
+    "http://[0:0:0:0:0:0:0:1]:{port}/h",
+    "http://localhost.:{port}/h",
+    "http://LOCALHOST:{port}/h",
+    "http://[::1",
+    "http://ho st:{port}/h",
+    "http://127.0.0.1:99999/h",
+]
+
+
+def test_no_spelling_of_loopback_and_no_name_for_it_gets_a_delivery_past_the_guard(
+    strict_server: Server, receiver: Receiver
+) -> None:
+    server, port = strict_server, receiver.http.server_address[1]
+    path = unique_path()
+    for spelling in LOOPBACK_SPELLINGS:
+        url = spelling.format(port=port).replace("/h", path)
+        response = create(server, {**BODY, "webhook": url}, wait=0)
+        assert response.status_code == 422, (url, response.text)
+        [error] = response.json()["errors"]
+        assert error["field"] == "webhook", url
+    # A host name is resolved at delivery: one that means 127.0.0.1 is accepted, and refused there.
+    names = [name for name in ("vm", "runsc", socket.gethostname()) if _is_loopback_name(name)]
+    for name in names:
+        response = create(server, {**BODY, "webhook": f"http://{name}:{port}{path}"}, wait=10)
+        assert response.status_code == 200, response.text
+    time.sleep(1.5)  # several dispatcher passes and a retry
+    assert receiver.received(path) == []
+    with server.client(server.keys()["testUser1"]) as client:
+        assert client.get("/v1/users/testUser1").json()["credits"] == 100 - len(names)
+
+
+def _is_loopback_name(name: str) -> bool:
+    try:
+        infos = socket.getaddrinfo(name, 80, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    return all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
