@@ -41,12 +41,17 @@ def postgres_template() -> Iterator[str]:
 
 @pytest.fixture
 def postgres_url(postgres_template: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    yield from fresh_postgres_database(postgres_template, request.node.nodeid)
+
+
+def fresh_postgres_database(template: str, label: str) -> Iterator[str]:
+    """A database cloned from the migrated template for the test (or module) named `label`."""
     base = os.environ[POSTGRES_ENV]
-    name = f"imagegen_t_{os.getpid()}_{abs(hash(request.node.nodeid)) % 10**8}"
+    name = f"imagegen_t_{os.getpid()}_{abs(hash(label)) % 10**8}"
     _admin(
         base,
         f"DROP DATABASE IF EXISTS {name} WITH (FORCE)",
-        f"CREATE DATABASE {name} TEMPLATE {postgres_template}",
+        f"CREATE DATABASE {name} TEMPLATE {template}",
     )
     yield _with_database(base, name)
     _admin(base, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -11,12 +11,13 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from imagegen import service
 from imagegen.domain.generation import GenerationRequest, Status, iso
 from imagegen.domain.ledger import LedgerEntry
-from imagegen.domain.validation import Problem
+from imagegen.domain.validation import Problem, bounded_int
 from imagegen.errors import (
     Forbidden,
     ImagegenError,
@@ -86,6 +87,8 @@ def parse_json(raw: bytes) -> Any:
         raise InvalidInput(f"Request body must be a JSON object (not valid JSON: {exc})") from exc
     except RecursionError as exc:
         raise InvalidInput("Request body is nested too deeply") from exc
+    except ValueError as exc:  # an integer of more than 4,300 digits, which Python will not convert
+        raise InvalidInput(f"Request body has a number too long to read ({exc})") from exc
     if LONE_SURROGATE.search(raw):  # rare: escaped surrogates, which may not be valid pairs
         try:
             json.dumps(body, ensure_ascii=False).encode()
@@ -97,9 +100,23 @@ def parse_json(raw: bytes) -> Any:
 def page_size(value: str | None, settings: Settings) -> int:
     if value is None or value == "":
         return settings.default_page_size
-    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= settings.max_page_size:
+    size = bounded_int(value, 1, settings.max_page_size)
+    if size is None:
         raise InvalidInput(f"limit must be an integer from 1 to {settings.max_page_size}")
-    return int(value)
+    return size
+
+
+def instant(value: str | None, name: str) -> datetime | None:
+    """An ISO 8601 time with its zone from a query parameter (numbers are not times)."""
+    if value is None or value == "":
+        return None
+    try:
+        parsed = datetime.fromisoformat(value) if len(value) <= 64 else None
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise InvalidInput(f"{name} must be an ISO 8601 time with a zone, e.g. 2026-11-26T00:00:00Z")
+    return parsed
 
 
 def absolute_url(base: str, path: str | None) -> str | None:

@@ -19,7 +19,14 @@ from imagegen.domain import reports
 from imagegen.domain.catalog import INITIAL_DATA, Catalog, InitialData, ModelSettings
 from imagegen.domain.generation import ID_RULE, GenerationRequest, Status, valid_id
 from imagegen.domain.ledger import EntryType, LedgerEntry
-from imagegen.domain.validation import InvalidGeneration, parse_generation, parse_webhook
+from imagegen.domain.validation import (
+    InvalidGeneration,
+    cursor_problem,
+    idempotency_key_problem,
+    parse_generation,
+    parse_webhook,
+    text_problem,
+)
 from imagegen.errors import (
     GenerationNotFound,
     InvalidInput,
@@ -76,6 +83,7 @@ def prepare_generation(
     max_in_flight: int | None = None,
 ) -> NewGeneration:
     """A create validated and priced against `catalog`, ready to debit (no I/O: the event loop runs it)."""
+    check_idempotency_key(idempotency_key)
     try:
         spec = parse_generation(body, catalog, max_prompt_length=max_prompt_length)
         assert isinstance(body, Mapping)
@@ -103,6 +111,7 @@ def list_generations(
 ) -> Page[GenerationRequest]:
     if user_id is not None:
         check_user_id(user_id)
+    check_cursor(cursor)
     try:
         wanted = Status(status) if status else None
     except ValueError as exc:
@@ -116,6 +125,8 @@ def fingerprint(body: Mapping[str, Any]) -> str:
 
 
 def get_generation(storage: Storage, request_id: str) -> GenerationRequest:
+    if not valid_id(request_id):
+        raise InvalidInput(f"Invalid generation id '{request_id[:80]}': {ID_RULE}")
     request = storage.get_request(request_id)
     if request is None:
         raise GenerationNotFound(request_id)
@@ -140,6 +151,19 @@ def check_user_id(user_id: str) -> str:
     return user_id
 
 
+def check_idempotency_key(key: str | None) -> None:
+    """The same rule for the Idempotency-Key of every route that takes one (an empty one included)."""
+    problem = None if key is None else idempotency_key_problem(key)
+    if problem:
+        raise InvalidInput(problem)
+
+
+def check_cursor(cursor: str | None) -> None:
+    problem = None if cursor is None else cursor_problem(cursor)
+    if problem:
+        raise InvalidInput(problem)
+
+
 def get_user(storage: Storage, user_id: str) -> User:
     user = storage.get_user(check_user_id(user_id))
     if user is None:
@@ -150,6 +174,7 @@ def get_user(storage: Storage, user_id: str) -> User:
 def get_credits(
     storage: Storage, user_id: str, *, limit: int, cursor: str | None
 ) -> tuple[User, Page[LedgerEntry]]:
+    check_cursor(cursor)
     user = get_user(storage, user_id)
     return user, storage.ledger(user_id, limit, cursor)
 
@@ -179,6 +204,10 @@ def move_credits(
         raise InvalidInput("amount must not be 0")
     if not reason.strip():
         raise InvalidInput("reason must not be empty")
+    problem = text_problem("reason", reason)
+    if problem:
+        raise InvalidInput(problem)
+    check_idempotency_key(idempotency_key)
     entry_type = EntryType.GRANT if amount > 0 else EntryType.ADJUSTMENT
     return storage.move_credits(user_id, entry_type, amount, reason.strip(), now, idempotency_key)
 
@@ -191,6 +220,7 @@ def user_totals(storage: Storage, user_id: str) -> tuple[User, dict[EntryType, i
 def ledger_page(
     storage: Storage, user_id: str, *, limit: int, cursor: str | None, where: LedgerFilter
 ) -> Page[LedgerEntry]:
+    check_cursor(cursor)
     get_user(storage, user_id)
     return storage.ledger(user_id, limit, cursor, where)
 
@@ -369,7 +399,14 @@ def _metrics(storage: Storage, period: reports.Period) -> reports.Metrics:
     return reports.summarize(groups, storage.unique_users(period.start, period.end))
 
 
+def list_reports(storage: Storage, limit: int, cursor: str | None) -> Page[dict[str, Any]]:
+    check_cursor(cursor)
+    return storage.list_reports(limit, cursor)
+
+
 def get_report(storage: Storage, report_id: str) -> dict[str, Any]:
+    if not valid_id(report_id):
+        raise InvalidInput(f"Invalid report id '{report_id[:80]}': {ID_RULE}")
     document = storage.get_report(report_id)
     if document is None:
         raise NotFound(f"Report '{report_id}' not found", id=report_id)

@@ -18,6 +18,7 @@ from imagegen.domain import reports
 from imagegen.domain.catalog import ModelSettings
 from imagegen.domain.generation import Status
 from imagegen.domain.ledger import EntryType
+from imagegen.domain.validation import text_problem
 from imagegen.errors import (
     IdempotencyConflict,
     InsufficientCredits,
@@ -668,3 +669,43 @@ def test_running_a_report_again_gives_the_same_numbers(storage: Storage) -> None
         k: v for k, v in first.items() if k != "generatedAt"
     }
     assert storage.get_report("2026-W47") == again
+
+
+# -- text every backend stores alike (domain.validation.text_problem) -----------------------------
+# Every kind of character the domain lets through: controls, DEL, the last BMP and astral code
+# points, combining marks, right-to-left text, emoji with joiners, quotes and backslashes.
+STORABLE_TEXT = (
+    "".join(chr(c) for c in range(1, 32))
+    + "\x7f\x80\u00a0\u200b\u202e\u0301\ufeff\ufffd\uffff\U0001f469\u200d\U0001f4bb\U0010ffff"
+    + "שלום 'quotes' \"double\" \\back\\slash %s ?:; -- /*"
+)
+
+
+def test_every_character_the_domain_accepts_is_stored_and_read_back_unchanged(storage: Storage) -> None:
+    assert text_problem("prompt", STORABLE_TEXT) is None
+    new = new_generation()
+    new = replace(new, spec=replace(new.spec, prompt=STORABLE_TEXT))
+    request, _ = storage.debit_and_enqueue(new)
+    assert request.prompt == STORABLE_TEXT
+    assert storage.get_request(new.id).prompt == STORABLE_TEXT  # type: ignore[union-attr]
+
+    entry = service.move_credits(storage, "testUser2", 3, STORABLE_TEXT, T0)
+    assert entry.reason == STORABLE_TEXT.strip()
+    assert whole_ledger(storage, "testUser2")[0].reason == STORABLE_TEXT.strip()
+
+
+def test_a_nul_character_is_refused_before_any_backend_sees_it(storage: Storage) -> None:
+    body = {
+        "userId": "testUser1",
+        "model": "model-a",
+        "style": "anime",
+        "color": "vibrant",
+        "size": "512x512",
+    }
+    body["prompt"] = "a\x00cat"
+    with pytest.raises(InvalidInput, match="NUL"):
+        service.create_generation(storage, body, max_prompt_length=100, now=T0)
+    with pytest.raises(InvalidInput, match="NUL"):
+        service.move_credits(storage, "testUser2", 3, "promo\x00", T0)
+    assert balance(storage, "testUser1") == 100 and balance(storage, "testUser2") == 10
+    assert storage.list_requests(None, None, 10, None).items == []

@@ -5,7 +5,14 @@ import pytest
 from imagegen.domain.catalog import Catalog, ModelSettings
 from imagegen.domain.generation import Status, can_move, valid_id
 from imagegen.domain.ledger import EntryType, LedgerEntry, signed_delta
-from imagegen.domain.validation import InvalidGeneration, parse_generation
+from imagegen.domain.validation import (
+    InvalidGeneration,
+    bounded_int,
+    cursor_problem,
+    idempotency_key_problem,
+    parse_generation,
+    text_problem,
+)
 
 CATALOG = Catalog(
     models={"model-a": ModelSettings("model-a"), "model-b": ModelSettings("model-b", enabled=False)},
@@ -76,3 +83,58 @@ def test_ledger_credits_are_magnitudes_except_for_adjustments() -> None:
     assert signed_delta(EntryType.ADJUSTMENT, -2) == -2
     entry = LedgerEntry("e", "u", EntryType.DEDUCTION, -3, 7, "r", None, None)  # type: ignore[arg-type]
     assert entry.credits == 3
+
+
+# -- bounds and characters every edge applies the same way ---------------------------------------
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("1", 1),
+        ("200", 200),
+        ("007", 7),
+        ("0", None),
+        ("201", None),
+        ("9" * 5000, None),
+        ("²", None),
+        ("٣", None),
+        ("-1", None),
+        (" 5", None),
+        ("5.0", None),
+        ("", None),
+        ("0x10", None),
+    ],
+)
+def test_an_integer_is_bounded_before_it_is_converted(text: str, expected: int | None) -> None:
+    assert bounded_int(text, 1, 200) == expected
+
+
+@pytest.mark.parametrize(
+    "key, ok",
+    [
+        ("order-1", True),
+        ("x" * 255, True),
+        ("", False),
+        ("x" * 256, False),
+        ("tab\tkey", False),
+        ("nul\x00", False),
+        ("ключ", False),
+    ],
+)
+def test_an_idempotency_key_is_1_to_255_visible_ascii_characters(key: str, ok: bool) -> None:
+    assert (idempotency_key_problem(key) is None) is ok
+
+
+@pytest.mark.parametrize(
+    "cursor, ok",
+    [("123", True), ("MjAy-_=", True), ("", False), ("a b", False), ("a\x00", False), ("x" * 513, False)],
+)
+def test_a_cursor_is_short_visible_ascii_before_any_adapter_reads_it(cursor: str, ok: bool) -> None:
+    assert (cursor_problem(cursor) is None) is ok
+
+
+def test_nul_is_the_one_character_no_backend_may_be_sent() -> None:
+    assert text_problem("prompt", "a\x01\x7f\uffff\U0010ffff") is None
+    assert "NUL" in (text_problem("prompt", "a\x00b") or "")
+    assert problems_of({**BODY, "prompt": "a\x00b"}) == [
+        "prompt contains a NUL character (U+0000), which cannot be stored"
+    ]

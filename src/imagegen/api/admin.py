@@ -12,11 +12,13 @@ from starlette.concurrency import run_in_threadpool
 from imagegen import service
 from imagegen.api.auth import AdminDep, RuntimeDep
 from imagegen.api.catalog import CatalogOut, catalog_body
+from imagegen.api.common import body_schema, strict_body
 from imagegen.api.errors import documented
 from imagegen.api.idempotency import idempotent
 from imagegen.api.users import Entry
 from imagegen.clock import utcnow
-from imagegen.errors import NotFound
+from imagegen.domain.generation import ID_RULE, valid_id
+from imagegen.errors import InvalidInput, NotFound
 from imagegen.http import ledger_entry
 from imagegen.webhooks import signing_secret
 
@@ -24,38 +26,44 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=documented(401,
 
 
 class NewUser(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     userId: str = Field(min_length=1, max_length=128, examples=["alice"])  # noqa: N815
     credits: int = Field(0, ge=0, le=1_000_000_000)
 
 
 class CreditMove(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     amount: int = Field(ge=-1_000_000_000, le=1_000_000_000, description="> 0 grants; < 0 adjusts down")
     reason: str = Field(min_length=1, max_length=500)
 
 
 class OptionIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     enabled: bool = True
     cost: int | None = Field(None, ge=1, le=1_000_000, description="Sizes only: the price in credits")
 
 
 class ModelIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     failureRate: float | None = Field(None, ge=0, le=1)  # noqa: N815
     latencyMs: int | None = Field(None, ge=0, le=600_000)  # noqa: N815
     enabled: bool | None = None
 
 
-@router.post("/users", status_code=201, summary="Create a user (its API key is shown once)")
+@router.post(
+    "/users",
+    status_code=201,
+    summary="Create a user (its API key is shown once)",
+    openapi_extra=body_schema(NewUser),
+)
 async def create_user(
-    body: NewUser,
     request: Request,
     runtime: RuntimeDep,
     admin: AdminDep,
     idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
 ) -> JSONResponse:
+    body = await strict_body(request, NewUser)
+
     async def run() -> JSONResponse:
         user, key = await run_in_threadpool(
             service.create_user, runtime.storage, body.userId, body.credits, utcnow()
@@ -67,16 +75,21 @@ async def create_user(
 
 
 @router.post(
-    "/users/{user_id}/credits", status_code=201, response_model=Entry, summary="Grant or adjust credits"
+    "/users/{user_id}/credits",
+    status_code=201,
+    response_model=Entry,
+    summary="Grant or adjust credits",
+    openapi_extra=body_schema(CreditMove),
 )
 async def move_credits(
     user_id: str,
-    body: CreditMove,
     request: Request,
     runtime: RuntimeDep,
     admin: AdminDep,
     idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
 ) -> JSONResponse:
+    body = await strict_body(request, CreditMove)
+
     async def run() -> JSONResponse:
         entry = await run_in_threadpool(
             service.move_credits,
@@ -101,23 +114,36 @@ async def issue_key(user_id: str, runtime: RuntimeDep, _admin: AdminDep) -> dict
 
 @router.delete("/keys/{key_id}", status_code=204, summary="Revoke an API key at once")
 async def revoke_key(key_id: str, runtime: RuntimeDep, _admin: AdminDep) -> Response:
+    if not valid_id(key_id):
+        raise InvalidInput(f"Invalid key id '{key_id[:80]}': {ID_RULE}")
     if not await run_in_threadpool(runtime.storage.revoke_api_key, key_id, utcnow()):
         raise NotFound("No active key with this id", keyId=key_id)
     return Response(status_code=204)
 
 
-@router.put("/catalog/{kind}/{name}", response_model=CatalogOut, summary="Add, reprice, enable or disable")
+@router.put(
+    "/catalog/{kind}/{name}",
+    response_model=CatalogOut,
+    summary="Add, reprice, enable or disable",
+    openapi_extra=body_schema(OptionIn),
+)
 async def put_option(
-    kind: str, name: str, body: OptionIn, runtime: RuntimeDep, _admin: AdminDep
+    kind: str, name: str, request: Request, runtime: RuntimeDep, _admin: AdminDep
 ) -> dict[str, Any]:
+    body = await strict_body(request, OptionIn)
     catalog = await run_in_threadpool(
         lambda: service.set_option(runtime.storage, kind, name, enabled=body.enabled, cost=body.cost)
     )
     return catalog_body(catalog, runtime.settings)
 
 
-@router.put("/models/{name}", summary="Set a model's failure rate, latency or enabled flag")
-async def put_model(name: str, body: ModelIn, runtime: RuntimeDep, _admin: AdminDep) -> dict[str, Any]:
+@router.put(
+    "/models/{name}",
+    summary="Set a model's failure rate, latency or enabled flag",
+    openapi_extra=body_schema(ModelIn),
+)
+async def put_model(name: str, request: Request, runtime: RuntimeDep, _admin: AdminDep) -> dict[str, Any]:
+    body = await strict_body(request, ModelIn)
     model = await run_in_threadpool(
         lambda: service.set_model(
             runtime.storage,

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from imagegen import http, service
@@ -26,6 +28,26 @@ STALE_ATTEMPTS = 5
 
 async def json_body(request: Request) -> Any:
     return http.parse_json(await request.body())
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def strict_body(request: Request, model: type[M]) -> M:
+    """The body read as `model` with JSON's own types (true is not 1, "5" is not 5, times are ISO
+    8601 strings). Routes call it once the caller is authorized, so that no key learns the shape of
+    a body it may not send, and malformed JSON never answers before a missing key does."""
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as exc:
+        errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+        raise RequestValidationError(errors) from None
+
+
+def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI `requestBody` for a route that reads its body with `strict_body`."""
+    schema = {"schema": model.model_json_schema()}
+    return {"requestBody": {"required": True, "content": {"application/json": schema}}}
 
 
 T = TypeVar("T")

@@ -23,12 +23,12 @@ from imagegen.api.errors import documented
 from imagegen.api.idempotency import idempotent
 from imagegen.clock import utcnow
 from imagegen.domain.generation import GenerationRequest, to_resource
-from imagegen.errors import InvalidInput
+from imagegen.domain.validation import bounded_int
 from imagegen.runtime import Runtime
 
 router = APIRouter(prefix="/v1/generations", tags=["generations"], responses=documented(401, 403, 413, 422))
 MAX_WAIT = 60
-PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait(?:=(\d+))?(?:$|[;,\s])")
+PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait(?:=([0-9]+))?(?:$|[;,\s])")
 IdempotencyKey = Annotated[
     str | None, Header(alias="Idempotency-Key", description="Retry-safe: same key and body → same result")
 ]
@@ -84,7 +84,10 @@ def prefer_wait(prefer: str | None) -> int:
     match = PREFER_WAIT.search(prefer)
     if match is None:
         return 0
-    return min(int(match.group(1) or MAX_WAIT), MAX_WAIT)
+    seconds = match.group(1)
+    # Any number above the maximum (of however many digits) waits the maximum.
+    wait = None if seconds is None else bounded_int(seconds.lstrip("0") or "0", 0, MAX_WAIT)
+    return MAX_WAIT if wait is None else wait
 
 
 @router.post(
@@ -200,8 +203,6 @@ async def cancel_generation(
 
 
 async def _owned(runtime: Runtime, principal: Principal, generation_id: str) -> GenerationRequest:
-    if not generation_id or len(generation_id) > 128:
-        raise InvalidInput("Invalid generation id")
     generation = await run_in_threadpool(service.get_generation, runtime.storage, generation_id)
     principal.may_act_for(generation.user_id)
     return generation

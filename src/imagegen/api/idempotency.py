@@ -26,7 +26,7 @@ from imagegen import service
 from imagegen.api.auth import Principal
 from imagegen.api.errors import v1_error
 from imagegen.clock import utcnow
-from imagegen.errors import ImagegenError, InvalidInput, RequestInProgress
+from imagegen.errors import ImagegenError, RequestInProgress
 from imagegen.ports import StoredResponse
 from imagegen.runtime import Runtime
 
@@ -47,8 +47,7 @@ async def idempotent(
 ) -> JSONResponse:
     if key is None:
         return await run()
-    if not key or len(key) > MAX_KEY_LENGTH:
-        raise InvalidInput(f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} characters")
+    service.check_idempotency_key(key)
     scope = principal.user_id or "admin"
     print_ = service.fingerprint({"method": request.method, "path": request.url.path, "body": body})
     replay = await _begin(runtime, scope, key, print_)

@@ -5,14 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from imagegen import service
 from imagegen.api.auth import AdminDep, RuntimeDep
-from imagegen.api.common import page_size
+from imagegen.api.common import body_schema, page_size, strict_body
 from imagegen.api.errors import documented
 from imagegen.clock import utcnow
 from imagegen.domain import reports
@@ -22,7 +22,7 @@ router = APIRouter(prefix="/v1/reports", tags=["reports"], responses=documented(
 
 
 class ReportRun(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     week: str | None = Field(None, examples=["2026-W47"], description="An ISO week")
     start: datetime | None = Field(None, description="Or a range [start, end), ISO 8601 with a zone")
     end: datetime | None = None
@@ -32,7 +32,8 @@ class ReportRun(BaseModel):
 async def list_reports(
     runtime: RuntimeDep, _admin: AdminDep, limit: str | None = None, cursor: str | None = None
 ) -> dict[str, Any]:
-    page = await run_in_threadpool(runtime.storage.list_reports, page_size(limit, runtime), cursor or None)
+    size = page_size(limit, runtime)
+    page = await run_in_threadpool(service.list_reports, runtime.storage, size, cursor or None)
     return {"items": page.items, "nextCursor": page.next_cursor}
 
 
@@ -47,8 +48,14 @@ async def get_report(
     return await _rendered(runtime, document, format)
 
 
-@router.post("", status_code=201, summary="Run (or re-run) the report for a week or a range")
-async def run_report(body: ReportRun, runtime: RuntimeDep, _admin: AdminDep) -> dict[str, Any]:
+@router.post(
+    "",
+    status_code=201,
+    summary="Run (or re-run) the report for a week or a range",
+    openapi_extra=body_schema(ReportRun),
+)
+async def run_report(request: Request, runtime: RuntimeDep, _admin: AdminDep) -> dict[str, Any]:
+    body = await strict_body(request, ReportRun)
     now = utcnow()
     period = service.parse_period(body.week, body.start, body.end, now=now)
     return await run_in_threadpool(service.run_report, runtime.storage, period, now)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -16,7 +15,7 @@ from imagegen.api.errors import documented
 from imagegen.domain.generation import iso
 from imagegen.domain.ledger import EntryType
 from imagegen.errors import InvalidInput
-from imagegen.http import ledger_entry
+from imagegen.http import instant, ledger_entry
 from imagegen.ports import LedgerFilter
 
 router = APIRouter(prefix="/v1/users", tags=["users"], responses=documented(401, 403, 404, 422))
@@ -75,14 +74,16 @@ async def transactions(
     runtime: RuntimeDep,
     principal: PrincipalDep,
     type: Annotated[list[str] | None, Query(description="deduction, refund, grant, adjustment")] = None,  # noqa: A002
-    since: Annotated[datetime | None, Query(description="ISO 8601, inclusive")] = None,
-    until: Annotated[datetime | None, Query(description="ISO 8601, exclusive")] = None,
+    since: Annotated[str | None, Query(description="ISO 8601 with a zone, inclusive")] = None,
+    until: Annotated[str | None, Query(description="ISO 8601 with a zone, exclusive")] = None,
     limit: str | None = None,
     cursor: str | None = None,
 ) -> dict[str, Any]:
     service.check_user_id(user_id)
     principal.may_act_for(user_id)
-    where = LedgerFilter(types=_types(type or []), since=_aware(since), until=_aware(until))
+    where = LedgerFilter(
+        types=_types(type or []), since=instant(since, "since"), until=instant(until, "until")
+    )
     page = await run_in_threadpool(
         service.ledger_page,
         runtime.storage,
@@ -100,9 +101,3 @@ def _types(values: list[str]) -> frozenset[EntryType]:
     except ValueError as exc:
         allowed = ", ".join(e.value for e in EntryType)
         raise InvalidInput(f"Invalid type: valid values are {allowed}") from exc
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        raise InvalidInput("since and until need a time zone, e.g. 2026-11-26T00:00:00Z")
-    return value

@@ -14,6 +14,12 @@ from imagegen.domain.generation import ID_RULE, WEBHOOK_EVENTS, GenerationSpec, 
 from imagegen.domain.webhooks import url_problem
 
 REQUIRED = ("userId", "model", "style", "color", "size")
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+MAX_CURSOR_LENGTH = 512
+# Characters some backend cannot store: PostgreSQL's text refuses NUL (SQLite and Firestore keep
+# it). Refused alike everywhere, so that no backend answers differently (or 500) for the same input.
+# Lone surrogates cannot be stored either; they are refused where the JSON is read.
+UNSTORABLE = ("\x00",)
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,38 @@ def _present(body: Mapping[str, object], name: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def text_problem(name: str, value: str) -> str | None:
+    """Why a client's free text cannot be stored, or None (the same rule on every backend)."""
+    if any(c in value for c in UNSTORABLE):
+        return f"{name} contains a NUL character (U+0000), which cannot be stored"
+    return None
+
+
+def bounded_int(text: str, low: int, high: int) -> int | None:
+    """`text` as an integer in [low, high], or None: ASCII digits only, their count bounded before
+    the conversion (Python refuses to convert more than 4,300 digits, and would take time on fewer)."""
+    digits = text.removeprefix("-") if low < 0 else text
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > len(str(max(abs(low), abs(high)))):
+        return None
+    value = int(text)
+    return value if low <= value <= high else None
+
+
+def idempotency_key_problem(key: str) -> str | None:
+    """Why an Idempotency-Key header is refused, or None: 1-255 visible ASCII characters and spaces."""
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH or not all(" " <= c <= "~" for c in key):
+        return f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_LENGTH} visible ASCII characters"
+    return None
+
+
+def cursor_problem(cursor: str) -> str | None:
+    """Why a page cursor is refused before any adapter reads it: cursors are imagegen's own,
+    short, visible ASCII (each adapter then checks its own format)."""
+    if not 1 <= len(cursor) <= MAX_CURSOR_LENGTH or not all("!" <= c <= "~" for c in cursor):
+        return f"Invalid cursor '{cursor[:80]}'"
+    return None
+
+
 def _value_problems(
     body: Mapping[str, object], allowed: dict[str, tuple[str, ...]], max_prompt_length: int
 ) -> list[Problem]:
@@ -86,6 +124,8 @@ def _value_problems(
         problems.append(
             Problem("prompt", f"Prompt is {len(prompt)} characters; the limit is {max_prompt_length}")
         )
+    elif problem := text_problem("prompt", prompt):
+        problems.append(Problem("prompt", problem))
     for name, values in allowed.items():
         value = _present(body, name)
         if value is not None and value not in values:

@@ -39,7 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from imagegen.domain.catalog import Catalog, ModelSettings
-from imagegen.domain.generation import GenerationRequest, Status, to_resource
+from imagegen.domain.generation import GenerationRequest, Status, to_resource, valid_id
 from imagegen.domain.ledger import EntryType, LedgerEntry
 from imagegen.domain.reports import GroupCount
 from imagegen.errors import (
@@ -1163,7 +1163,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         at = datetime.fromisoformat(at_text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"Invalid cursor '{cursor[:80]}'") from exc
-    if not separator or at.tzinfo is None:
+    if not separator or at.tzinfo is None or not valid_id(last_id):
         raise InvalidInput(f"Invalid cursor '{cursor[:80]}'")
     return at, last_id
 
