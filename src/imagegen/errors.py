@@ -21,6 +21,13 @@ class InvalidInput(ImagegenError):
     status = 400
 
 
+class InvalidBinding(ImagegenError):
+    """A model's deployments (engine + settings) do not validate; `problems` lists each field's."""
+
+    code = "invalid_binding"
+    status = 422
+
+
 class Unauthenticated(ImagegenError):
     code = "unauthenticated"
     status = 401

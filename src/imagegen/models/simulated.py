@@ -69,14 +69,14 @@ class SimulatedModel:
         self._lock = threading.Lock()
 
     def generate(self, spec: GenerationSpec, settings: ModelSettings) -> bytes:
-        delay, fails = self._roll(settings)
+        delay, fails = self.roll(settings)
         if delay > 0:
             self._sleep(delay)
         if fails:
             raise ModelFailure(f"{spec.model} failed to generate the image (simulated)")
         return draw_png(spec)
 
-    def _roll(self, settings: ModelSettings) -> tuple[float, bool]:
+    def roll(self, settings: ModelSettings) -> tuple[float, bool]:
         """Seconds to wait and whether this attempt fails."""
         latency_ms = settings.latency_ms if self._latency_ms is None else self._latency_ms
         rate = settings.failure_rate if self._failure_rate is None else self._failure_rate
