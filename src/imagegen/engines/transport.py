@@ -18,7 +18,6 @@ from imagegen.engines.run import Run
 from imagegen.engines.settings import HttpSettings
 
 MAX_RETRY_AFTER_S = 3600.0
-CHUNK = 64 * 1024
 
 
 def client(settings: HttpSettings, headers: Mapping[str, str] | None = None, **options: Any) -> httpx.Client:
@@ -133,7 +132,7 @@ def download(
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
             raise errors.deployment(f"the {server} server's image is larger than {max_bytes} bytes")
         body = bytearray()
-        for chunk in response.iter_bytes(CHUNK):
+        for chunk in response.iter_bytes():  # as it arrives: a size would wait to fill it
             body += chunk
             if len(body) > max_bytes:
                 raise errors.deployment(f"the {server} server's image is larger than {max_bytes} bytes")
