@@ -19,7 +19,14 @@ from typing import Any
 from tests.integration.engines.images import png
 from tests.integration.engines.protocol import Exchange, ProtocolServer, Reply
 
-KNOWN_NODES = {"CheckpointLoaderSimple", "CLIPTextEncode", "EmptyLatentImage", "KSampler", "VAEDecode", "SaveImage"}
+KNOWN_NODES = {
+    "CheckpointLoaderSimple",
+    "CLIPTextEncode",
+    "EmptyLatentImage",
+    "KSampler",
+    "VAEDecode",
+    "SaveImage",
+}
 OUTPUT_NODES = {"SaveImage"}
 
 
@@ -98,7 +105,9 @@ class ComfyUIServer(ProtocolServer):
     def _post_prompt(self, body: dict[str, Any]) -> Reply:
         workflow = body.get("prompt")
         if not isinstance(workflow, dict):
-            return Reply.json({"error": {"type": "no_prompt", "message": "No prompt provided"}, "node_errors": {}}, 400)
+            return Reply.json(
+                {"error": {"type": "no_prompt", "message": "No prompt provided"}, "node_errors": {}}, 400
+            )
         problem = _validate(workflow)
         if problem is not None:
             return Reply.json(problem, 400)
@@ -146,7 +155,10 @@ class ComfyUIServer(ProtocolServer):
         prompt_id, workflow = item[1], item[2]
         start = ["execution_start", {"prompt_id": prompt_id}]
         if interrupted:
-            stop = ["execution_interrupted", {"prompt_id": prompt_id, "node_id": "3", "node_type": "KSampler"}]
+            stop = [
+                "execution_interrupted",
+                {"prompt_id": prompt_id, "node_id": "3", "node_type": "KSampler"},
+            ]
             return _entry(item, {}, "error", [start, stop])
         if self.execution_error is not None:
             kind, message = self.execution_error
@@ -184,9 +196,16 @@ def _validate(workflow: dict[str, Any]) -> dict[str, Any] | None:
         for name in ("width", "height", "seed"):
             value = node.get("inputs", {}).get(name)
             if value is not None and not isinstance(value, int):
-                problem = {"type": "invalid_input_type", "message": "Failed to convert an input value to a INT value"}
+                problem = {
+                    "type": "invalid_input_type",
+                    "message": "Failed to convert an input value to a INT value",
+                }
                 problem["details"] = f"{name}, {value}"
-                node_errors[node_id] = {"errors": [problem], "dependent_outputs": [], "class_type": node["class_type"]}
+                node_errors[node_id] = {
+                    "errors": [problem],
+                    "dependent_outputs": [],
+                    "class_type": node["class_type"],
+                }
     if node_errors:
         error = {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation"}
         return {"error": error, "node_errors": node_errors}
@@ -204,7 +223,10 @@ def _size(workflow: dict[str, Any]) -> tuple[int, int]:
 # A text-to-image workflow in ComfyUI's API format, with imagegen's placeholders.
 WORKFLOW: dict[str, Any] = {
     "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "{{model}}"}},
-    "5": {"class_type": "EmptyLatentImage", "inputs": {"width": "{{width}}", "height": "{{height}}", "batch_size": 1}},
+    "5": {
+        "class_type": "EmptyLatentImage",
+        "inputs": {"width": "{{width}}", "height": "{{height}}", "batch_size": 1},
+    },
     "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "{{prompt}}", "clip": ["4", 1]}},
     "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "{{negative_prompt}}", "clip": ["4", 1]}},
     "3": {

@@ -20,7 +20,9 @@ from tests.integration.engines.protocol import Exchange, ProtocolServer, Reply
 SIZES = {"dall-e-2": {"256x256", "512x512", "1024x1024"}, "dall-e-3": {"1024x1024", "1792x1024", "1024x1792"}}
 
 
-def error(status: int, message: str, type_: str, code: str | None, param: str | None = None, **options) -> Reply:
+def error(
+    status: int, message: str, type_: str, code: str | None, param: str | None = None, **options
+) -> Reply:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return Reply.json(body, status, **options)
 
@@ -50,7 +52,9 @@ class OpenAIServer(ProtocolServer):
             return error(404, "Invalid URL", "invalid_request_error", None)
         if self.key is not None and exchange.headers.get("authorization") != f"Bearer {self.key}":
             given = exchange.headers.get("authorization", "").removeprefix("Bearer ")
-            return error(401, f"Incorrect API key provided: {given}.", "invalid_request_error", "invalid_api_key")
+            return error(
+                401, f"Incorrect API key provided: {given}.", "invalid_request_error", "invalid_api_key"
+            )
         self.bodies.append(exchange.json)
         if self.queued:
             return self.queued.popleft()
@@ -59,10 +63,14 @@ class OpenAIServer(ProtocolServer):
     def _generate(self, body: dict) -> Reply:
         model, size = body.get("model", "dall-e-2"), body.get("size", "1024x1024")
         if not isinstance(body.get("prompt"), str) or not body["prompt"]:
-            return error(400, "Missing required parameter: 'prompt'.", "invalid_request_error", None, "prompt")
+            return error(
+                400, "Missing required parameter: 'prompt'.", "invalid_request_error", None, "prompt"
+            )
         if size not in SIZES.get(model, {size}):
             allowed = ", ".join(sorted(SIZES[model]))
-            return error(400, f"'{size}' is not one of [{allowed}] - 'size'", "invalid_request_error", None, "size")
+            return error(
+                400, f"'{size}' is not one of [{allowed}] - 'size'", "invalid_request_error", None, "size"
+            )
         width, height = (int(side) for side in size.split("x"))
         image = png(width, height)
         item: dict[str, str] = {"revised_prompt": body["prompt"]}
@@ -77,8 +85,12 @@ class OpenAIServer(ProtocolServer):
 
 # The documented failure modes, as replies a test queues.
 def rate_limited(retry_after: str | None = "2", retry_after_ms: str | None = None) -> Reply:
-    headers = {k: v for k, v in (("retry-after", retry_after), ("retry-after-ms", retry_after_ms)) if v is not None}
-    return error(429, "Rate limit reached for images per minute.", "requests", "rate_limit_exceeded", headers=headers)
+    headers = {
+        k: v for k, v in (("retry-after", retry_after), ("retry-after-ms", retry_after_ms)) if v is not None
+    }
+    return error(
+        429, "Rate limit reached for images per minute.", "requests", "rate_limit_exceeded", headers=headers
+    )
 
 
 def quota_exhausted() -> Reply:

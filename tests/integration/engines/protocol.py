@@ -7,6 +7,7 @@ http.server rather than an ASGI app: a handler thread per connection makes "answ
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Callable
@@ -77,10 +78,9 @@ class ProtocolServer:
                 reply = server.handle(exchange)
                 if reply.delay and server.stopping.wait(reply.delay):
                     return
-                try:
+                # The client may give up: that is what the slow replies are for.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self._send(reply)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up: that is what the slow replies are for
 
             def _send(self, reply: Reply) -> None:
                 self.send_response(reply.status)
@@ -99,7 +99,9 @@ class ProtocolServer:
 
         self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._http.daemon_threads = True
-        self._thread = threading.Thread(target=self._http.serve_forever, args=(0.02,), daemon=True, name="protocol-server")
+        self._thread = threading.Thread(
+            target=self._http.serve_forever, args=(0.02,), daemon=True, name="protocol-server"
+        )
 
     @property
     def url(self) -> str:

@@ -55,11 +55,15 @@ def test_the_workflow_is_filled_queued_polled_and_its_image_fetched(server) -> N
 
 
 def test_a_workflow_the_server_refuses_is_the_deployments_failure_with_each_nodes_complaint(server) -> None:
-    bad = {**WORKFLOW, "5": {"class_type": "EmptyLatentImage", "inputs": {"width": "wide{{width}}", "height": 8}}}
+    bad = {
+        **WORKFLOW,
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": "wide{{width}}", "height": 8}},
+    }
     refused = failure(lambda: engine(server.url, bad).generate(REQUEST, Run(10)))
     assert refused.failure is Failure.DEPLOYMENT
     assert refused.message == (
-        "ComfyUI refused the workflow: Prompt outputs failed validation; node 5 (EmptyLatentImage): width, wide512"
+        "ComfyUI refused the workflow: Prompt outputs failed validation; "
+        "node 5 (EmptyLatentImage): width, wide512"
     )
     unknown = {**WORKFLOW, "10": {"class_type": "NotInstalledNode", "inputs": {"x": "{{prompt}}"}}}
     missing = failure(lambda: engine(server.url, unknown).generate(REQUEST, Run(10)))
@@ -92,9 +96,13 @@ def test_cancel_interrupts_our_running_prompt_and_nothing_else(server) -> None:
     assert server.history_of(ours)["status"]["messages"][-1][0] == "execution_interrupted"  # type: ignore[index]
 
 
-def test_cancel_of_a_pending_prompt_removes_it_from_the_queue_without_interrupting_another_clients(server) -> None:
+def test_cancel_of_a_pending_prompt_removes_it_from_the_queue_without_interrupting_another_clients(
+    server,
+) -> None:
     server.run_seconds = 30
-    theirs = server.queue_foreign(WORKFLOW | {"6": {"class_type": "CLIPTextEncode", "inputs": {"text": "theirs"}}})
+    theirs = server.queue_foreign(
+        WORKFLOW | {"6": {"class_type": "CLIPTextEncode", "inputs": {"text": "theirs"}}}
+    )
     wait_until(lambda: server.running_id() == theirs)
     run = Run(60)
     done: list[object] = []

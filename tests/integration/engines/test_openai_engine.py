@@ -57,7 +57,12 @@ def test_url_answers_are_downloaded_without_the_key(server) -> None:
 
 
 def test_the_size_map_and_extra_fields_reach_the_api(server) -> None:
-    settings = {"model": "dall-e-3", "size_map": {"512x512": "1024x1024"}, "resize": True, "extra": {"quality": "hd"}}
+    settings = {
+        "model": "dall-e-3",
+        "size_map": {"512x512": "1024x1024"},
+        "resize": True,
+        "extra": {"quality": "hd"},
+    }
     image = engine(server.url, **settings).generate(REQUEST, Run(10))
     assert size_of(image) == (1024, 1024)  # the router's output check resizes it (tested there)
     assert server.bodies[0]["size"] == "1024x1024" and server.bodies[0]["quality"] == "hd"
@@ -88,7 +93,10 @@ def test_a_content_policy_refusal_is_permanent_with_the_apis_message(server) -> 
     server.then(api.refusal())
     refused = failure(lambda: engine(server.url).generate(REQUEST, Run(10)))
     assert refused.failure is Failure.PERMANENT
-    assert refused.message == "the prompt was refused: Your request was rejected as a result of our safety system."
+    assert (
+        refused.message
+        == "the prompt was refused: Your request was rejected as a result of our safety system."
+    )
 
 
 def test_a_bad_request_from_the_deployments_settings_is_its_failure(server) -> None:
@@ -140,7 +148,9 @@ def test_an_image_sent_too_slowly_is_given_up_at_the_deadline(server) -> None:
 def test_an_image_larger_than_the_limit_is_refused(server) -> None:
     server.files["big.png"] = png(512, 512) + bytes(4000)
     server.then(Reply.json({"created": 1, "data": [{"url": f"{server.url}/files/big.png"}]}))
-    limited = failure(lambda: engine(server.url, response_format="url", max_image_bytes=2048).generate(REQUEST, Run(5)))
+    limited = failure(
+        lambda: engine(server.url, response_format="url", max_image_bytes=2048).generate(REQUEST, Run(5))
+    )
     assert limited.failure is Failure.DEPLOYMENT and "larger than 2048 bytes" in limited.message
 
 

@@ -77,4 +77,6 @@ def boom(message: str = "overloaded", **kwargs: object) -> EngineError:
     return EngineError(message, **kwargs)  # type: ignore[arg-type]
 
 
-KIND = EngineKind("scripted", ScriptedSettings, lambda settings, environ: ScriptedEngine(FakeClock(), [png()]))
+KIND = EngineKind(
+    "scripted", ScriptedSettings, lambda settings, environ: ScriptedEngine(FakeClock(), [png()])
+)

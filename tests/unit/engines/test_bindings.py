@@ -69,9 +69,17 @@ def test_every_problem_of_every_deployment_is_listed_with_its_field() -> None:
 @pytest.mark.parametrize(
     ("settings", "field", "message"),
     [
-        ({"base_url": "http://user:pw@host"}, "base_url", "must not carry credentials: name them with api_key_env"),
+        (
+            {"base_url": "http://user:pw@host"},
+            "base_url",
+            "must not carry credentials: name them with api_key_env",
+        ),
         ({"api_key_env": "sk-abc def"}, "api_key_env", "must be the name of an environment variable"),
-        ({"prompt_template": "{prompt.__class__}"}, "prompt_template", "unknown placeholder {prompt.__class__}"),
+        (
+            {"prompt_template": "{prompt.__class__}"},
+            "prompt_template",
+            "unknown placeholder {prompt.__class__}",
+        ),
         ({"prompt_template": "{user_id}"}, "prompt_template", "unknown placeholder {user_id}"),
         ({"prompt_template": "{}"}, "prompt_template", "unknown placeholder {}"),
         ({"prompt_template": "{prompt!r}"}, "prompt_template", "may not have a conversion"),
@@ -98,12 +106,17 @@ def test_openai_settings_refuse(settings: dict[str, object], field: str, message
     ],
 )
 def test_comfyui_workflows_are_checked_when_bound(workflow: dict[str, object], message: str) -> None:
-    found = problems({"deployments": [{"engine": "comfyui", "settings": {"base_url": "http://h", "workflow": workflow}}]})
+    found = problems(
+        {"deployments": [{"engine": "comfyui", "settings": {"base_url": "http://h", "workflow": workflow}}]}
+    )
     assert message in found["deployments[0].settings.workflow"]
 
 
 def test_a_comfyui_output_node_must_exist_and_a_model_placeholder_needs_a_model() -> None:
-    workflow = {**WORKFLOW, "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "{{model}}"}}}
+    workflow = {
+        **WORKFLOW,
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "{{model}}"}},
+    }
     settings = {"base_url": "http://h", "workflow": workflow, "output_node": "42"}
     found = problems({"deployments": [{"engine": "comfyui", "settings": settings}]})
     assert "output_node '42' is not a node of the workflow" in found["deployments[0].settings"]
@@ -125,8 +138,14 @@ def test_a_size_map_may_only_map_catalog_sizes() -> None:
 
 
 def test_the_prompt_template_fills_the_known_names_and_trims_an_empty_prompt() -> None:
-    assert render("{prompt}, {style} style, {color} colors", REQUEST) == "a lighthouse, watercolor style, pastel colors"
+    assert (
+        render("{prompt}, {style} style, {color} colors", REQUEST)
+        == "a lighthouse, watercolor style, pastel colors"
+    )
     empty = REQUEST.__class__("r", "model-a", "", "anime", "neon", "1024x1792")
-    assert render("{prompt}, {style} at {width}x{height} for {model}", empty, "sdxl") == "anime at 1024x1792 for sdxl"
+    assert (
+        render("{prompt}, {style} at {width}x{height} for {model}", empty, "sdxl")
+        == "anime at 1024x1792 for sdxl"
+    )
     braces = REQUEST.__class__("r", "m", "{style} {0}", "anime", "neon", "512x512")
     assert render("{prompt}!", braces) == "{style} {0}!"  # a user's braces are never interpreted

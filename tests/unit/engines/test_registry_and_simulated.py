@@ -45,7 +45,9 @@ def simulated(rng_seed: int = 0, **settings: object) -> SimulatedEngine:
 
 def test_the_simulated_engine_draws_what_the_simulated_models_draw_after_its_latency() -> None:
     clock = FakeClock()
-    image = simulated(failure_rate=0, latency_ms=400, jitter=0).generate(REQUEST, Run(60, clock=clock, sleep=clock.sleep))
+    image = simulated(failure_rate=0, latency_ms=400, jitter=0).generate(
+        REQUEST, Run(60, clock=clock, sleep=clock.sleep)
+    )
     spec = GenerationSpec("u", REQUEST.model, REQUEST.style, REQUEST.color, REQUEST.size, REQUEST.prompt)
     assert image == draw_png(spec) and clock.slept == [0.4]
 

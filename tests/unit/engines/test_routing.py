@@ -67,7 +67,9 @@ def test_after_its_retries_the_next_deployment_is_tried() -> None:
 
 def test_a_permanent_failure_ends_at_once_without_trying_other_deployments() -> None:
     clock = FakeClock()
-    engines = Engines(clock, {"a": [boom("the prompt was refused: unsafe", failure=Failure.PERMANENT)], "b": [png()]})
+    engines = Engines(
+        clock, {"a": [boom("the prompt was refused: unsafe", failure=Failure.PERMANENT)], "b": [png()]}
+    )
     with pytest.raises(EngineError) as caught:
         router(clock, engines, ["a", "b"]).generate(REQUEST, run_on(clock))
     assert caught.value.failure is Failure.PERMANENT
@@ -150,7 +152,9 @@ def test_each_attempt_gets_the_deployments_timeout_within_the_overall_deadline()
         def close(self) -> None:
             pass
 
-    route = Router([deployment("a", timeout_s=20)], lambda d: Recording(), health=Health(clock=clock), slots=Slots())
+    route = Router(
+        [deployment("a", timeout_s=20)], lambda d: Recording(), health=Health(clock=clock), slots=Slots()
+    )
     route.generate(REQUEST, run_on(clock, timeout=300))
     route.generate(REQUEST, run_on(clock, timeout=5))
     assert seen == [20.0, 5.0]
@@ -171,7 +175,9 @@ def test_a_canceled_run_is_not_retried_and_its_late_result_is_discarded() -> Non
         def close(self) -> None:
             pass
 
-    route = Router([deployment("a"), deployment("b")], lambda d: CanceledWhileRunning(), health=Health(), slots=Slots())
+    route = Router(
+        [deployment("a"), deployment("b")], lambda d: CanceledWhileRunning(), health=Health(), slots=Slots()
+    )
     with pytest.raises(GenerationCanceled):
         route.generate(REQUEST, run)
     assert CanceledWhileRunning.calls == 1
