@@ -6,10 +6,10 @@ routes (both edges call imagegen.http, so bodies and errors cannot drift apart):
 - createGenerationRequest (HTTPS, POST): debits, runs the job inline (Functions keep no background
   workers) and answers once the image is done, or 500 "AI generation failed, credits refunded.".
 - getUserCredits (HTTPS, GET ?userId=&limit=&cursor=): the balance and the ledger, newest first.
-- images (HTTPS, GET /images/<id>.png): the generated images, from IMAGEGEN_IMAGE_STORE_URL.
-- weeklyReport (HTTPS, GET|POST, admin key): runs a report now (?week=2026-W47, or the last 7 days)
-  and returns it, as the SQL deployment's scheduleWeeklyReport route does.
-- scheduleWeeklyReport (scheduled, Monday 00:00 UTC): reports the previous ISO week, catching up the
+- images (HTTPS, GET .../<id>.png): the generated images, from IMAGEGEN_IMAGE_STORE_URL.
+- scheduleWeeklyReport (HTTPS, GET|POST, admin key): runs a report now (?week=2026-W47, or the last 7
+  days) and returns it, as the SQL deployment's route of that name does (the case study's third curl).
+- runWeeklyReports (scheduled, Monday 00:00 UTC): reports the previous ISO week, catching up the
   weeks it missed; each week is claimed in Firestore, so a duplicate trigger does nothing.
 - sweepGenerationJobs (scheduled, every minute): finishes or refunds the requests whose run died
   (invariant 4), runs what is still pending, delivers due webhooks, purges old idempotency keys.
@@ -18,9 +18,11 @@ Settings come from the environment (IMAGEGEN_*, AI_FAILURE_RATE) as everywhere; 
 IMAGEGEN_DATABASE_URL=firestore://PROJECT, by default the project the functions run in. Nothing
 connects at import time: the first invocation of an instance builds its clients, and later ones
 reuse them.
-"""
 
-from __future__ import annotations
+No `from __future__ import annotations` here: the Firebase CLI loads this file without registering
+it in sys.modules, and dataclasses then cannot resolve string annotations
+(tests/e2e/test_functions_deploy.py loads it exactly as the CLI does).
+"""
 
 import functools
 import json
@@ -51,6 +53,11 @@ from imagegen.webhooks import Dispatcher, signing_secret
 log = logging.getLogger("imagegen.functions")
 JSON = "application/json"
 SWEEP_BUDGET_SECONDS = 45.0  # the sweeper runs every minute: leave it time to finish
+# The image store's credentials (an S3-compatible bucket, e.g. Cloud Storage with HMAC keys): Secret
+# Manager secrets, set with `firebase functions:secrets:set`, given to the functions that touch images.
+IMAGE_STORE_SECRETS = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+REGION = "us-central1"
+options.set_global_options(region=REGION)
 
 
 @dataclass
@@ -125,12 +132,22 @@ def _json_body(request: https_fn.Request, dep: Deployment) -> Any:
     return http.parse_json(raw)
 
 
-def _base_url(request: https_fn.Request, dep: Deployment) -> str:
-    return dep.settings.public_url or request.host_url
+def functions_base_url(request: https_fn.Request) -> str:
+    """The URL a function's name is appended to: the emulator's /PROJECT/REGION, or cloudfunctions.net.
+
+    imageUrl is this + /images/<id>.png, which the `images` function serves, unless
+    IMAGEGEN_PUBLIC_URL names another base (a Hosting site that rewrites /images/** to it).
+    """
+    project = os.environ.get("GCLOUD_PROJECT")
+    if project and os.environ.get("FUNCTIONS_EMULATOR") == "true":
+        return f"{request.host_url.rstrip('/')}/{project}/{REGION}"
+    if project and os.environ.get("K_SERVICE"):
+        return f"https://{REGION}-{project}.cloudfunctions.net"
+    return request.host_url.rstrip("/")  # functions-framework on its own: set IMAGEGEN_PUBLIC_URL
 
 
 # -- createGenerationRequest -----------------------------------------------------------------------
-@https_fn.on_request(memory=options.MemoryOption.MB_512, timeout_sec=120)
+@https_fn.on_request(memory=options.MemoryOption.MB_512, timeout_sec=120, secrets=IMAGE_STORE_SECRETS)
 @_case_study
 def createGenerationRequest(request: https_fn.Request) -> https_fn.Response:  # noqa: N802
     if request.method != "POST":
@@ -182,7 +199,7 @@ def run_one(dep: Deployment) -> bool:
 def _generation_response(
     request: https_fn.Request, dep: Deployment, done: GenerationRequest
 ) -> https_fn.Response:
-    status, body = http.generation_answer(done, _base_url(request, dep))
+    status, body = http.generation_answer(done, dep.settings.public_url or functions_base_url(request))
     return _json(body, status)
 
 
@@ -209,12 +226,12 @@ def getUserCredits(request: https_fn.Request) -> https_fn.Response:  # noqa: N80
 
 
 # -- images ----------------------------------------------------------------------------------------
-@https_fn.on_request()
+@https_fn.on_request(secrets=IMAGE_STORE_SECRETS)
 def images(request: https_fn.Request) -> https_fn.Response:
-    """GET /images/<id>.png: a generated image, no key needed (as the SQL deployment's route).
+    """GET .../<id>.png: a generated image, no key needed (as the SQL deployment's route).
 
-    imageUrl is IMAGEGEN_PUBLIC_URL + /images/<id>.png: point it at this function (or at a Hosting
-    rewrite of /images/** to it).
+    imageUrl is the functions' base URL + /images/<id>.png (see functions_base_url), so any path
+    ending in <id>.png is taken.
     """
     if request.method != "GET":
         return _method_not_allowed()
@@ -228,7 +245,8 @@ def images(request: https_fn.Request) -> https_fn.Response:
 # -- reports -----------------------------------------------------------------------------------------
 @https_fn.on_request(timeout_sec=300)
 @_case_study
-def weeklyReport(request: https_fn.Request) -> https_fn.Response:  # noqa: N802
+def scheduleWeeklyReport(request: https_fn.Request) -> https_fn.Response:  # noqa: N802
+    """The case study's third curl: runs a report now and returns it (admin key)."""
     if request.method not in ("GET", "POST"):
         return _method_not_allowed()
     dep = deployment()
@@ -239,7 +257,7 @@ def weeklyReport(request: https_fn.Request) -> https_fn.Response:  # noqa: N802
 
 
 @scheduler_fn.on_schedule(schedule="0 0 * * 1", timezone=scheduler_fn.Timezone("UTC"), timeout_sec=540)
-def scheduleWeeklyReport(event: scheduler_fn.ScheduledEvent) -> None:  # noqa: N802
+def runWeeklyReports(event: scheduler_fn.ScheduledEvent) -> None:  # noqa: N802
     """Reports the ISO week before the scheduled instant, and any earlier week that was missed."""
     dep = deployment()
     at = event.schedule_time
@@ -249,7 +267,9 @@ def scheduleWeeklyReport(event: scheduler_fn.ScheduledEvent) -> None:  # noqa: N
 
 
 # -- the sweeper (invariant 4) ------------------------------------------------------------------------
-@scheduler_fn.on_schedule(schedule="* * * * *", timezone=scheduler_fn.Timezone("UTC"), timeout_sec=60)
+@scheduler_fn.on_schedule(
+    schedule="* * * * *", timezone=scheduler_fn.Timezone("UTC"), timeout_sec=60, secrets=IMAGE_STORE_SECRETS
+)
 def sweepGenerationJobs(event: scheduler_fn.ScheduledEvent) -> None:  # noqa: N802
     sweep(deployment(), SWEEP_BUDGET_SECONDS)
 

@@ -92,7 +92,7 @@ class Function:
             self.process.wait()
 
 
-TARGETS = ("createGenerationRequest", "getUserCredits", "weeklyReport", "scheduleWeeklyReport")
+TARGETS = ("createGenerationRequest", "getUserCredits", "scheduleWeeklyReport", "runWeeklyReports")
 TARGETS += ("sweepGenerationJobs", "images")
 
 
@@ -297,7 +297,7 @@ def test_get_user_credits_errors(functions: dict[str, str], keys: dict[str, str]
     assert call(base, "getUserCredits", keys["testUser1"], "POST").status_code == 405
 
 
-# -- reports: the scheduled function, triggered as Cloud Scheduler does (an HTTP POST) ---------------------
+# -- reports: the scheduled function, triggered as Cloud Scheduler does (an HTTP POST), and the curl -------
 def test_the_scheduled_weekly_report_triggered_by_post_reports_the_week(
     functions: dict[str, str], keys: dict[str, str], firestore: FirestoreStorage
 ) -> None:
@@ -307,7 +307,7 @@ def test_the_scheduled_weekly_report_triggered_by_post_reports_the_week(
     scheduled_at = week.end.isoformat().replace("+00:00", "Z")
 
     fired = httpx.post(
-        f"{functions['scheduleWeeklyReport']}/",
+        f"{functions['runWeeklyReports']}/",
         headers={"X-CloudScheduler-ScheduleTime": scheduled_at, "X-CloudScheduler-JobName": "weekly"},
         timeout=60,
     )
@@ -326,17 +326,21 @@ def test_the_scheduled_weekly_report_triggered_by_post_reports_the_week(
         50.0,
     )
     again = httpx.post(
-        f"{functions['scheduleWeeklyReport']}/",
+        f"{functions['runWeeklyReports']}/",
         headers={"X-CloudScheduler-ScheduleTime": scheduled_at},
         timeout=60,
     )
     assert again.status_code == 200
     assert firestore.get_report(week.id) == stored  # claimed once: a duplicate trigger changes nothing
 
-    manual = call(functions["weeklyReport"], "weeklyReport", keys["admin"], params={"week": week.id})
+    manual = call(
+        functions["scheduleWeeklyReport"], "scheduleWeeklyReport", keys["admin"], params={"week": week.id}
+    )
     assert manual.status_code == 200
     assert manual.json()["totalRequests"] == 2
-    assert call(functions["weeklyReport"], "weeklyReport", keys["testUser1"]).status_code == 403
+    assert (
+        call(functions["scheduleWeeklyReport"], "scheduleWeeklyReport", keys["testUser1"]).status_code == 403
+    )
 
 
 # -- the sweeper: invariant 4 without background workers -------------------------------------------------
