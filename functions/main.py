@@ -4,7 +4,10 @@ The same service layer, auth (Bearer API keys), bodies and errors as the SQL dep
 routes (both edges call imagegen.http, so bodies and errors cannot drift apart):
 
 - createGenerationRequest (HTTPS, POST): debits, runs the job inline (Functions keep no background
-  workers) and answers once the image is done, or 500 "AI generation failed, credits refunded.".
+  workers) and answers once the image is done, or 500 "AI generation failed, credits refunded.";
+  202 with the request when it cannot finish it (the sweeper does). Priced and authorized from the
+  instance's cache of the catalog and the keys, which the debit checks against the configuration
+  version; created already running under this instance's lease, so its job needs no claim.
 - getUserCredits (HTTPS, GET ?userId=&limit=&cursor=): the balance and the ledger, newest first.
 - images (HTTPS, GET .../<id>.png): the generated images, from IMAGEGEN_IMAGE_STORE_URL.
 - scheduleWeeklyReport (HTTPS, GET|POST, admin key): runs a report now (?week=2026-W47, or the last 7
@@ -30,7 +33,7 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -38,21 +41,32 @@ from firebase_functions import https_fn, options, scheduler_fn
 
 from imagegen import http, jobs, scheduler, service
 from imagegen.clock import utcnow
+from imagegen.config_cache import ConfigCache
 from imagegen.domain import reports
-from imagegen.domain.generation import GenerationRequest
-from imagegen.errors import BodyTooLarge, ImagegenError, InvalidInput
+from imagegen.domain.catalog import Catalog
+from imagegen.domain.generation import GenerationRequest, Status
+from imagegen.errors import (
+    BodyTooLarge,
+    ImagegenError,
+    InvalidInput,
+    StaleConfig,
+    StorageUnavailable,
+    Unauthenticated,
+)
 from imagegen.ids import new_id
 from imagegen.models.simulated import SimulatedModel
-from imagegen.ports import ImageStore, Storage
+from imagegen.ports import ImageStore
 from imagegen.ratelimit import RateLimiter
 from imagegen.settings import Settings
-from imagegen.storage import FIRESTORE_SCHEME, open_storage_adapter
+from imagegen.storage import FIRESTORE_SCHEME
+from imagegen.storage.firestore import FirestoreStorage
 from imagegen.storage.s3_images import open_image_store
 from imagegen.webhooks import Dispatcher, signing_secret
 
 log = logging.getLogger("imagegen.functions")
 JSON = "application/json"
 SWEEP_BUDGET_SECONDS = 45.0  # the sweeper runs every minute: leave it time to finish
+STALE_ATTEMPTS = 5  # a create priced from a cache that went stale is redone this many times
 # The image store's credentials (an S3-compatible bucket, e.g. Cloud Storage with HMAC keys): Secret
 # Manager secrets, set with `firebase functions:secrets:set`, given to the functions that touch images.
 IMAGE_STORE_SECRETS = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
@@ -63,7 +77,8 @@ options.set_global_options(region=REGION)
 @dataclass
 class Deployment:
     settings: Settings
-    storage: Storage
+    storage: FirestoreStorage
+    config: ConfigCache  # the catalog and the keys, as this instance last read them
     model: SimulatedModel
     images: ImageStore
     limiter: RateLimiter
@@ -80,9 +95,11 @@ def deployment() -> Deployment:
             raise RuntimeError("set IMAGEGEN_DATABASE_URL=firestore://PROJECT (or GCLOUD_PROJECT)")
         url = f"{FIRESTORE_SCHEME}{project}"
     instance = os.environ.get("K_REVISION") or socket.gethostname()
+    storage = FirestoreStorage.from_url(url)
     return Deployment(
         settings=settings,
-        storage=open_storage_adapter(url),
+        storage=storage,
+        config=ConfigCache(storage),
         model=SimulatedModel(failure_rate=settings.ai_failure_rate, latency_ms=settings.model_latency_ms),
         # Functions have only a local /tmp: set IMAGEGEN_IMAGE_STORE_URL to a bucket (docs/firebase.md).
         images=open_image_store(settings.image_store_url, settings.images_dir),
@@ -153,38 +170,113 @@ def createGenerationRequest(request: https_fn.Request) -> https_fn.Response:  # 
     if request.method != "POST":
         return _method_not_allowed()
     dep = deployment()
-    principal = _principal(request, dep)
+    principal = _cached_principal(request, dep)
     body = _json_body(request, dep)
     key = request.headers.get("Idempotency-Key")
     if key is not None and len(key) > 255:
         raise InvalidInput("Idempotency-Key must be at most 255 characters")
-    created, _ = service.create_generation(
-        dep.storage,
-        body,
-        max_prompt_length=dep.settings.max_prompt_length,
-        now=utcnow(),
-        idempotency_key=key,
-        authorize=http.create_guard(dep.limiter, principal),
-        allow_private_webhooks=dep.settings.webhook_allow_private,
-        max_in_flight=dep.settings.max_in_flight_per_user,
-    )
-    done = run_until_done(dep, created.id, dep.settings.wait_timeout_seconds)
+    created, fresh, catalog = create_claimed(dep, principal, body, key)
+    try:
+        done = finish(dep, created, fresh, catalog)
+    except Exception:
+        # The debit is committed: whatever happens now, the client gets its request's id (202),
+        # and the sweeper finishes the job once its lease runs out.
+        log.exception("create %s: the job could not be finished in this invocation", created.id)
+        done = created
     return _generation_response(request, dep, done)
 
 
-def run_until_done(dep: Deployment, request_id: str, timeout: float) -> GenerationRequest:
+def _cached_principal(request: https_fn.Request, dep: Deployment) -> http.Principal:
+    """The caller, from the instance's key cache when it is there (checked by the debit, see above)."""
+    if dep.settings.no_auth:
+        return http.ADMIN
+    token = http.bearer_token(request.headers.get("authorization"))
+    if token is None:
+        raise Unauthenticated("Missing API key: send 'Authorization: Bearer <key>'")
+    key_hash = service.hash_key(token)
+    key = dep.config.key(key_hash) or dep.config.lookup(key_hash)
+    if key is None:
+        raise Unauthenticated("Unknown or revoked API key")
+    return http.Principal(key.user_id, key_hash)
+
+
+def create_claimed(
+    dep: Deployment, principal: http.Principal, body: Any, key: str | None
+) -> tuple[GenerationRequest, bool, Catalog]:
+    """Validates and prices from the cached catalog, then debits and creates the request running
+    under this instance's lease; redone with fresh values if the configuration changed meanwhile.
+
+    Returns (request, whether this call created it, the catalog it was priced from).
+    """
+    settings = dep.settings
+    for _ in range(STALE_ATTEMPTS):
+        version, catalog = dep.config.snapshot() or dep.config.refresh()
+        now = utcnow()
+        try:
+            new = service.prepare_generation(
+                catalog,
+                body,
+                max_prompt_length=settings.max_prompt_length,
+                now=now,
+                idempotency_key=key,
+                authorize=http.create_guard(dep.limiter, principal),
+                allow_private_webhooks=settings.webhook_allow_private,
+                max_in_flight=settings.max_in_flight_per_user,
+            )
+        except InvalidInput:
+            # Refused by the cached catalog: an option added or enabled since shows only in a fresh one.
+            if dep.storage.config_version() == version:
+                raise
+            dep.config.refresh()
+            continue
+        lease = jobs.lease_until(now, settings.job_lease_seconds)
+        try:
+            created, fresh = dep.storage.debit_and_claim(new, dep.worker_id, lease, version)
+        except StaleConfig:
+            dep.config.refresh()
+            if principal.key_hash is not None and dep.config.lookup(principal.key_hash) is None:
+                raise Unauthenticated("Unknown or revoked API key") from None
+            continue
+        return created, fresh, catalog
+    raise StorageUnavailable("the catalog kept changing during this create; try again")
+
+
+def finish(dep: Deployment, created: GenerationRequest, fresh: bool, catalog: Catalog) -> GenerationRequest:
+    """Runs the job this invocation created (it holds its lease), or waits for a replayed one."""
+    if fresh:
+        model = catalog.models.get(created.model)
+        outcome = jobs.run_job(
+            dep.storage, dep.model, dep.images, created, dep.worker_id, known_settings=model
+        )
+        if outcome.status == "completed":
+            # As written by the completion: no need to read it back.
+            return replace(
+                created, status=Status.COMPLETED, image_url=outcome.image_url, completed_at=utcnow()
+            )
+    return run_until_done(dep, created.id, dep.settings.wait_timeout_seconds, created)
+
+
+def run_until_done(
+    dep: Deployment, request_id: str, timeout: float, current: GenerationRequest
+) -> GenerationRequest:
     """Runs queued jobs, oldest first, in this invocation until `request_id` is terminal (or time is up).
 
-    A function keeps no worker running after it answers, so the invocation that queued a job runs
-    it; an older job it meets first is run too (its own invocation then finds it done).
+    For a replayed Idempotency-Key (its first invocation runs it) or a job that was handed back to
+    the queue; an older job met first is run too (its own invocation then finds it done). Answers
+    the request as last read if the database cannot be reached meanwhile.
     """
     deadline = time.monotonic() + timeout
     while True:
-        current = service.get_generation(dep.storage, request_id)
-        if current.status.terminal or time.monotonic() >= deadline:
+        try:
+            current = service.get_generation(dep.storage, request_id)
+            if current.status.terminal or time.monotonic() >= deadline:
+                return current
+            ran = run_one(dep)
+        except StorageUnavailable:
+            log.warning("create %s: the database is unavailable; answering 202", request_id)
             return current
-        if not run_one(dep):
-            time.sleep(0.1)  # ours is running elsewhere (a sweeper, or a duplicate delivery)
+        if not ran:
+            time.sleep(0.05)  # ours is running elsewhere (its first invocation, or the sweeper)
 
 
 def run_one(dep: Deployment) -> bool:

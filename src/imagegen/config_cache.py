@@ -12,13 +12,13 @@ from __future__ import annotations
 import threading
 
 from imagegen.domain.catalog import Catalog
-from imagegen.ports import ApiKey, GroupCommitted
+from imagegen.ports import ApiKey, ConfigSource
 
 MAX_KEYS = 100_000  # past this many distinct keys, start over rather than grow without bound
 
 
 class ConfigCache:
-    def __init__(self, storage: GroupCommitted) -> None:
+    def __init__(self, storage: ConfigSource) -> None:
         self._storage = storage
         self._lock = threading.Lock()
         self._snapshot: tuple[str, Catalog] | None = None

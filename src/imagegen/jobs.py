@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from imagegen.clock import utcnow
+from imagegen.domain.catalog import ModelSettings
 from imagegen.domain.generation import GenerationRequest, GenerationSpec
 from imagegen.models.base import ImageModel, ModelFailure
 from imagegen.ports import ImageStore, Storage
@@ -23,6 +24,7 @@ log = logging.getLogger("imagegen.jobs")
 class JobOutcome:
     request_id: str
     status: str  # completed | failed | lost (another worker owns it now)
+    image_url: str | None = None  # where the completed image is stored
 
 
 def run_job(
@@ -31,8 +33,12 @@ def run_job(
     images: ImageStore,
     request: GenerationRequest,
     worker_id: str,
+    *,
+    known_settings: ModelSettings | None = None,
 ) -> JobOutcome:
-    settings = storage.model_settings(request.model)  # as stored now: an admin's edit applies at once
+    """`known_settings`: the model's settings as of the request's debit (a Cloud Function's cached
+    catalog, whose version the debit checked), else read now: an admin's edit applies at once."""
+    settings = known_settings or storage.model_settings(request.model)
     spec = GenerationSpec(
         request.user_id, request.model, request.style, request.color, request.size, request.prompt
     )
@@ -47,7 +53,7 @@ def run_job(
         log.exception("job %s failed unexpectedly", request.id)
         return _fail(storage, request, worker_id, f"internal error: {type(exc).__name__}")
     done = storage.complete(request.id, worker_id, url, utcnow())
-    return JobOutcome(request.id, "completed" if done else "lost")
+    return JobOutcome(request.id, "completed", url) if done else JobOutcome(request.id, "lost")
 
 
 def _fail(storage: Storage, request: GenerationRequest, worker_id: str, error: str) -> JobOutcome:

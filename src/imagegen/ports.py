@@ -231,8 +231,19 @@ class ReadsOnLoop(Protocol):
     def reading_on_loop(self) -> AbstractContextManager[None]: ...
 
 
+class ConfigSource(Protocol):
+    """Where a process's cache of the catalog and the keys reads them (see imagegen.config_cache).
+
+    The version changes with every edit of the catalog or the models and every key revocation.
+    """
+
+    def config_version(self) -> str: ...
+    def config_snapshot(self) -> tuple[str, Catalog]: ...
+    def find_api_key(self, key_hash: str) -> ApiKey | None: ...
+
+
 @runtime_checkable
-class GroupCommitted(Protocol):
+class GroupCommitted(ConfigSource, Protocol):
     """A storage whose creates can be queued for a group-committing writer (the SQL adapter).
 
     The HTTP create path then runs without a thread of its own: it prices and authorizes from a
@@ -240,12 +251,24 @@ class GroupCommitted(Protocol):
     makes the debit refuse (StaleConfig) if the catalog or the keys changed since the cache was read.
     """
 
-    def config_version(self) -> str: ...
-    def config_snapshot(self) -> tuple[str, Catalog]: ...
-    def find_api_key(self, key_hash: str) -> ApiKey | None: ...
     def submit_debit(
         self, new: NewGeneration, config_version: str | None = None
     ) -> Future[tuple[GenerationRequest, bool]]: ...
     def debit_from_loop(
         self, new: NewGeneration, config_version: str | None = None
     ) -> Awaitable[tuple[GenerationRequest, bool]]: ...
+
+
+@runtime_checkable
+class ClaimsOnCreate(ConfigSource, Protocol):
+    """A storage whose create can hand the new job straight to its creator (the Firestore adapter).
+
+    A Cloud Function keeps no worker after it answers, so the invocation that creates a request
+    runs its job: created already running under `worker_id`'s lease, it needs no claim. A replay of
+    an Idempotency-Key returns (the first request, False), claimed by whoever created it. With
+    `config_version` the debit refuses (StaleConfig) if the catalog or the keys changed since.
+    """
+
+    def debit_and_claim(
+        self, new: NewGeneration, worker_id: str, lease_until: datetime, config_version: str | None = None
+    ) -> tuple[GenerationRequest, bool]: ...

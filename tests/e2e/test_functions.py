@@ -8,16 +8,8 @@ and loaded with the initial data set before each test.
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,64 +24,12 @@ from imagegen.clock import utcnow
 from imagegen.domain import reports
 from imagegen.domain.generation import Status
 from imagegen.storage.firestore import FirestoreStorage
+from tests.e2e.functions_support import PREFIX, Function, function_env
 from tests.firestore_emulator import PROJECT
 from tests.integration.builders import LEASE, new_generation
-from tests.support import GENERATION, ServerFactory, free_port
+from tests.support import GENERATION, ServerFactory
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[2]
-FRAMEWORK = (
-    shutil.which("functions-framework", path=str(Path(sys.executable).parent)) or "functions-framework"
-)
-PREFIX = f"/{PROJECT}/us-central1"  # the emulator's URL shape; functions-framework serves any path
-
-
-class Function:
-    """One `functions-framework --target NAME` process on a free loopback port."""
-
-    def __init__(self, target: str, log_dir: Path, env: dict[str, str]) -> None:
-        self.target = target
-        self.port = free_port()
-        self.log = log_dir / f"{target}-{self.port}.log"
-        command = [FRAMEWORK, "--target", target, "--source", str(ROOT / "functions" / "main.py")]
-        command += ["--host", "127.0.0.1", "--port", str(self.port)]
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                command,
-                env={**os.environ, **env},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=log_dir,
-                start_new_session=True,  # its own process group: gunicorn's worker goes with it
-            )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.target} exited:\n{self.log.read_text()}")
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.target} did not listen in {timeout} s:\n{self.log.read_text()}")
-
-    def terminate(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-
-    def stop(self) -> None:
-        self.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
 
 
 TARGETS = ("createGenerationRequest", "getUserCredits", "scheduleWeeklyReport", "runWeeklyReports")
@@ -100,13 +40,7 @@ TARGETS += ("sweepGenerationJobs", "images")
 def functions(firestore_emulator: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Base URLs by function name; `failingCreate` is createGenerationRequest with AI_FAILURE_RATE=1."""
     folder = tmp_path_factory.mktemp("functions")
-    env = {
-        "FIRESTORE_EMULATOR_HOST": firestore_emulator,
-        "IMAGEGEN_DATABASE_URL": f"firestore://{PROJECT}",
-        "IMAGEGEN_DATA_DIR": str(folder / "var"),
-        "IMAGEGEN_MODEL_LATENCY_MS": "0",
-        "AI_FAILURE_RATE": "0",
-    }
+    env = function_env(firestore_emulator, folder)
     images = Function("images", folder, env)
     env["IMAGEGEN_PUBLIC_URL"] = images.url
     started = {"images": images}
@@ -359,4 +293,28 @@ def test_the_sweeper_finishes_jobs_whose_invocation_died(
         request = firestore.get_request(request_id)
         assert request is not None and request.status is Status.COMPLETED
     assert firestore.get_request(crashed.id).attempts == 2  # type: ignore[union-attr]
+    assert list(service.verify(firestore)) == []
+
+
+# -- the instance's cache of the catalog and the keys: edits made elsewhere apply to the next create ------
+def test_a_warm_instance_prices_refuses_and_revokes_as_the_database_says_on_the_next_create(
+    functions: dict[str, str], keys: dict[str, str], firestore: FirestoreStorage
+) -> None:
+    key_id, key = service.issue_key(firestore, "testUser1", utcnow())
+    before = create(functions, key, GENERATION)  # the instance now holds the catalog and the key
+    service.set_option(firestore, "sizes", "512x512", enabled=True, cost=7)
+    repriced = create(functions, key, GENERATION)
+    service.set_option(firestore, "styles", "anime", enabled=False, cost=None)
+    disabled = create(functions, key, GENERATION)
+    service.set_option(firestore, "styles", "pixel art", enabled=True, cost=None)
+    added = create(functions, key, {**GENERATION, "style": "pixel art"})
+    firestore.revoke_api_key(key_id, utcnow())
+    revoked = create(functions, key, {**GENERATION, "style": "pixel art"})
+
+    assert (before.status_code, before.json()["deductedCredits"]) == (200, 1)
+    assert (repriced.status_code, repriced.json()["deductedCredits"]) == (200, 7)
+    assert disabled.status_code == 400 and "Invalid style 'anime'" in disabled.json()["error"]
+    assert (added.status_code, added.json()["deductedCredits"]) == (200, 7)
+    assert revoked.status_code == 401
+    assert credits(functions, keys["testUser1"], "testUser1").json()["currentCredits"] == 100 - 1 - 7 - 7
     assert list(service.verify(firestore)) == []

@@ -21,13 +21,21 @@ import pytest
 
 pytest.importorskip("google.cloud.firestore", reason="the Firestore tests need google-cloud-firestore")
 from google.api_core import exceptions as gexc
+from google.cloud import firestore as firestore_module
 
 from imagegen import service
 from imagegen.domain import reports
 from imagegen.domain.generation import Status
 from imagegen.domain.ledger import EntryType
-from imagegen.errors import IdempotencyConflict, InsufficientCredits, InvalidInput, StorageUnavailable
-from imagegen.ports import NO_FILTER, LedgerFilter, Storage, StoredResponse
+from imagegen.errors import (
+    IdempotencyConflict,
+    InsufficientCredits,
+    InvalidInput,
+    StaleConfig,
+    StorageUnavailable,
+    TooManyRequests,
+)
+from imagegen.ports import NO_FILTER, LedgerFilter, NewGeneration, Storage, StoredResponse
 from imagegen.storage import open_storage_adapter
 from imagegen.storage.firestore import FirestoreStorage
 from imagegen.storage.firestore import transfer as firestore_transfer
@@ -104,8 +112,8 @@ def test_four_processes_spending_one_users_credits_never_overdraw_and_lose_no_up
                 outcome["debited"] += 1
             except InsufficientCredits:
                 outcome["refused"] += 1
-            except StorageUnavailable:  # contention outlasted the adapter's retries: nothing was
-                continue  # written, and a client would retry the 503 the same way
+            except (StorageUnavailable, TooManyRequests):  # contention outlasted the adapter's
+                continue  # retries: nothing was written, and a client would retry the same way
             attempts -= 1
         return outcome
 
@@ -386,3 +394,109 @@ def test_requests_of_every_user_list_by_status(storage: Storage) -> None:
     assert [r.user_id for r in running.items] == ["testUser1"]
     assert [r.user_id for r in pending.items] == ["testUser2"]
     assert storage.earliest_request_at() == T0
+
+
+# -- the create path of the Cloud Functions: claimed at creation, priced under a configuration version ---
+def limited(user_id: str, limit: int) -> NewGeneration:
+    return replace(new_generation(user_id), max_in_flight=limit)
+
+
+def assert_in_flight(storage: FirestoreStorage, user_id: str, count: int, limit: int = 3) -> None:
+    """The user counts `count` requests in flight: exactly limit - count more may queue."""
+    for _ in range(limit - count):
+        storage.debit_and_enqueue(limited(user_id, limit))
+    with pytest.raises(TooManyRequests):
+        storage.debit_and_enqueue(limited(user_id, limit))
+
+
+def test_a_request_claimed_at_its_creation_runs_under_its_creators_lease(firestore: FirestoreStorage) -> None:
+    version = firestore.config_version()
+    created, fresh = firestore.debit_and_claim(new_generation(), "instance-1", T0 + MINUTE, version)
+
+    assert fresh and created.status is Status.RUNNING and created.attempts == 1
+    assert firestore.claim_job("another", T0, T0 + MINUTE) is None  # nothing is left to claim
+    assert firestore.expired_jobs(T0 + 2 * MINUTE) == [firestore.get_request(created.id)]
+    assert firestore.complete(created.id, "instance-1", "/images/x.png", T0)
+    assert not firestore.complete(created.id, "instance-1", "/images/x.png", T0)  # once
+    assert balance(firestore, "testUser1") == 99
+    assert_in_flight(firestore, "testUser1", 0)
+    assert list(service.verify(firestore)) == []
+
+
+def test_a_create_priced_under_an_older_configuration_is_refused_with_nothing_written(
+    firestore: FirestoreStorage,
+) -> None:
+    versions = [firestore.config_version()]
+    service.set_option(firestore, "sizes", "512x512", enabled=True, cost=2)
+    versions.append(firestore.config_version())
+    service.set_model(firestore, "model-a", latency_ms=10)
+    versions.append(firestore.config_version())
+    key_id, _ = service.issue_key(firestore, "testUser1", T0)
+    assert firestore.config_version() == versions[-1]  # a new key needs no refresh: it is not cached
+    firestore.revoke_api_key(key_id, T0)
+    versions.append(firestore.config_version())
+
+    with pytest.raises(StaleConfig):
+        firestore.debit_and_claim(new_generation(), "instance-1", T0 + MINUTE, versions[0])
+
+    assert len(set(versions)) == 4
+    assert firestore.config_snapshot()[0] == versions[-1]
+    assert firestore.config_snapshot()[1].cost_of("512x512") == 2
+    assert balance(firestore, "testUser1") == 100
+    assert firestore.list_requests("testUser1", None, 10, None).items == []
+
+
+def test_one_idempotency_key_gives_one_request_whichever_instance_creates_it(
+    firestore: FirestoreStorage,
+) -> None:
+    stores = four_processes()
+
+    def create(store: FirestoreStorage, n: int) -> tuple[str, bool]:
+        new = new_generation(key="once", fingerprint="same body")
+        request, fresh = retried(store.debit_and_claim, new, f"instance-{n}", T0 + MINUTE, None)
+        return request.id, fresh
+
+    outcomes = race(stores, create)
+
+    assert len({request_id for request_id, _ in outcomes}) == 1
+    assert sum(fresh for _, fresh in outcomes) == 1
+    assert balance(firestore, "testUser1") == 99
+    with pytest.raises(IdempotencyConflict):
+        firestore.debit_and_claim(new_generation(key="once", fingerprint="other body"), "i", T0, None)
+    for store in stores:
+        store.close()
+
+
+def test_a_database_from_before_the_in_flight_counts_gets_them_from_its_requests(
+    firestore: FirestoreStorage,
+) -> None:
+    keyed = enqueue(firestore, key="before", fingerprint="body")
+    enqueue(firestore)
+    done = claim(firestore, "w", T0)
+    firestore.complete(done.id, "w", "/images/x.png", T0)
+    db = firestore.db  # as schema 1 left it: no counters, no key documents
+    db.collection("users").document("testUser1").update({"inFlight": firestore_module.DELETE_FIELD})
+    for snap in db.collection("generationKeys").stream():
+        snap.reference.delete()
+    db.collection("meta").document("schema").set({"version": 1})
+
+    firestore.migrate()
+
+    assert_in_flight(firestore, "testUser1", 1)
+    replayed, fresh = firestore.debit_and_enqueue(new_generation(key="before", fingerprint="body"))
+    assert (replayed.id, fresh) == (keyed.id, False)
+    assert list(service.verify(firestore)) == []
+
+
+def test_imported_requests_still_in_flight_count_against_the_limit(
+    firestore_clean: str, tmp_path: Path
+) -> None:
+    source = sqlite(tmp_path, "source.db")
+    service.first_start(source, T0)
+    populate(source)  # testUser1 has one pending request
+    target = FirestoreStorage(PROJECT)
+
+    import_lines(target, export_lines(source))
+
+    assert_in_flight(target, "testUser1", 1)
+    assert_in_flight(target, "alice", 0)

@@ -1,11 +1,15 @@
 """The Firestore storage adapter, in the case study's collections (see docs.py for the documents).
 
-Every credit move is a read-check-write inside a Firestore transaction (never a blind Increment), so
-no interleaving of clients can overdraw a balance; a request's deduction and refund have the fixed
-ids `{requestId}_deduction` and `{requestId}_refund` and are written with create(), so a second one
-for the same request cannot exist whatever the retries. A request's status changes that move no
-credits (claim, complete, requeue, heartbeat) are conditional writes: a batch whose precondition is
-the update time of the document that was checked, so a concurrent change makes it fail, not win.
+Every credit move is a read-check-write (never a blind Increment of a balance), so no interleaving
+of clients can overdraw one: the create path's moves (debit, refund) commit only if the documents
+they write are unchanged since they were read (conditional.py), the rarer ones (grants, imports) in
+Firestore transactions. A request's deduction and refund have the fixed ids `{requestId}_deduction`
+and `{requestId}_refund` and are written with create(), so a second one for the same request cannot
+exist whatever the retries. A request's status changes that move no credits (claim, complete,
+requeue, heartbeat) are conditional writes too, so a concurrent change makes them fail, not win.
+
+A user document counts its requests queued or running (`inFlight`): the debit checks and raises it,
+the request's end lowers it, so the in-flight limit needs no query.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import logging
 import random
 import threading
 import zlib
-from collections import defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
@@ -34,6 +38,7 @@ from imagegen.errors import (
     IdempotencyConflict,
     InsufficientCredits,
     InvalidInput,
+    StaleConfig,
     TooManyRequests,
     UserExists,
     UserNotFound,
@@ -53,14 +58,18 @@ from imagegen.ports import (
 )
 from imagegen.storage.firestore import audit, transfer
 from imagegen.storage.firestore import docs as d
-from imagegen.storage.firestore.errors import run_transaction, translate_errors, translated
+from imagegen.storage.firestore.conditional import Reads, Writes, commit_unchanged
+from imagegen.storage.firestore.errors import Contention, run_transaction, translate_errors, translated
 
 log = logging.getLogger("imagegen.storage")
 Transaction = firestore.Transaction
 DESC = firestore.Query.DESCENDING
 ASC = firestore.Query.ASCENDING
 INITIAL_DATA_MARKER = "initial_data_loaded"
-SCHEMA_VERSION = 1
+CONFIG_VERSION = "config_version"  # meta/config_version: changes with every catalog edit and revocation
+SCHEMA_VERSION = 2  # 2: users count their requests in flight; keyed creates have a generationKeys doc
+KNOWN_REQUESTS = 4096  # requests this process wrote last, with their update time (see _remember)
+IN_FLIGHT = (Status.PENDING.value, Status.RUNNING.value)
 CLAIM_CANDIDATES = 10  # a claim tries the oldest pending job first, then others at random
 CLAIM_ROUNDS = 50
 USER_LOCK_STRIPES = 64
@@ -81,6 +90,10 @@ class FirestoreStorage:
         # transactions on one document wait on each other's locks until one is aborted (the
         # emulator takes 2 s to decide). Other processes still contend, and are retried.
         self._user_locks = [threading.Lock() for _ in range(USER_LOCK_STRIPES)]
+        # The requests this process wrote last, as written: a later change of one (its job's end) can
+        # be conditional on that write's update time without reading the document again.
+        self._known: OrderedDict[str, tuple[Any, dict[str, Any]]] = OrderedDict()
+        self._known_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str) -> FirestoreStorage:
@@ -107,13 +120,56 @@ class FirestoreStorage:
     def _meta(self, key: str) -> firestore.DocumentReference:
         return self.db.collection(d.META).document(key)
 
+    def _generation_key(self, user_id: str, key: str) -> firestore.DocumentReference:
+        """The document that gives a user's Idempotency-Key its one request: a second create() fails."""
+        digest = hashlib.sha256(f"{user_id}\x00{key}".encode()).hexdigest()
+        return self.db.collection(d.GENERATION_KEYS).document(digest)
+
+    def _bump_config(self, writer: Any) -> None:
+        """Changes the configuration version in the same write as the change it stands for."""
+        writer.set(self._meta(CONFIG_VERSION), {"value": random_id()})
+
     # -- lifecycle --------------------------------------------------------------------------
     @translated
     def migrate(self) -> None:
-        """Firestore has no schema to migrate; the version doc says which layout the data has."""
+        """Firestore has no schema; the version doc says which layout the data has (docs.py).
+
+        Version 2 counts each user's requests in flight and gives keyed creates their key document:
+        written from the requests here, once (before version-2 functions serve; docs/firebase.md).
+        """
         ref = self._meta("schema")
-        if not ref.get().exists:
-            ref.set({"version": SCHEMA_VERSION})
+        snap = ref.get()
+        version = int((snap.to_dict() or {}).get("version", 0)) if snap.exists else 0
+        if version >= SCHEMA_VERSION:
+            return
+        if snap.exists:
+            self._count_in_flight_and_keys()
+        ref.set({"version": SCHEMA_VERSION})
+
+    def _count_in_flight_and_keys(self) -> None:
+        in_flight: Counter[str] = Counter()
+        batch, writes = self.db.batch(), 0
+        fields = ["userId", "status", "idempotencyKey", "fingerprint", "createdAt"]
+        for snap in self._requests().select(fields).stream():
+            data = snap.to_dict() or {}
+            in_flight[data["userId"]] += data["status"] in IN_FLIGHT
+            if data.get("idempotencyKey"):
+                key_doc = _generation_key_doc(
+                    snap.id, data["userId"], data["idempotencyKey"], data.get("fingerprint")
+                )
+                batch.set(self._generation_key(data["userId"], data["idempotencyKey"]), key_doc)
+                writes += 1
+            if writes >= 400:
+                batch.commit()
+                batch, writes = self.db.batch(), 0
+        for user_id, count in in_flight.items():
+            batch.update(self._users().document(user_id), {"inFlight": count})
+            writes += 1
+            if writes >= 400:
+                batch.commit()
+                batch, writes = self.db.batch(), 0
+        if writes:
+            batch.commit()
 
     @translated
     def load_initial_data(
@@ -141,6 +197,7 @@ class FirestoreStorage:
             for key_id, key_hash, key_user in keys:
                 tx.create(self.db.collection(d.API_KEYS).document(key_id), _key_doc(key_hash, key_user, now))
             tx.create(marker, {"value": now.isoformat()})
+            self._bump_config(tx)
             return True
 
         return run_transaction(self.db, load)
@@ -159,6 +216,18 @@ class FirestoreStorage:
         self.db.close()
 
     # -- catalog ----------------------------------------------------------------------------
+    @translated
+    def config_version(self) -> str:
+        snap = self._meta(CONFIG_VERSION).get()
+        return _version(snap)
+
+    @translated
+    def config_snapshot(self) -> tuple[str, Catalog]:
+        # The version first: a catalog newer than its version only costs a refresh, the reverse
+        # would price with an old catalog under a new version.
+        version = self.config_version()
+        return version, self.catalog()
+
     @translated
     def catalog(self) -> Catalog:
         models = {
@@ -184,7 +253,10 @@ class FirestoreStorage:
 
     @translated
     def put_model(self, model: ModelSettings) -> None:
-        self.db.collection(d.MODELS).document(model.name).set(_model_doc(model))
+        batch = self.db.batch()
+        batch.set(self.db.collection(d.MODELS).document(model.name), _model_doc(model))
+        self._bump_config(batch)
+        batch.commit()
 
     @translated
     def put_option(self, kind: str, name: str, *, enabled: bool, cost: int | None = None) -> None:
@@ -199,6 +271,7 @@ class FirestoreStorage:
             if not ref.get(transaction=tx).exists and kind == "sizes" and cost is None:
                 raise InvalidInput(f"A new size needs a cost: '{name}' is not in the catalog yet")
             tx.set(ref, values, merge=True)
+            self._bump_config(tx)
 
         run_transaction(self.db, put)
 
@@ -206,7 +279,7 @@ class FirestoreStorage:
     def _create_user(self, tx: Transaction, user_id: str, credits: int, now: datetime, reason: str) -> None:
         tx.create(
             self._users().document(user_id),
-            {"credits": credits, "createdAt": d.aware(now), "ledgerSeq": 1 if credits else 0},
+            {"credits": credits, "createdAt": d.aware(now), "ledgerSeq": 1 if credits else 0, "inFlight": 0},
         )
         if credits:
             entry = LedgerEntry(random_id(), user_id, EntryType.GRANT, credits, credits, None, reason, now)
@@ -241,44 +314,18 @@ class FirestoreStorage:
         idempotency_key: str | None = None,
     ) -> LedgerEntry:
         def move(tx: Transaction) -> LedgerEntry:
-            user = self._read_user(tx, user_id)
+            user = _user_state(self._users().document(user_id).get(transaction=tx))
             if idempotency_key is not None:
                 query = self._ledger(user_id).where(filter=cond("idempotencyKey", "==", idempotency_key))
                 for snap in query.limit(1).stream(transaction=tx):
                     return _same_move(d.entry_from(snap.id, user_id, snap.to_dict() or {}), entry_type, delta)
-            return self._append(tx, user, entry_type, delta, None, reason, now, random_id(), idempotency_key)
+            move = _Move(user, entry_type, delta, None, reason, now, random_id(), idempotency_key)
+            tx.update(self._users().document(user_id), move.user_changes())
+            tx.create(self._ledger(user_id).document(move.entry.id), move.entry_doc)
+            return move.entry
 
         with self._user_lock(user_id):
             return run_transaction(self.db, move)
-
-    def _read_user(self, tx: Transaction, user_id: str) -> _UserState:
-        snap = self._users().document(user_id).get(transaction=tx)
-        if not snap.exists:
-            raise UserNotFound(user_id)
-        data = snap.to_dict() or {}
-        return _UserState(user_id, int(data["credits"]), int(data.get("ledgerSeq") or 0))
-
-    def _append(
-        self,
-        tx: Transaction,
-        user: _UserState,
-        entry_type: EntryType,
-        delta: int,
-        request_id: str | None,
-        reason: str | None,
-        now: datetime,
-        entry_id: str,
-        idempotency_key: str | None = None,
-    ) -> LedgerEntry:
-        """Moves the balance (refusing to go below 0) and writes the entry; call after every read."""
-        balance = user.credits + delta
-        if balance < 0:
-            raise InsufficientCredits("Insufficient credits", userId=user.id, required=-delta)
-        seq = user.seq + 1
-        tx.update(self._users().document(user.id), {"credits": balance, "ledgerSeq": seq})
-        entry = LedgerEntry(entry_id, user.id, entry_type, delta, balance, request_id, reason, now)
-        tx.create(self._ledger(user.id).document(entry_id), d.entry_doc(entry, seq, idempotency_key))
-        return entry
 
     @translated
     def ledger(
@@ -317,61 +364,84 @@ class FirestoreStorage:
     # -- generation requests and jobs -------------------------------------------------------
     @translated
     def debit_and_enqueue(self, new: NewGeneration) -> tuple[GenerationRequest, bool]:
-        spec = new.spec
-        requests = self._requests()
+        return self._debit(new, None, None)
 
-        def debit(tx: Transaction) -> tuple[GenerationRequest, bool]:
-            if new.idempotency_key is not None:
-                query = requests.where(filter=cond("userId", "==", spec.user_id)).where(
-                    filter=cond("idempotencyKey", "==", new.idempotency_key)
-                )
-                for snap in query.limit(1).stream(transaction=tx):
-                    data = snap.to_dict() or {}
-                    if data.get("fingerprint") != new.fingerprint:
-                        raise IdempotencyConflict(
-                            "Idempotency-Key was already used with a different request body",
-                            idempotencyKey=new.idempotency_key,
-                        )
-                    return d.request_from(snap.id, data), False
-            user = self._read_user(tx, spec.user_id)
+    @translated
+    def debit_and_claim(
+        self, new: NewGeneration, worker_id: str, lease_until: datetime, config_version: str | None = None
+    ) -> tuple[GenerationRequest, bool]:
+        """Debits and creates the request already running under `worker_id`'s lease (ports.ClaimsOnCreate)."""
+        return self._debit(new, (worker_id, lease_until), config_version)
+
+    def _debit(
+        self, new: NewGeneration, claim: tuple[str, datetime] | None, config_version: str | None
+    ) -> tuple[GenerationRequest, bool]:
+        """One read of the user, the configuration version (and the key's document), one commit."""
+        spec = new.spec
+        user_ref = self._users().document(spec.user_id)
+        config_ref = self._meta(CONFIG_VERSION)
+        request_ref = self._requests().document(new.id)
+        key = new.idempotency_key
+        key_ref = None if key is None else self._generation_key(spec.user_id, key)
+        doc = _new_request_doc(new) if claim is None else _claimed_request_doc(new, *claim)
+        request = d.request_from(new.id, doc)
+
+        def decide(reads: Reads, writes: Writes) -> tuple[GenerationRequest, bool]:
+            if key_ref is not None and reads[key_ref].exists:
+                return self._replay(reads[key_ref].to_dict() or {}, new), False
+            if config_version is not None and _version(reads[config_ref]) != config_version:
+                raise StaleConfig
+            user = _user_state(reads[user_ref])
             if user.credits < new.cost:
                 raise InsufficientCredits("Insufficient credits", userId=spec.user_id, required=new.cost)
-            if new.max_in_flight is not None:
-                self._check_in_flight(tx, spec.user_id, new.max_in_flight)
-            doc = _new_request_doc(new)
-            tx.create(requests.document(new.id), doc)
-            self._append(
-                tx,
-                user,
-                EntryType.DEDUCTION,
-                -new.cost,
-                new.id,
-                None,
-                new.created_at,
-                d.entry_id(new.id, EntryType.DEDUCTION),
-            )
-            return d.request_from(new.id, doc), True
+            if new.max_in_flight is not None and user.in_flight >= new.max_in_flight:
+                raise _too_many_in_flight(spec.user_id, user.in_flight, new.max_in_flight)
+            entry_id = d.entry_id(new.id, EntryType.DEDUCTION)
+            move = _Move(user, EntryType.DEDUCTION, -new.cost, new.id, None, new.created_at, entry_id)
+            writes.create(request_ref, doc)
+            writes.create(self._ledger(spec.user_id).document(entry_id), move.entry_doc)
+            writes.update(reads[user_ref], move.user_changes(in_flight=+1))
+            if key_ref is not None and key is not None:
+                writes.create(key_ref, _generation_key_doc(new.id, spec.user_id, key, new.fingerprint))
+            if claim is not None:
+                self._enqueue_webhook(writes, request, "start", new.created_at)
+            return request, True
 
-        with self._user_lock(spec.user_id):
-            return run_transaction(self.db, debit)
-
-    def _check_in_flight(self, tx: Transaction, user_id: str, limit: int) -> None:
-        query = (
-            self._requests()
-            .where(filter=cond("userId", "==", user_id))
-            .where(filter=cond("status", "in", [Status.PENDING.value, Status.RUNNING.value]))
-        )
-        counting: Any = query.count()
-        results = counting.get(transaction=tx)
-        in_flight = int(results[0][0].value)
-        if in_flight >= limit:
+        refs = [user_ref, config_ref] if key_ref is None else [user_ref, config_ref, key_ref]
+        try:
+            with self._user_lock(spec.user_id):
+                (found, fresh), writes = commit_unchanged(self.db, refs, decide)
+        except Contention as exc:
+            # The user's balance kept changing under this debit: more creates at once than one
+            # document takes. Nothing was written; the client may send it again.
             raise TooManyRequests(
-                f"User {user_id} already has {in_flight} generations queued or running (limit {limit})",
+                f"User {spec.user_id} has too many creates at once; try again",
                 retry_after=1,
-                userId=user_id,
-                inFlight=in_flight,
-                limit=limit,
+                userId=spec.user_id,
+            ) from exc
+        if fresh:
+            self._remember(new.id, writes.update_times[request_ref.path], doc)
+        return found, fresh
+
+    def _replay(self, key: dict[str, Any], new: NewGeneration) -> GenerationRequest:
+        if key.get("fingerprint") != new.fingerprint:
+            raise IdempotencyConflict(
+                "Idempotency-Key was already used with a different request body",
+                idempotencyKey=new.idempotency_key,
             )
+        snap = self._requests().document(key["requestId"]).get()
+        return d.request_from(snap.id, snap.to_dict() or {})
+
+    def _remember(self, request_id: str, update_time: Any, data: dict[str, Any]) -> None:
+        with self._known_lock:
+            self._known[request_id] = (update_time, data)
+            self._known.move_to_end(request_id)
+            while len(self._known) > KNOWN_REQUESTS:
+                self._known.popitem(last=False)
+
+    def _recall(self, request_id: str) -> tuple[Any, dict[str, Any]] | None:
+        with self._known_lock:
+            return self._known.pop(request_id, None)
 
     @translated
     def get_request(self, request_id: str) -> GenerationRequest | None:
@@ -444,9 +514,10 @@ class FirestoreStorage:
         batch.update(snap.reference, changes, option=self.db.write_option(last_update_time=snap.update_time))
         self._enqueue_webhook(batch, request, "start", now)
         try:
-            batch.commit()
+            results = batch.commit()
         except (gexc.FailedPrecondition, gexc.NotFound):
             return None  # changed since we read it: another worker claimed it, or it was canceled
+        self._remember(snap.id, results[0].update_time, {**data, **changes})
         return request
 
     def _conditional_update(
@@ -487,25 +558,44 @@ class FirestoreStorage:
 
     @translated
     def complete(self, request_id: str, worker_id: str, image_url: str, now: datetime) -> bool:
-        ref = self._requests().document(request_id)
+        """Completed, if still running under `worker_id`; the user has one request fewer in flight.
 
-        def complete(tx: Transaction) -> bool:
-            snap = ref.get(transaction=tx)
-            data = snap.to_dict() or {}
-            if not snap.exists or not _running_for(data, worker_id):
+        The job's own process usually knows the document as it wrote it (the claim): then the write
+        is conditional on that version, one round trip; otherwise, or if it changed, it reads first.
+        """
+        ref = self._requests().document(request_id)
+        changes = {
+            "status": Status.COMPLETED.value,
+            "imageUrl": image_url,
+            "completedAt": d.aware(now),
+            "leaseOwner": None,
+            "leaseExpiresAt": None,
+        }
+
+        def write(writes: Writes, snap: Any, data: dict[str, Any]) -> bool:
+            if not _running_for(data, worker_id):
                 return False
-            changes = {
-                "status": Status.COMPLETED.value,
-                "imageUrl": image_url,
-                "completedAt": d.aware(now),
-                "leaseOwner": None,
-                "leaseExpiresAt": None,
-            }
-            tx.update(ref, changes)
-            self._enqueue_webhook(tx, d.request_from(request_id, {**data, **changes}), "completed", now)
+            writes.update(snap, changes)
+            writes.increment(self._users().document(data["userId"]), "inFlight", -1)
+            self._enqueue_webhook(writes, d.request_from(request_id, {**data, **changes}), "completed", now)
             return True
 
-        return run_transaction(self.db, complete)
+        known = self._recall(request_id)
+        if known is not None:
+            writes = Writes(self.db)
+            if write(writes, _Known(ref, known[0]), known[1]):
+                try:
+                    writes.commit()
+                    return True
+                except (gexc.FailedPrecondition, gexc.Aborted):
+                    pass  # changed since this process wrote it: decide again on what it is now
+
+        def decide(reads: Reads, writes: Writes) -> bool:
+            snap = reads[ref]
+            return snap.exists and write(writes, snap, snap.to_dict() or {})
+
+        done, _ = commit_unchanged(self.db, [ref], decide)
+        return done
 
     @translated
     def fail_and_refund(
@@ -545,16 +635,17 @@ class FirestoreStorage:
         if not valid_id(request_id):
             return False
         ref = self._requests().document(request_id)
-        found = ref.get()
-        if not found.exists or not condition(found.to_dict() or {}):
-            return False  # a quick no: the transaction below checks again
+        known = self._recall(request_id)  # as this process wrote it: its user, if not its state now
+        found = known[1] if known is not None else ref.get().to_dict()
+        if found is None or (known is None and not condition(found)):
+            return False  # a quick no: the write below checks again
+        user_ref = self._users().document(str(found["userId"]))
 
-        def finish(tx: Transaction) -> bool:
-            snap = ref.get(transaction=tx)
+        def decide(reads: Reads, writes: Writes) -> bool:
+            snap = reads[ref]
             data = snap.to_dict() or {}
             if not snap.exists or not condition(data):
                 return False
-            user = self._read_user(tx, data["userId"])
             changes = {
                 "status": status.value,
                 "error": error,
@@ -562,15 +653,25 @@ class FirestoreStorage:
                 "leaseOwner": None,
                 "leaseExpiresAt": None,
             }
-            tx.update(ref, changes)
-            cost = int(data["cost"])
             refund_id = d.entry_id(request_id, EntryType.REFUND)
-            self._append(tx, user, EntryType.REFUND, cost, request_id, error, now, refund_id)
-            self._enqueue_webhook(tx, d.request_from(request_id, {**data, **changes}), "completed", now)
+            move = _Move(
+                _user_state(reads[user_ref]),
+                EntryType.REFUND,
+                int(data["cost"]),
+                request_id,
+                error,
+                now,
+                refund_id,
+            )
+            writes.update(snap, changes)
+            writes.create(self._ledger(move.user.id).document(refund_id), move.entry_doc)
+            writes.update(reads[user_ref], move.user_changes(in_flight=-1))
+            self._enqueue_webhook(writes, d.request_from(request_id, {**data, **changes}), "completed", now)
             return True
 
-        with self._user_lock(str((found.to_dict() or {})["userId"])):
-            return run_transaction(self.db, finish)
+        with self._user_lock(user_ref.id):
+            done, _ = commit_unchanged(self.db, [ref, user_ref], decide)
+        return done
 
     @translated
     def expired_jobs(self, now: datetime) -> list[GenerationRequest]:
@@ -640,6 +741,7 @@ class FirestoreStorage:
             if not snap.exists or (snap.to_dict() or {}).get("revokedAt") is not None:
                 return False
             tx.update(ref, {"revokedAt": d.aware(now)})
+            self._bump_config(tx)  # processes that cached the key must look again
             return True
 
         return run_transaction(self.db, revoke)
@@ -941,14 +1043,75 @@ class FirestoreStorage:
 
 
 class _UserState:
-    """A user's balance and ledger counter as read inside a transaction."""
+    """A user's balance, ledger counter and requests in flight, as read for one credit move."""
 
-    __slots__ = ("id", "credits", "seq")
+    __slots__ = ("id", "credits", "seq", "in_flight")
 
-    def __init__(self, user_id: str, credits: int, seq: int) -> None:
+    def __init__(self, user_id: str, credits: int, seq: int, in_flight: int) -> None:
         self.id = user_id
         self.credits = credits
         self.seq = seq
+        self.in_flight = in_flight
+
+
+def _user_state(snap: Any) -> _UserState:
+    if not snap.exists:
+        raise UserNotFound(snap.id)
+    data = snap.to_dict() or {}
+    return _UserState(
+        snap.id, int(data["credits"]), int(data.get("ledgerSeq") or 0), int(data.get("inFlight") or 0)
+    )
+
+
+class _Move:
+    """One ledger entry and the user document's new balance and counter (never below 0 credits)."""
+
+    def __init__(
+        self,
+        user: _UserState,
+        entry_type: EntryType,
+        delta: int,
+        request_id: str | None,
+        reason: str | None,
+        now: datetime,
+        entry_id: str,
+        idempotency_key: str | None = None,
+    ) -> None:
+        balance = user.credits + delta
+        if balance < 0:
+            raise InsufficientCredits("Insufficient credits", userId=user.id, required=-delta)
+        self.user = user
+        self.seq = user.seq + 1
+        self.entry = LedgerEntry(entry_id, user.id, entry_type, delta, balance, request_id, reason, now)
+        self.entry_doc = d.entry_doc(self.entry, self.seq, idempotency_key)
+
+    def user_changes(self, in_flight: int = 0) -> dict[str, Any]:
+        changes: dict[str, Any] = {"credits": self.entry.balance_after, "ledgerSeq": self.seq}
+        if in_flight:
+            changes["inFlight"] = self.user.in_flight + in_flight
+        return changes
+
+
+class _Known:
+    """A request document as this process last wrote it: enough to write it again conditionally."""
+
+    def __init__(self, reference: firestore.DocumentReference, update_time: Any) -> None:
+        self.reference = reference
+        self.update_time = update_time
+
+
+def _version(snap: Any) -> str:
+    return str((snap.to_dict() or {}).get("value") or "") if snap.exists else ""
+
+
+def _too_many_in_flight(user_id: str, in_flight: int, limit: int) -> TooManyRequests:
+    return TooManyRequests(
+        f"User {user_id} already has {in_flight} generations queued or running (limit {limit})",
+        retry_after=1,
+        userId=user_id,
+        inFlight=in_flight,
+        limit=limit,
+    )
 
 
 def _same_move(existing: LedgerEntry, entry_type: EntryType, delta: int) -> LedgerEntry:
@@ -1003,6 +1166,22 @@ def _new_request_doc(new: NewGeneration) -> dict[str, Any]:
         "webhook": new.webhook,
         "webhookEvents": sorted(new.webhook_events),
     }
+
+
+def _claimed_request_doc(new: NewGeneration, worker_id: str, lease_until: datetime) -> dict[str, Any]:
+    """A new request already running under `worker_id`'s lease: its creator runs it (no claim)."""
+    return {
+        **_new_request_doc(new),
+        "status": Status.RUNNING.value,
+        "attempts": 1,
+        "startedAt": d.aware(new.created_at),
+        "leaseOwner": worker_id,
+        "leaseExpiresAt": d.aware(lease_until),
+    }
+
+
+def _generation_key_doc(request_id: str, user_id: str, key: str, fingerprint: str | None) -> dict[str, Any]:
+    return {"requestId": request_id, "userId": user_id, "key": key, "fingerprint": fingerprint}
 
 
 def _delivery(delivery_id: str, data: dict[str, Any], attempts: int) -> WebhookDelivery:

@@ -1,13 +1,15 @@
 """Documents <-> domain objects, in the case study's field names (camelCase, Firestore timestamps).
 
-    users/{userId}                      credits, createdAt, ledgerSeq
+    users/{userId}                      credits, createdAt, ledgerSeq, inFlight
     users/{userId}/transactions/{id}    type, credits, delta, balanceAfter, generationRequestId, reason,
                                         timestamp, seq, userId, idempotencyKey
     generationRequests/{id}             userId, model, style, color, size, prompt, status, cost, imageUrl,
                                         error, attempts, createdAt, startedAt, completedAt, leaseOwner,
                                         leaseExpiresAt, idempotencyKey, fingerprint, source, webhook,
                                         webhookEvents
+    generationKeys/{sha256(user, key)}  requestId, userId, key, fingerprint (one per Idempotency-Key)
 
+`inFlight` counts the user's requests pending or running (the in-flight limit reads it);
 `ledgerSeq` counts a user's entries; each entry's `seq` orders the ledger (newest first) even when two
 entries share a timestamp, as the SQL adapter's global sequence does.
 """
@@ -28,6 +30,7 @@ MODELS = "models"
 OPTION_KINDS = ("styles", "colors", "sizes")
 API_KEYS = "apiKeys"
 IDEMPOTENCY_KEYS = "idempotencyKeys"
+GENERATION_KEYS = "generationKeys"
 WEBHOOKS = "webhookDeliveries"
 SCHEDULED_RUNS = "scheduledRuns"
 META = "meta"

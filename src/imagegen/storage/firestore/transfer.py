@@ -29,6 +29,7 @@ import json
 import pickle
 import sqlite3
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +38,7 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
+from imagegen.domain.generation import Status
 from imagegen.domain.ledger import EntryType, LedgerEntry
 from imagegen.errors import Conflict, InvalidInput
 from imagegen.ids import random_id
@@ -47,6 +49,7 @@ PAGE = 1000  # documents per export page
 LOOKUP = 300  # documents per existence check (one get_all)
 WRITES = 400  # documents per batch or transaction
 MAX_DOCUMENT_BYTES = 900_000  # Firestore's limit is 1 MiB including field names and overhead
+IN_FLIGHT = (Status.PENDING.value, Status.RUNNING.value)
 
 REQUEST_FIELDS = {
     "user_id": "userId",
@@ -160,6 +163,7 @@ class _Plan:
         self.stage.executescript(STAGING)
         self.counts = {name: 0 for name in ("users", "generationRequests", "transactions", "reports")}
         self.counts["usersCreatedAsReferenced"] = 0
+        self.in_flight: Counter[str] = Counter()
 
     def close(self) -> None:
         self.stage.close()
@@ -263,7 +267,10 @@ class _Plan:
 
     # 4. write
     def write(self) -> dict[str, int]:
-        for chunk in _chunks(list(self._new("generationRequests")), WRITES):
+        requests = list(self._new("generationRequests"))
+        # Users count their requests queued or running (the in-flight limit): imported ones too.
+        self.in_flight = Counter(r["user_id"] for r in requests if r["status"] in IN_FLIGHT)
+        for chunk in _chunks(requests, WRITES):
             self._create_all(
                 (self.db.collection(d.REQUESTS).document(r["id"]), _request_doc(r)) for r in chunk
             )
@@ -277,6 +284,9 @@ class _Plan:
             for chunk in _chunks(list(self._new_entries(user_id)), WRITES):
                 run_transaction(self.db, self._append_to_existing, user_id, chunk)
                 self.counts["transactions"] += len(chunk)
+            if self.in_flight[user_id]:
+                user_ref = self.db.collection(d.USERS).document(user_id)
+                user_ref.update({"inFlight": firestore.Increment(self.in_flight[user_id])})
         self._write_new_users()
         return self.counts
 
@@ -330,7 +340,8 @@ class _Plan:
                     )
                 )
             # Created last, with its final balance: the user appears whole or not at all.
-            pending.append((user_ref, {"credits": target, "createdAt": d.aware(when), "ledgerSeq": seq}))
+            user_doc = {"credits": target, "createdAt": d.aware(when), "ledgerSeq": seq}
+            pending.append((user_ref, {**user_doc, "inFlight": self.in_flight[user_id]}))
             self.counts["users" if line else "usersCreatedAsReferenced"] += 1
             if len(pending) >= WRITES - 1:
                 self._create_users(pending)
