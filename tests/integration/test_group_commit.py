@@ -27,7 +27,8 @@ from imagegen.errors import InsufficientCredits, StaleConfig
 from imagegen.ports import NewGeneration
 from imagegen.storage.sql import tables as t
 from imagegen.storage.sql.adapter import SqlStorage
-from imagegen.storage.sql.engine import Batch, GroupCommit
+from imagegen.storage.sql.calls import Batch
+from imagegen.storage.sql.group_commit import GroupCommit
 from tests.integration.builders import BODY, T0, balance
 from tests.support import migrated_sql
 

@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from imagegen import service
 from imagegen.clock import utcnow
 from imagegen.storage.sql.adapter import SqlStorage
-from imagegen.storage.sql.engine import POSTGRES_POOL_SIZE
+from imagegen.storage.sql.engines import POSTGRES_POOL_SIZE
 from tests.support import migrated_sql
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from imagegen.storage.sql.engine import Transactions, WriterBusy, create_sql_engine
+from imagegen.storage.sql.engines import create_sql_engine
+from imagegen.storage.sql.transactions import Transactions, WriterBusy
 
 PAGE = 4096
 ROWS = 2_000  # ~8 MB of blobs: twice what SQLite's default auto-checkpoint lets the WAL reach

@@ -84,43 +84,46 @@ class DriverStatement:
 
 class RowsStatement:
     """A PostgreSQL statement that applies many rows in one execution: the rows go as one JSON
-    array parameter, `%(rows)s`, which `rows_sql` turns back into typed columns (`jsonb_to_recordset`).
+    array parameter, `rows`, which the statement turns back into typed columns (`jsonb_to_recordset`),
+    each row with its ordinal `n` (from 1), which the statement returns for the rows it applied.
 
     One JSON text costs the client a few microseconds a row, where an array parameter per column
     cost ~25 µs a row (psycopg dumps array elements one by one, a regex for each string). `columns`
     gives each column's SQLAlchemy type, whose bind processing each value gets (as DriverStatement's
-    parameters do); datetimes go as ISO 8601 text. The statement returns the ordinal (from 1) of
-    each row it applied. With `key`, `%(keys)s` is the list of that column's values: the planner
-    cannot tell how many rows the JSON holds (it guesses 100), and for 100 rows it preferred reading
-    the whole users table into a hash join to looking each user up; `id = ANY(%(keys)s)` makes it
-    look them up. A single row runs `one_sql` instead, the same statement with the row's columns as
-    its parameters (`%(column)s`), which is cheaper to plan and run.
+    parameters do); datetimes go as ISO 8601 text. With `key`, the parameter `keys` is the list of
+    that column's values (see statements.DEBIT_ROWS). A single row runs `one` instead, the same
+    statement with the row's columns as its parameters, which is cheaper to plan and run.
     """
 
     def __init__(
-        self, rows_sql: str, one_sql: str, columns: Mapping[str, TypeEngine[Any]], key: str | None = None
+        self,
+        many: Executable,
+        one: Executable,
+        columns: Mapping[str, TypeEngine[Any]],
+        key: str | None = None,
     ) -> None:
-        self.rows_sql = rows_sql
-        self.one_sql = one_sql
+        self._many = DriverStatement(many)
+        self._one = DriverStatement(one)
         self._columns = dict(columns)
         self._key = key
         self._processors: dict[str, Callable[[Any], Any]] | None = None
 
     def bind(self, dialect: Dialect, rows: Sequence[Mapping[str, Any]]) -> tuple[str, Any]:
+        keys = [row[self._key] for row in rows] if self._key is not None else None
+        if len(rows) == 1:
+            return self._one.bind(dialect, {**rows[0], "keys": keys})
         if self._processors is None:
             self._processors = {
                 name: process
                 for name, kind in self._columns.items()
                 if (process := kind.dialect_impl(dialect).bind_processor(dialect)) is not None
             }
-        if processors := self._processors:
-            rows = [
-                {**row, **{name: process(row[name]) for name, process in processors.items()}} for row in rows
-            ]
-        keys = [row[self._key] for row in rows] if self._key is not None else None
-        if len(rows) == 1:
-            return self.one_sql, {**rows[0], "keys": keys}
-        return self.rows_sql, {"rows": json.dumps(rows, default=_json_scalar), "keys": keys}
+        processors = self._processors
+        numbered = [
+            {**row, **{name: process(row[name]) for name, process in processors.items()}, "n": n}
+            for n, row in enumerate(rows, start=1)
+        ]
+        return self._many.bind(dialect, {"rows": json.dumps(numbered, default=_json_scalar), "keys": keys})
 
 
 def _json_scalar(value: Any) -> str:

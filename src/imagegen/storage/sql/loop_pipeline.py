@@ -29,51 +29,19 @@ import logging
 import select
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from sqlalchemy import Engine
 from sqlalchemy.engine import Dialect
 
 from imagegen.errors import StorageUnavailable
-from imagegen.storage.sql.calls import QueuedCall, call_order
+from imagegen.storage.sql.calls import HAND_OVER, LoopPipelined, LoopStatement, QueuedCall, call_order
 from imagegen.storage.sql.driver import RowsStatement
 
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
 log = logging.getLogger("imagegen.storage")
-
-
-class HandOver:
-    """A call's answer when its statement moved nothing: the writer thread runs it whole instead."""
-
-
-HAND_OVER = HandOver()
-
-
-@dataclass(frozen=True)
-class LoopStatement(Generic[R_co]):
-    """One call's row for a statement that applies many calls' rows in one execution.
-
-    Calls with the same `key` (e.g. the user whose balance the row moves) never share an execution:
-    the second goes in the next one, after the first in the same transaction. `answer` gives the
-    call's value from whether the statement applied its row, or HAND_OVER.
-    """
-
-    statement: RowsStatement
-    row: dict[str, Any]
-    key: Hashable
-    answer: Callable[[bool], R_co | HandOver]
-
-
-class LoopPipelined(Protocol[R_co]):
-    """A write call that can also be one statement of a batch the event loop pipelines."""
-
-    @property
-    def pipelines(self) -> bool:
-        """False for a call that must run whole (on the writer thread)."""
-
-    def on_loop(self) -> LoopStatement[R_co]: ...
 
 
 class LoopPipeline:

@@ -13,11 +13,17 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Select,
+    Text,
+    any_,
     bindparam,
+    cast,
+    column,
     func,
     insert,
     literal,
     literal_column,
+    or_,
     select,
     true,
     update,
@@ -36,16 +42,29 @@ PENDING, RUNNING = Status.PENDING.value, Status.RUNNING.value
 JOBS_CHANNEL = "imagegen_jobs"  # a job was queued: idle workers look
 DONE_CHANNEL = "imagegen_done"  # a job ended (payload: its id): waiting HTTP handlers look
 
+
 # -- credits: one conditional UPDATE moves a balance (and the in-flight count) or moves nothing ----
-_credit_conditions = (users.c.id == bindparam("p_user"), users.c.credits + bindparam("p_delta") >= 0)
+def covers(delta: Any) -> ColumnElement[bool]:
+    """The balance can take `delta`: it stays at 0 or above (invariant 1)."""
+    return users.c.credits + delta >= 0
+
+
+def under_limit(max_in_flight: Any) -> ColumnElement[bool]:
+    """The user has fewer than `max_in_flight` generations queued or running."""
+    return users.c.in_flight < max_in_flight
+
+
+_user = users.c.id == bindparam("p_user")
 _credit_values = {
     "credits": users.c.credits + bindparam("p_delta"),
     "in_flight": users.c.in_flight + bindparam("p_in_flight"),
 }
-MOVE_CREDITS = update(users).where(*_credit_conditions).values(_credit_values).returning(users.c.credits)
+MOVE_CREDITS = (
+    update(users).where(_user, covers(bindparam("p_delta"))).values(_credit_values).returning(users.c.credits)
+)
 MOVE_CREDITS_LIMITED = (
     update(users)
-    .where(*_credit_conditions, users.c.in_flight < bindparam("p_max_in_flight"))
+    .where(_user, covers(bindparam("p_delta")), under_limit(bindparam("p_max_in_flight")))
     .values(_credit_values)
     .returning(users.c.credits)
 )
@@ -198,53 +217,26 @@ FIND_API_KEY = select(t.api_keys).where(
     t.api_keys.c.key_hash == bindparam("p_hash"), t.api_keys.c.revoked_at.is_(None)
 )
 
-# -- PostgreSQL: a whole debit in one statement (one round trip instead of three) -------------------
-# The UPDATE's RETURNING feeds both INSERTs: when it moves no balance, nothing is inserted either.
-_debited = (
-    update(users)
-    .where(
-        users.c.id == bindparam("p_user"),
-        users.c.credits + bindparam("p_delta") >= 0,
-        users.c.in_flight < bindparam("p_max_in_flight"),
-    )
-    .values(credits=users.c.credits + bindparam("p_delta"), in_flight=users.c.in_flight + 1)
-    .returning(users.c.credits)
-    .cte("debited")
-)
-_REQUEST_VALUES = {name: bindparam(f"r_{name}", type_=gr.c[name].type) for name in REQUEST_COLUMNS}
-_ENTRY_VALUES = {
-    "id": bindparam("e_id", type_=t.ledger.c.id.type),
-    "user_id": bindparam("r_user_id", type_=t.ledger.c.user_id.type),
-    "type": literal("deduction"),
-    "delta": bindparam("p_delta", type_=t.ledger.c.delta.type),
-    "balance_after": _debited.c.credits,
-    "generation_request_id": bindparam("r_id", type_=t.ledger.c.generation_request_id.type),
-    "reason": literal(None, type_=t.ledger.c.reason.type),
-    "created_at": bindparam("r_created_at", type_=t.UTCDateTime()),
-    "idempotency_key": literal(None, type_=t.ledger.c.idempotency_key.type),
-}
-_insert_request = insert(gr).from_select(
-    list(_REQUEST_VALUES), select(*_REQUEST_VALUES.values()).select_from(_debited)
-)
-_insert_entry = insert(t.ledger).from_select(
-    list(_ENTRY_VALUES), select(*_ENTRY_VALUES.values()).select_from(_debited)
-)
-DEBIT_IN_ONE = DriverStatement(
-    select(_debited.c.credits).add_cte(_insert_request.cte("request"), _insert_entry.cte("entry"))
-)
-
-# -- PostgreSQL: DEBIT_IN_ONE for a whole batch (the event loop's; see loop_pipeline.py) -------------
-# The same debit, request and ledger entry for many creates in one execution, with the same
-# parameters, as the rows of one JSON array (see RowsStatement), and everything else the batch's
-# transaction needs, so that a batch of distinct users is one statement in one round trip, its own
-# transaction. A user may appear once per execution: the UPDATE joins each user's row to one input
-# row only (the loop runs a user's further creates in later ones). A row whose `p_config` is not
-# the stored configuration version (the catalog and keys it was priced with are stale) moves
-# nothing, like a row short of credits; NULL skips that check. The first applied row wakes the job
-# workers (NOTIFY, delivered at commit).
+# -- the configuration version: changed with the catalog and the keys, checked by cached creates ----
 CONFIG_VERSION_KEY = "config_version"
+CONFIG_VERSION = select(t.meta.c.value).where(t.meta.c.key == CONFIG_VERSION_KEY)
+CONFIG_VERSION_FAST = DriverStatement(CONFIG_VERSION)
+SET_CONFIG_VERSION = (
+    update(t.meta).where(t.meta.c.key == CONFIG_VERSION_KEY).values(value=bindparam("p_version"))
+)
 
-_DEBIT_COLUMNS: dict[str, Any] = {
+# -- PostgreSQL: a create's whole debit in one statement, for one create or for a batch --------------
+# The UPDATE's RETURNING feeds both INSERTs: when it moves no balance, nothing is inserted either. It
+# also checks the configuration version the create was priced under (`p_config`; NULL skips the
+# check: a stale row moves nothing, like a row short of credits) and, if it debited anything, wakes
+# the job workers (NOTIFY, delivered at commit). A batch's creates are the rows of one JSON array
+# parameter (see driver.RowsStatement): one execution, its own transaction on an autocommit
+# connection. A user may appear once per execution: the UPDATE joins each user's row to one input
+# row only (the loop runs a user's further creates in later executions). `keys` lists the users:
+# the planner cannot tell how many rows the JSON holds, and looks each user up by `id = ANY(keys)`
+# instead of reading the whole table into a hash join. The statement returns the `n` of each row
+# it applied.
+DEBIT_COLUMNS: dict[str, Any] = {
     "p_user": users.c.id.type,
     "p_delta": BigInteger(),
     "p_max_in_flight": BigInteger(),
@@ -254,56 +246,56 @@ _DEBIT_COLUMNS: dict[str, Any] = {
 }
 
 
-def _debit_on_loop_sql(*, one: bool) -> str:
-    pg = postgresql.dialect()
-    types = {name: kind.compile(dialect=pg) for name, kind in _DEBIT_COLUMNS.items()}
-    if one:  # the row's columns are the parameters
-        columns = ", ".join(f"%({name})s::{kind} AS {name}" for name, kind in types.items())
-        rows = f"SELECT {columns}, 1 AS n"
-    else:
-        typed = ", ".join(f"{name} {kind}" for name, kind in types.items())
-        rows = f"""SELECT * FROM ROWS FROM (jsonb_to_recordset(%(rows)s::jsonb) AS ({typed}))
-        WITH ORDINALITY AS input({", ".join(types)}, n)"""
-    u, meta = users.name, t.meta.name
-    requests = ", ".join(REQUEST_COLUMNS)
-    request_values = ", ".join(f"input.r_{name}" for name in REQUEST_COLUMNS)
-    return f"""
-WITH input AS (
-    {rows}
-), debited AS (
-    UPDATE {u} SET credits = {u}.credits + input.p_delta, in_flight = {u}.in_flight + 1
-    FROM input
-    WHERE {u}.id = ANY(%(keys)s) AND {u}.id = input.p_user
-        AND {u}.credits + input.p_delta >= 0
-        AND {u}.in_flight < input.p_max_in_flight
-        AND (input.p_config IS NULL OR input.p_config = coalesce(
-            (SELECT value FROM {meta} WHERE key = '{CONFIG_VERSION_KEY}'), ''))
-    RETURNING input.n, {u}.credits
-), request AS (
-    INSERT INTO {gr.name} ({requests})
-    SELECT {request_values} FROM input JOIN debited ON debited.n = input.n
-), entry AS (
-    INSERT INTO {t.ledger.name} (id, user_id, type, delta, balance_after, generation_request_id, created_at)
-    SELECT input.e_id, input.p_user, 'deduction', input.p_delta, debited.credits, input.r_id,
-        input.r_created_at
-    FROM input JOIN debited ON debited.n = input.n
-), woken AS (
-    SELECT pg_notify('{JOBS_CHANNEL}', '') FROM (SELECT FROM debited LIMIT 1) AS any_debit
+def _debit(input_: Any) -> Select[Any]:
+    """The debit of every row of `input_` (a CTE with DEBIT_COLUMNS and each row's `n`)."""
+    version = func.coalesce(CONFIG_VERSION.scalar_subquery(), "")
+    debited = (
+        update(users)
+        .where(
+            users.c.id == any_(bindparam("keys", type_=postgresql.ARRAY(users.c.id.type))),
+            users.c.id == input_.c.p_user,
+            covers(input_.c.p_delta),
+            under_limit(input_.c.p_max_in_flight),
+            or_(input_.c.p_config.is_(None), input_.c.p_config == version),
+        )
+        .values(credits=users.c.credits + input_.c.p_delta, in_flight=users.c.in_flight + 1)
+        .returning(input_.c.n, users.c.credits)
+        .cte("debited")
+    )
+    applied = input_.join(debited, debited.c.n == input_.c.n)
+    request = {name: input_.c[f"r_{name}"] for name in REQUEST_COLUMNS}
+    entry = {
+        "id": input_.c.e_id,
+        "user_id": input_.c.p_user,
+        "type": literal("deduction"),
+        "delta": input_.c.p_delta,
+        "balance_after": debited.c.credits,
+        "generation_request_id": input_.c.r_id,
+        "created_at": input_.c.r_created_at,
+    }
+    inserts = (
+        insert(gr).from_select(list(request), select(*request.values()).select_from(applied)).cte("request"),
+        insert(t.ledger).from_select(list(entry), select(*entry.values()).select_from(applied)).cte("entry"),
+    )
+    any_debit = select(literal(1)).select_from(debited).limit(1).subquery("any_debit")
+    woken = select(func.pg_notify(JOBS_CHANNEL, "")).select_from(any_debit).cte("woken")
+    return select(debited.c.n).select_from(debited.outerjoin(woken, true())).add_cte(*inserts)
+
+
+_one_row = select(
+    *(bindparam(name, type_=kind).label(name) for name, kind in DEBIT_COLUMNS.items()),
+    literal(1, BigInteger()).label("n"),
+).cte("input")
+_json_rows = (
+    func.jsonb_to_recordset(cast(bindparam("rows", type_=Text()), postgresql.JSONB))
+    .table_valued(*(column(name, kind) for name, kind in {**DEBIT_COLUMNS, "n": BigInteger()}.items()))
+    .render_derived(name="rows", with_types=True)
 )
-SELECT n FROM debited LEFT JOIN woken ON true"""
+DEBIT_ONE = _debit(_one_row)
+DEBIT_MANY = _debit(select(_json_rows).cte("input"))
+DEBIT_IN_ONE = DriverStatement(DEBIT_ONE)  # the writer thread's debit of one create
+DEBIT_ROWS = RowsStatement(DEBIT_MANY, DEBIT_ONE, DEBIT_COLUMNS, key="p_user")  # the event loop's
 
-
-DEBIT_ROWS = RowsStatement(
-    _debit_on_loop_sql(one=False), _debit_on_loop_sql(one=True), _DEBIT_COLUMNS, key="p_user"
-)
-
-
-# -- the configuration version: changed with the catalog and the keys, checked by cached creates ----
-CONFIG_VERSION = select(t.meta.c.value).where(t.meta.c.key == CONFIG_VERSION_KEY)
-CONFIG_VERSION_FAST = DriverStatement(CONFIG_VERSION)
-SET_CONFIG_VERSION = (
-    update(t.meta).where(t.meta.c.key == CONFIG_VERSION_KEY).values(value=bindparam("p_version"))
-)
 
 # -- catalog ---------------------------------------------------------------------------------------
 MODELS = select(t.models)

@@ -16,7 +16,6 @@ from itertools import islice
 from typing import Any
 
 from sqlalchemy import Connection, Table, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from imagegen.domain.generation import Status
@@ -24,6 +23,7 @@ from imagegen.domain.ledger import EntryType
 from imagegen.errors import InvalidInput
 from imagegen.ids import new_id
 from imagegen.storage.sql import tables as t
+from imagegen.storage.sql.dialects import Dialect
 
 BATCH = 1000
 COLLECTIONS = ("users", "generationRequests", "transactions", "reports")
@@ -75,8 +75,10 @@ ENTRY_FIELDS = (
 )
 
 
-def import_records(conn: Connection, records: Iterable[dict[str, Any]], now: datetime) -> dict[str, int]:
-    run = _Import(conn, now)
+def import_records(
+    conn: Connection, dialect: Dialect, records: Iterable[dict[str, Any]], now: datetime
+) -> dict[str, int]:
+    run = _Import(conn, dialect, now)
     iterator = iter(records)
     while batch := list(islice(iterator, BATCH)):
         run.batch(batch)
@@ -86,8 +88,9 @@ def import_records(conn: Connection, records: Iterable[dict[str, Any]], now: dat
 
 
 class _Import:
-    def __init__(self, conn: Connection, now: datetime) -> None:
+    def __init__(self, conn: Connection, dialect: Dialect, now: datetime) -> None:
         self.conn = conn
+        self.dialect = dialect
         self.now = now
         self.counts = {name: 0 for name in COLLECTIONS} | {"usersCreatedAsReferenced": 0}
         self.targets: dict[str, int] = {}  # users created by this import -> the balance they end with
@@ -165,8 +168,7 @@ class _Import:
         """Inserts the rows whose id is new; returns the inserted rows (or their ids)."""
         if not rows:
             return []
-        dialect = sqlite if self.conn.dialect.name == "sqlite" else postgresql
-        stmt = dialect.insert(table).on_conflict_do_nothing(index_elements=["id"])
+        stmt = self.dialect.insert_new(table)
         columns = (table.c.id, table.c.user_id, table.c.delta) if returning else (table.c.id,)
         try:
             return list(self.conn.execute(stmt.returning(*columns), rows).all())

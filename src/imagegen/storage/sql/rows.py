@@ -1,0 +1,130 @@
+"""Rows read back as the domain's records, and a new request's column values."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row
+
+from imagegen.domain.catalog import ModelSettings
+from imagegen.domain.generation import GenerationRequest, Status, valid_id
+from imagegen.domain.ledger import EntryType, LedgerEntry
+from imagegen.errors import InvalidInput
+from imagegen.ports import NewGeneration
+
+
+def request_from(row: Row[Any]) -> GenerationRequest:
+    return GenerationRequest(
+        id=row.id,
+        user_id=row.user_id,
+        model=row.model,
+        style=row.style,
+        color=row.color,
+        size=row.size,
+        prompt=row.prompt,
+        cost=row.cost,
+        status=Status(row.status),
+        image_url=row.image_url,
+        error=row.error,
+        attempts=row.attempts,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        completed_at=row.completed_at,
+        idempotency_key=row.idempotency_key,
+        webhook=row.webhook,
+        webhook_events=_events(row.webhook_events),
+    )
+
+
+def request_values(new: NewGeneration) -> dict[str, Any]:
+    """The columns a create writes for its request (see statements.REQUEST_COLUMNS)."""
+    spec = new.spec
+    return {
+        "id": new.id,
+        "user_id": spec.user_id,
+        "model": spec.model,
+        "style": spec.style,
+        "color": spec.color,
+        "size": spec.size,
+        "prompt": spec.prompt,
+        "cost": new.cost,
+        "status": Status.PENDING.value,
+        "attempts": 0,
+        "idempotency_key": new.idempotency_key,
+        "fingerprint": new.fingerprint,
+        "created_at": new.created_at,
+        "webhook": new.webhook,
+        "webhook_events": ",".join(sorted(new.webhook_events)) or None,
+    }
+
+
+def new_request(values: dict[str, Any]) -> GenerationRequest:
+    """The request just inserted with `values` (no read back)."""
+    return GenerationRequest(
+        id=values["id"],
+        user_id=values["user_id"],
+        model=values["model"],
+        style=values["style"],
+        color=values["color"],
+        size=values["size"],
+        prompt=values["prompt"],
+        cost=values["cost"],
+        status=Status.PENDING,
+        image_url=None,
+        error=None,
+        attempts=0,
+        created_at=values["created_at"],
+        started_at=None,
+        completed_at=None,
+        idempotency_key=values["idempotency_key"],
+        webhook=values["webhook"],
+        webhook_events=_events(values["webhook_events"]),
+    )
+
+
+def entry_from(row: Row[Any]) -> LedgerEntry:
+    return LedgerEntry(
+        id=row.id,
+        user_id=row.user_id,
+        type=EntryType(row.type),
+        delta=row.delta,
+        balance_after=row.balance_after,
+        generation_request_id=row.generation_request_id,
+        reason=row.reason,
+        timestamp=row.created_at,
+    )
+
+
+def model_from(row: Any) -> ModelSettings:
+    return ModelSettings(row.name, row.failure_rate, row.latency_ms, row.enabled)
+
+
+def _events(stored: str | None) -> frozenset[str]:
+    return frozenset((stored or "").split(",")) - {""}
+
+
+def seq_cursor(cursor: str) -> int:
+    """A ledger page's cursor: the last entry's sequence number."""
+    if not (cursor.isascii() and cursor.isdigit() and int(cursor) < 2**63):
+        raise InvalidInput(f"Invalid cursor '{cursor[:80]}'")
+    return int(cursor)
+
+
+def encode_cursor(at: datetime, last_id: str) -> str:
+    """An opaque, URL-safe cursor: base64url of "<time>|<id>" of the last item on the page."""
+    raw = f"{at.isoformat()}|{last_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        at_text, separator, last_id = raw.partition("|")
+        at = datetime.fromisoformat(at_text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"Invalid cursor '{cursor[:80]}'") from exc
+    if not separator or at.tzinfo is None or not valid_id(last_id):
+        raise InvalidInput(f"Invalid cursor '{cursor[:80]}'")
+    return at, last_id
