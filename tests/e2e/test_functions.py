@@ -38,7 +38,8 @@ TARGETS += ("sweepGenerationJobs", "images")
 
 @pytest.fixture(scope="module")
 def functions(firestore_emulator: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """Base URLs by function name; `failingCreate` is createGenerationRequest with AI_FAILURE_RATE=1."""
+    """Base URLs by function name; `failingCreate` is createGenerationRequest with AI_FAILURE_RATE=1,
+    `deployedCreate` the same function with the environment it has when deployed."""
     folder = tmp_path_factory.mktemp("functions")
     env = function_env(firestore_emulator, folder)
     images = Function("images", folder, env)
@@ -46,6 +47,10 @@ def functions(firestore_emulator: str, tmp_path_factory: pytest.TempPathFactory)
     started = {"images": images}
     started |= {target: Function(target, folder, env) for target in TARGETS if target != "images"}
     started["failingCreate"] = Function("createGenerationRequest", folder, {**env, "AI_FAILURE_RATE": "1"})
+    # As deployed: Cloud Run's K_SERVICE, the project from the Firebase CLI, no IMAGEGEN_PUBLIC_URL.
+    deployed = {key: value for key, value in env.items() if key != "IMAGEGEN_PUBLIC_URL"}
+    deployed |= {"K_SERVICE": "createGenerationRequest", "GCLOUD_PROJECT": PROJECT}
+    started["deployedCreate"] = Function("createGenerationRequest", folder, deployed)
     try:
         for function in started.values():
             function.wait()
@@ -113,6 +118,24 @@ def test_a_generation_is_debited_run_inline_and_listed_in_the_ledger(
     )
     assert (grant["type"], grant["credits"]) == ("grant", 100)
     assert list(service.verify(firestore)) == []
+
+
+def test_deployed_the_image_url_is_the_images_functions_own_url(
+    functions: dict[str, str], keys: dict[str, str]
+) -> None:
+    created = call(
+        functions["deployedCreate"], "createGenerationRequest", keys["testUser1"], "POST", json=GENERATION
+    )
+
+    assert created.status_code == 200, created.text
+    image_id = created.json()["generationRequestId"]
+    assert (
+        created.json()["imageUrl"]
+        == f"https://us-central1-{PROJECT}.cloudfunctions.net/images/{image_id}.png"
+    )
+    # Cloud Functions hands the images function the path after its name: /<id>.png
+    image = httpx.get(f"{functions['images']}/{image_id}.png", timeout=30)
+    assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
 
 
 def test_a_failed_generation_answers_500_and_is_refunded_once(

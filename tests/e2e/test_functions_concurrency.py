@@ -140,7 +140,7 @@ def test_many_users_on_many_instances_get_their_image_or_the_designed_refund(
         user = users[n % len(users)]
         return post(instances[n % INSTANCES], keys[user], {**GENERATION, "userId": user})
 
-    answers = concurrently(48, create)
+    answers = concurrently(32, create)
 
     for answer in answers:
         assert_designed(answer, firestore)
