@@ -114,6 +114,8 @@ def serve(
         return
     import uvicorn
 
+    from imagegen import serving
+
     # Child processes build their own Settings from the environment: hand the flags down that way.
     for name, value in overrides.items():
         if value is not None:
@@ -124,6 +126,8 @@ def serve(
         host=settings.host,
         port=settings.port,
         workers=settings.processes,
+        http=serving.PROTOCOL,  # httptools with header limits and timeouts (see imagegen.serving)
+        timeout_keep_alive=settings.keep_alive_seconds,
         access_log=False,
         log_level="info",
     )

@@ -85,6 +85,17 @@ class Settings(BaseSettings):
 
     max_prompt_length: int = Field(1000, ge=1)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, le=1024 * 1024, description="Request line and headers together (431 above)"
+    )
+    max_headers: int = Field(100, ge=8, le=10_000, description="Request header lines (431 above)")
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, le=600, description="A request's headers must arrive within this (408 after)"
+    )
+    body_timeout_seconds: float = Field(
+        30.0, gt=0, le=3600, description="A request's body must arrive within this of its headers (408)"
+    )
+    keep_alive_seconds: int = Field(5, ge=1, le=600, description="An idle keep-alive connection is closed")
     max_page_size: int = Field(200, ge=1)
     bench_routes: bool = Field(
         False, description="Serve POST /_bench/noop, a route that does nothing: the benchmarks' ceiling"

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from imagegen import __version__
 from imagegen.api import admin, case_study, catalog, errors, generations, reports, system, users
-from imagegen.api.limits import BodySizeLimit
+from imagegen.api.limits import RequestLimits
 from imagegen.runtime import Runtime
 from imagegen.settings import Settings
 
@@ -38,7 +38,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(runtime.stop)
 
     app = FastAPI(title="imagegen", version=__version__, description=DESCRIPTION, lifespan=lifespan)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestLimits, max_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout_seconds
+    )
     errors.install(app)
     for module in (system, generations, users, catalog, reports, admin, case_study):
         app.include_router(module.router)

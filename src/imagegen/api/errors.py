@@ -134,4 +134,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return problem(500, "internal_error", "An internal error occurred; nothing you sent caused it")
+        response = problem(500, "internal_error", "An internal error occurred; nothing you sent caused it")
+        # The server closes the connection after an unexpected error: say so, so that no client
+        # sends its next request on a connection about to close.
+        response.headers["connection"] = "close"
+        return response
