@@ -107,6 +107,8 @@ def serve(
     }
     settings = _settings(**overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs each request's whole URL at INFO: a webhook's query may carry the receiver's token.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     # Migrate and load the initial data once, before any child process or thread races to do it.
     open_storage(settings).close()
     if not settings.serves_http:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
+
+from sqlalchemy.engine import make_url
 
 from imagegen import service
 from imagegen.clock import utcnow
@@ -27,6 +31,7 @@ log = logging.getLogger("imagegen")
 
 def open_storage(settings: Settings) -> Storage:
     """Connects, applies migrations and, on a new database, loads the initial data set."""
+    prepare_files(settings)
     storage = open_storage_adapter(settings.sql_url)
     storage.migrate()
     first = service.first_start(storage, utcnow())
@@ -35,18 +40,57 @@ def open_storage(settings: Settings) -> Storage:
     return storage
 
 
-def write_initial_keys(settings: Settings, first: service.FirstStart) -> None:
-    """Writes the first start's keys once, readable only by the owner, and says where they are."""
-    path = settings.keys_file
-    path.parent.mkdir(parents=True, exist_ok=True)
+def prepare_files(settings: Settings) -> None:
+    """Creates the data folder (0700) and a new SQLite file (0600) readable by the owner alone.
+
+    The database holds the webhook signing secret and the idempotency store's answers: SQLite gives
+    its WAL and shared-memory files the database file's mode, so creating it 0600 covers all three.
+    Folders and files that already exist keep the modes their owner gave them.
+    """
+    _private_dir(settings.data_dir)
+    url = make_url(settings.sql_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        path = Path(url.database)
+        _private_dir(path.parent)
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+
+
+def _private_dir(path: Path) -> None:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
+
+
+def write_initial_keys(settings: Settings, first: service.FirstStart) -> Path:
+    """Writes the first start's keys once, to a new file only the owner can read, and says where.
+
+    The file is created exclusively and never through a symlink: if `initial-keys.txt` exists
+    already (another database's keys, or a link planted there), it is left alone and the keys go
+    to `initial-keys.<n>.txt` instead. The keys themselves are never logged.
+    """
     lines = [f"admin {first.admin_key}"] + [f"{user} {key}" for user, key in first.user_keys.items()]
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write("# imagegen API keys created at first start (shown once; stored hashed)\n")
-        out.write("\n".join(lines) + "\n")
-    log.warning("first start: initial data loaded; API keys written to %s", path.resolve())
-    for line in lines:
-        log.warning("  %s", line)
+    text = (
+        "# imagegen API keys created at first start (shown once; stored hashed)\n" + "\n".join(lines) + "\n"
+    )
+    path = settings.keys_file
+    for n in range(1, 1000):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            log.warning("%s exists already: left as it is", path)
+            path = settings.keys_file.with_suffix(f".{n}.txt")
+            continue
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        log.warning(
+            "first start: initial data loaded; the admin key and the users' keys are in %s "
+            "(readable by this account only; the only copy: keys are stored hashed)",
+            path.resolve(),
+        )
+        return path
+    raise RuntimeError(f"could not create a keys file beside {settings.keys_file}")
 
 
 class Background(Protocol):

@@ -22,6 +22,8 @@ from imagegen.errors import InvalidInput, NotFound
 from imagegen.http import ledger_entry
 from imagegen.webhooks import signing_secret
 
+# Answers that carry a key or a secret: no browser, proxy or CDN may keep a copy.
+NO_STORE = {"Cache-Control": "no-store"}
 router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=documented(401, 403, 404, 413, 422))
 
 
@@ -69,7 +71,8 @@ async def create_user(
             service.create_user, runtime.storage, body.userId, body.credits, utcnow()
         )
         payload = {"id": user.id, "credits": user.credits, "apiKey": key}
-        return JSONResponse(payload, status_code=201, headers={"Location": f"/v1/users/{user.id}"})
+        headers = {"Location": f"/v1/users/{user.id}", **NO_STORE}
+        return JSONResponse(payload, status_code=201, headers=headers)
 
     return await idempotent(request, runtime, admin, idempotency_key, body.model_dump(), run)
 
@@ -106,10 +109,10 @@ async def move_credits(
 
 
 @router.post("/users/{user_id}/keys", status_code=201, summary="Issue another API key for a user")
-async def issue_key(user_id: str, runtime: RuntimeDep, _admin: AdminDep) -> dict[str, str]:
+async def issue_key(user_id: str, runtime: RuntimeDep, _admin: AdminDep) -> JSONResponse:
     await run_in_threadpool(service.get_user, runtime.storage, user_id)
     key_id, key = await run_in_threadpool(service.issue_key, runtime.storage, user_id, utcnow())
-    return {"keyId": key_id, "apiKey": key}
+    return JSONResponse({"keyId": key_id, "apiKey": key}, status_code=201, headers=NO_STORE)
 
 
 @router.delete("/keys/{key_id}", status_code=204, summary="Revoke an API key at once")
@@ -165,5 +168,6 @@ async def put_model(name: str, request: Request, runtime: RuntimeDep, _admin: Ad
 
 
 @router.get("/webhooks/secret", summary="The secret that signs webhooks (whsec_...)")
-async def webhook_secret(runtime: RuntimeDep, _admin: AdminDep) -> dict[str, str]:
-    return {"secret": await run_in_threadpool(signing_secret, runtime.storage, runtime.settings)}
+async def webhook_secret(runtime: RuntimeDep, _admin: AdminDep) -> JSONResponse:
+    secret = await run_in_threadpool(signing_secret, runtime.storage, runtime.settings)
+    return JSONResponse({"secret": secret}, headers=NO_STORE)

@@ -33,7 +33,7 @@ from imagegen.runtime import Runtime
 MAX_KEY_LENGTH = 255
 WAIT_FOR_FIRST = 10.0
 LOCK = timedelta(seconds=60)
-KEPT_HEADERS = ("location", "preference-applied")
+KEPT_HEADERS = ("location", "preference-applied", "cache-control")
 NOT_KEPT = {429, 409}  # transient answers: a retry should run again
 
 

@@ -41,6 +41,7 @@ def _sqlite_engine(url: str) -> Engine:
         connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
         pool_size=SQLITE_POOL_SIZE,
         max_overflow=SQLITE_POOL_SIZE,
+        hide_parameters=True,  # errors that reach a log line never show values (secrets, prompts)
     )
 
     @event.listens_for(engine, "connect")
@@ -77,4 +78,4 @@ def _postgres_engine(url: str) -> Engine:
     # connections, a busy API process (64 connections' reads on the thread pool) opened and closed
     # one per request beyond the pool's size, a PostgreSQL backend started for each:
     # getUserCredits ran at ~295 req/s, ~560 on the fixed pool.
-    return create_engine(parsed, pool_size=POSTGRES_POOL_SIZE, max_overflow=0)
+    return create_engine(parsed, pool_size=POSTGRES_POOL_SIZE, max_overflow=0, hide_parameters=True)
