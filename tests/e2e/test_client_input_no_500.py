@@ -193,3 +193,26 @@ def test_a_valid_strict_body_is_still_accepted(admin: httpx.Client) -> None:
     response = admin.post("/v1/admin/users/testUser2/credits", json={"amount": 5, "reason": "strict"})
     assert response.status_code == 201, response.text
     assert json.loads(response.text)["credits"] == 5
+
+
+@pytest.mark.parametrize(
+    "key", ["", "a\tb", b"cl\xe9", "k" * 256], ids=["empty", "a tab", "non-ASCII", "too long"]
+)
+def test_an_unusable_idempotency_key_is_refused_alike_on_both_create_routes(
+    admin: httpx.Client, user: httpx.Client, key: str | bytes
+) -> None:
+    headers: Any = {"Idempotency-Key": key}
+    with refused(admin) as responses:
+        for size in ("512x512", "1024x1024"):  # two different bodies: neither may replay the other
+            responses.append(
+                user.post("/createGenerationRequest", json={**GENERATION, "size": size}, headers=headers)
+            )
+            responses.append(user.post("/v1/generations", json={**V1_BODY, "size": size}, headers=headers))
+        responses.append(
+            admin.post(
+                "/v1/admin/users/testUser2/credits", json={"amount": 1, "reason": "k"}, headers=headers
+            )
+        )
+    case_study, v1 = responses[0], responses[1]
+    assert case_study.status_code == 400 and "Idempotency-Key" in case_study.json()["error"]
+    assert v1.status_code == 422 and "Idempotency-Key" in v1.json()["detail"]

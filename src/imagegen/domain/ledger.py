@@ -12,6 +12,24 @@ from datetime import datetime
 from enum import StrEnum
 
 
+class Refusal(StrEnum):
+    IN_FLIGHT = "in_flight"  # the user's in-flight limit: 429, retry later
+    CREDITS = "credits"  # not enough credits: 402 (400 on the case-study routes)
+
+
+def debit_refusal(credits: int, in_flight: int, cost: int, max_in_flight: int | None) -> Refusal | None:
+    """Why a create's debit of `cost` is refused, judged on the user's row as the debit saw it.
+
+    The in-flight limit comes first whenever it is reached, on every backend: its 429 asks the
+    client to retry, and a request that ends may also refund what it cost.
+    """
+    if max_in_flight is not None and in_flight >= max_in_flight:
+        return Refusal.IN_FLIGHT
+    if credits < cost:
+        return Refusal.CREDITS
+    return None
+
+
 class EntryType(StrEnum):
     DEDUCTION = "deduction"
     REFUND = "refund"

@@ -32,7 +32,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from imagegen.domain.catalog import Catalog, ModelSettings
 from imagegen.domain.generation import GenerationRequest, Status, to_resource, valid_id
-from imagegen.domain.ledger import EntryType, LedgerEntry
+from imagegen.domain.ledger import EntryType, LedgerEntry, debit_refusal
 from imagegen.domain.reports import GroupCount
 from imagegen.errors import (
     IdempotencyConflict,
@@ -42,6 +42,7 @@ from imagegen.errors import (
     TooManyRequests,
     UserExists,
     UserNotFound,
+    debit_refused,
 )
 from imagegen.ids import random_id
 from imagegen.ports import (
@@ -392,10 +393,15 @@ class FirestoreStorage:
             if config_version is not None and _version(reads[config_ref]) != config_version:
                 raise StaleConfig
             user = _user_state(reads[user_ref])
-            if user.credits < new.cost:
-                raise InsufficientCredits("Insufficient credits", userId=spec.user_id, required=new.cost)
-            if new.max_in_flight is not None and user.in_flight >= new.max_in_flight:
-                raise _too_many_in_flight(spec.user_id, user.in_flight, new.max_in_flight)
+            refusal = debit_refusal(user.credits, user.in_flight, new.cost, new.max_in_flight)
+            if refusal is not None:
+                raise debit_refused(
+                    refusal,
+                    spec.user_id,
+                    cost=new.cost,
+                    in_flight=user.in_flight,
+                    max_in_flight=new.max_in_flight,
+                )
             entry_id = d.entry_id(new.id, EntryType.DEDUCTION)
             move = _Move(user, EntryType.DEDUCTION, -new.cost, new.id, None, new.created_at, entry_id)
             writes.create(request_ref, doc)
@@ -1102,16 +1108,6 @@ class _Known:
 
 def _version(snap: Any) -> str:
     return str((snap.to_dict() or {}).get("value") or "") if snap.exists else ""
-
-
-def _too_many_in_flight(user_id: str, in_flight: int, limit: int) -> TooManyRequests:
-    return TooManyRequests(
-        f"User {user_id} already has {in_flight} generations queued or running (limit {limit})",
-        retry_after=1,
-        userId=user_id,
-        inFlight=in_flight,
-        limit=limit,
-    )
 
 
 def _same_move(existing: LedgerEntry, entry_type: EntryType, delta: int) -> LedgerEntry:

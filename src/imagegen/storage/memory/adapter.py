@@ -16,15 +16,15 @@ from typing import Any
 
 from imagegen.domain.catalog import Catalog, ModelSettings
 from imagegen.domain.generation import GenerationRequest, Status, to_resource
-from imagegen.domain.ledger import EntryType, LedgerEntry
+from imagegen.domain.ledger import EntryType, LedgerEntry, debit_refusal
 from imagegen.domain.reports import GroupCount
 from imagegen.errors import (
     IdempotencyConflict,
     InsufficientCredits,
     InvalidInput,
-    TooManyRequests,
     UserExists,
     UserNotFound,
+    debit_refused,
 )
 from imagegen.ids import new_id
 from imagegen.ports import (
@@ -197,17 +197,11 @@ class MemoryStorage:
                         )
                     return existing.request, False
             user = self._user(spec.user_id)
-            if new.max_in_flight is not None and user.in_flight >= new.max_in_flight:
-                raise TooManyRequests(
-                    f"User {user.id} already has {user.in_flight} generations queued or running "
-                    f"(limit {new.max_in_flight})",
-                    retry_after=1,
-                    userId=user.id,
-                    inFlight=user.in_flight,
-                    limit=new.max_in_flight,
+            refusal = debit_refusal(user.credits, user.in_flight, new.cost, new.max_in_flight)
+            if refusal is not None:
+                raise debit_refused(
+                    refusal, user.id, cost=new.cost, in_flight=user.in_flight, max_in_flight=new.max_in_flight
                 )
-            if user.credits < new.cost:
-                raise InsufficientCredits("Insufficient credits", userId=user.id, required=new.cost)
             request = GenerationRequest(
                 id=new.id,
                 user_id=spec.user_id,

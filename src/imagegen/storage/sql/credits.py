@@ -8,18 +8,17 @@ Every function runs inside the caller's transaction.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import Any
 
 from sqlalchemy import Connection, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from imagegen.domain.ledger import EntryType, LedgerEntry
+from imagegen.domain.ledger import EntryType, LedgerEntry, debit_refusal
 from imagegen.errors import (
     IdempotencyConflict,
-    InsufficientCredits,
-    TooManyRequests,
     UserExists,
     UserNotFound,
+    debit_refused,
 )
 from imagegen.ids import new_id
 from imagegen.ports import NO_FILTER, LedgerFilter, Page, User
@@ -70,32 +69,33 @@ def add_credits(
     no interleaving of clients can overdraw a balance or exceed the limit.
     """
     params: dict[str, Any] = {"p_user": user_id, "p_delta": delta, "p_in_flight": in_flight}
-    if max_in_flight is None:
-        row = sql.MOVE_CREDITS_FAST.execute(conn, params).fetchone()
-    else:
-        row = sql.MOVE_CREDITS_LIMITED_FAST.execute(
-            conn, {**params, "p_max_in_flight": max_in_flight}
-        ).fetchone()
-    if row is not None:
-        return int(row[0])
-    refuse(conn, user_id, delta, max_in_flight)
+    statement = sql.MOVE_CREDITS_FAST
+    if max_in_flight is not None:
+        statement, params = sql.MOVE_CREDITS_LIMITED_FAST, {**params, "p_max_in_flight": max_in_flight}
+    row = statement.execute(conn, params).fetchone()
+    if row is None:
+        refuse(conn, user_id, delta, max_in_flight)
+        # The row, now locked, allows the move (a job ended since the UPDATE looked): run it again.
+        row = statement.execute(conn, params).fetchone()
+        assert row is not None, "a locked row that allows the move refused it"
+    return int(row[0])
 
 
-def refuse(conn: Connection, user_id: str, delta: int, max_in_flight: int | None) -> NoReturn:
-    """Why a conditional UPDATE moved nothing: no such user, the in-flight limit, or the balance."""
+def refuse(conn: Connection, user_id: str, delta: int, max_in_flight: int | None) -> None:
+    """Why a conditional UPDATE moved nothing: no such user, the in-flight limit, or the balance.
+
+    Decided on the row locked for the rest of the transaction, so that a job that ended between
+    the UPDATE and this read cannot turn an in-flight refusal into "insufficient credits": if the
+    row allows the move now, this returns and the caller runs it again (on the same locked row).
+    """
     user = conn.execute(sql.USER_STATE, {"p_user": user_id}).first()
     if user is None:
         raise UserNotFound(user_id)
-    if max_in_flight is not None and user.in_flight >= max_in_flight:
-        raise TooManyRequests(
-            f"User {user_id} already has {user.in_flight} generations queued or running "
-            f"(limit {max_in_flight})",
-            retry_after=1,
-            userId=user_id,
-            inFlight=user.in_flight,
-            limit=max_in_flight,
+    refusal = debit_refusal(user.credits, user.in_flight, -delta, max_in_flight)
+    if refusal is not None:
+        raise debit_refused(
+            refusal, user_id, cost=-delta, in_flight=user.in_flight, max_in_flight=max_in_flight
         )
-    raise InsufficientCredits("Insufficient credits", userId=user_id, required=-delta)
 
 
 def append_entry(

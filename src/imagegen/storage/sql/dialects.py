@@ -125,4 +125,6 @@ def debited(
     """The answer to DEBIT_IN_ONE (its cursor): the request it queued, or why it moved nothing."""
     if cursor.fetchone() is None:
         refuse(conn, new.spec.user_id, -new.cost, new.max_in_flight)
+        # The row, now locked, allows the debit (a job ended since the UPDATE looked): run it again.
+        assert debit_alone(conn, new, values).fetchone() is not None, "a locked row refused the debit"
     return new_request(values), True

@@ -71,7 +71,11 @@ MOVE_CREDITS_LIMITED = (
 # What a debit runs for every create: straight on the driver (see driver.py).
 MOVE_CREDITS_FAST = DriverStatement(MOVE_CREDITS)
 MOVE_CREDITS_LIMITED_FAST = DriverStatement(MOVE_CREDITS_LIMITED)
-USER_STATE = select(users.c.credits, users.c.in_flight).where(users.c.id == bindparam("p_user"))
+# Why a conditional UPDATE moved nothing, read with the row locked (SQLite's writer holds the whole
+# database already): the state a retried UPDATE would see too.
+USER_STATE = (
+    select(users.c.credits, users.c.in_flight).where(users.c.id == bindparam("p_user")).with_for_update()
+)
 GET_USER = select(users).where(users.c.id == bindparam("p_user"))
 LOCK_USER = select(users.c.id).where(users.c.id == bindparam("p_user")).with_for_update()
 LEAVE_IN_FLIGHT = (
