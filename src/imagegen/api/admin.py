@@ -24,7 +24,7 @@ from imagegen.webhooks import signing_secret
 
 # Answers that carry a key or a secret: no browser, proxy or CDN may keep a copy.
 NO_STORE = {"Cache-Control": "no-store"}
-router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=documented(401, 403, 404, 413, 422))
+router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=documented(401, 403, 404, 409, 413, 422))
 
 
 class NewUser(BaseModel):
@@ -52,9 +52,25 @@ class ModelIn(BaseModel):
     enabled: bool | None = None
 
 
+class NewUserOut(BaseModel):
+    id: str
+    credits: int
+    apiKey: str = Field(description="Shown this once; stored hashed")  # noqa: N815
+
+
+class IssuedKey(BaseModel):
+    keyId: str  # noqa: N815
+    apiKey: str = Field(description="Shown this once; stored hashed")  # noqa: N815
+
+
+class SigningSecret(BaseModel):
+    secret: str = Field(examples=["whsec_..."])
+
+
 @router.post(
     "/users",
     status_code=201,
+    response_model=NewUserOut,
     summary="Create a user (its API key is shown once)",
     openapi_extra=body_schema(NewUser),
 )
@@ -82,6 +98,7 @@ async def create_user(
     status_code=201,
     response_model=Entry,
     summary="Grant or adjust credits",
+    responses=documented(402),
     openapi_extra=body_schema(CreditMove),
 )
 async def move_credits(
@@ -108,7 +125,12 @@ async def move_credits(
     return await idempotent(request, runtime, admin, idempotency_key, body.model_dump(), run)
 
 
-@router.post("/users/{user_id}/keys", status_code=201, summary="Issue another API key for a user")
+@router.post(
+    "/users/{user_id}/keys",
+    status_code=201,
+    response_model=IssuedKey,
+    summary="Issue another API key for a user",
+)
 async def issue_key(user_id: str, runtime: RuntimeDep, _admin: AdminDep) -> JSONResponse:
     await run_in_threadpool(service.get_user, runtime.storage, user_id)
     key_id, key = await run_in_threadpool(service.issue_key, runtime.storage, user_id, utcnow())
@@ -167,7 +189,9 @@ async def put_model(name: str, request: Request, runtime: RuntimeDep, _admin: Ad
     }
 
 
-@router.get("/webhooks/secret", summary="The secret that signs webhooks (whsec_...)")
+@router.get(
+    "/webhooks/secret", response_model=SigningSecret, summary="The secret that signs webhooks (whsec_...)"
+)
 async def webhook_secret(runtime: RuntimeDep, _admin: AdminDep) -> JSONResponse:
     secret = await run_in_threadpool(signing_secret, runtime.storage, runtime.settings)
     return JSONResponse({"secret": secret}, headers=NO_STORE)

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from imagegen import __version__
-from imagegen.api import admin, case_study, catalog, errors, generations, reports, system, users
+from imagegen.api import admin, case_study, catalog, errors, generations, openapi, reports, system, users
 from imagegen.api.limits import RequestLimits
 from imagegen.runtime import Runtime
 from imagegen.settings import Settings
@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RequestLimits, max_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout_seconds
     )
     errors.install(app)
+    openapi.install(app, settings)
     for module in (system, generations, users, catalog, reports, admin, case_study):
         app.include_router(module.router)
     if settings.bench_routes:

@@ -22,6 +22,7 @@ from imagegen.api.common import (
     read_only,
     wait_until_done,
 )
+from imagegen.api.errors import DESCRIPTIONS
 from imagegen.clock import utcnow
 from imagegen.domain.generation import GenerationRequest
 from imagegen.errors import InvalidInput
@@ -84,16 +85,66 @@ async def schedule_weekly_report(
     return await run_in_threadpool(service.run_report, runtime.storage, period, now)
 
 
+ANSWER = {
+    "type": "object",
+    "required": ["generationRequestId", "deductedCredits", "imageUrl", "status"],
+    "properties": {
+        "generationRequestId": {"type": "string"},
+        "deductedCredits": {"type": "integer"},
+        "imageUrl": {"type": ["string", "null"]},
+        "status": {"type": "string", "enum": ["pending", "running", "completed", "failed", "canceled"]},
+    },
+}
+CREATE_BODY = {
+    "type": "object",
+    "required": ["userId", "model", "style", "color", "size"],
+    "properties": {
+        name: {"type": "string"} for name in ("userId", "model", "style", "color", "size", "prompt")
+    },
+}
+CREDITS = {
+    "type": "object",
+    "required": ["currentCredits", "transactions", "nextCursor"],
+    "properties": {
+        "currentCredits": {"type": "integer"},
+        "transactions": {"type": "array", "items": {"type": "object"}},
+        "nextCursor": {"type": ["string", "null"]},
+    },
+}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: _json(ANSWER, "The image is done"),
+    202: _json(ANSWER, "Still going after IMAGEGEN_WAIT_TIMEOUT_SECONDS: poll /v1/generations/{id}"),
+    500: {"description": "AI generation failed, credits refunded (the request is stored as failed)"},
+    **{status: {"description": DESCRIPTIONS[status]} for status in (400, 403, 404, 409, 429)},
+}
 for path in _both_paths("createGenerationRequest"):
     router.add_api_route(
         path,
         create_generation_request,
         methods=["POST"],
         summary="Create a generation and wait for it",
+        responses=CREATE_RESPONSES,
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": CREATE_BODY}}}
+        },
     )
 for path in _both_paths("getUserCredits"):
-    router.add_api_route(path, get_user_credits, methods=["GET"], summary="A user's balance and ledger")
-for path in _both_paths("scheduleWeeklyReport"):
     router.add_api_route(
-        path, schedule_weekly_report, methods=["GET", "POST"], summary="Run the weekly report"
+        path,
+        get_user_credits,
+        methods=["GET"],
+        summary="A user's balance and ledger",
+        responses={
+            200: _json(CREDITS, "Balance and ledger, newest first"),
+            404: {"description": "User not found"},
+        },
     )
+for path in _both_paths("scheduleWeeklyReport"):
+    for method in ("GET", "POST"):  # one route each: an operation id each
+        router.add_api_route(path, schedule_weekly_report, methods=[method], summary="Run the weekly report")

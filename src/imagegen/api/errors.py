@@ -50,12 +50,16 @@ class ProblemDetail(BaseModel):
 
 
 DESCRIPTIONS = {
+    400: "Invalid input; the message (and `errors`) say what",
     401: "No API key, or an unknown or revoked one",
+    402: "Insufficient credits",
     403: "The key may not act on this user, or the route needs an admin key",
     404: "No such resource",
     409: "Conflicts with the current state or a reused Idempotency-Key",
     413: "Request body too large",
     422: "Invalid input; `errors` lists each bad field",
+    429: "Over the user's rate or in-flight limit (see Retry-After)",
+    503: "The database is unavailable; retry",
 }
 
 

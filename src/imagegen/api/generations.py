@@ -97,10 +97,7 @@ def prefer_wait(prefer: str | None) -> int:
     summary="Create a generation (debits its cost at once)",
     responses={
         200: {"model": Generation, "description": "Finished within `Prefer: wait`"},
-        402: {"description": "Insufficient credits"},
-        409: {"description": "Idempotency-Key reused with a different body"},
-        422: {"description": "Invalid fields, each listed with its allowed values"},
-        429: {"description": "Over the user's rate or in-flight limit (see Retry-After)"},
+        **documented(402, 404, 409, 429),
     },
     openapi_extra={
         "requestBody": {"content": {"application/json": {"schema": GenerationIn.model_json_schema()}}},
@@ -183,7 +180,7 @@ async def list_generations(
     "/{generation_id}/cancel",
     response_model=Generation,
     summary="Cancel a pending generation (refunded once)",
-    responses={**documented(404), 409: {"description": "Already running or finished"}},
+    responses=documented(404, 409),
 )
 async def cancel_generation(
     generation_id: str,

@@ -27,7 +27,15 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/images/{image_id}.png", summary="A generated image", response_class=Response)
+@router.get(
+    "/images/{image_id}.png",
+    summary="A generated image",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {}}, "description": "The PNG"},
+        404: {"description": "No such image", "content": {"application/json": {}}},
+    },
+)
 async def image(image_id: str, runtime: RuntimeDep) -> Response:
     png = await run_in_threadpool(runtime.images.open, image_id)
     if png is None:
