@@ -7,7 +7,6 @@ route that handles one, and in the CLI's output other than the line that is the 
 
 from __future__ import annotations
 
-import os
 import stat
 import time
 from pathlib import Path
@@ -36,16 +35,6 @@ def assert_no_secret_in(text: str, secrets: list[str]) -> None:
         assert secret not in text, f"a secret ({secret[:6]}...) is in the log"
 
 
-def test_a_first_start_says_where_the_keys_are_and_logs_none_of_them(servers: ServerFactory) -> None:
-    server = servers.start()
-    server.stop()
-    log = server.log.read_text()
-    keys = server.keys()
-    assert set(keys) == {"admin", "testUser1", "testUser2"}
-    assert_no_secret_in(log, list(keys.values()))
-    assert str((server.data_dir / "initial-keys.txt").resolve()) in log
-
-
 def test_a_cli_command_that_creates_the_database_prints_no_key_and_says_where_they_are(
     tmp_path: Path,
 ) -> None:
@@ -54,6 +43,9 @@ def test_a_cli_command_that_creates_the_database_prints_no_key_and_says_where_th
     keys = keys_in(data_dir / "initial-keys.txt")
     assert_no_secret_in(result.stdout + result.stderr, list(keys.values()))
     assert "initial-keys.txt" in result.stderr
+    assert mode(data_dir) == 0o700
+    assert mode(data_dir / "imagegen.db") == 0o600
+    assert mode(data_dir / "initial-keys.txt") == 0o600
 
 
 def test_the_files_imagegen_creates_are_readable_by_their_owner_only(
@@ -68,21 +60,17 @@ def test_the_files_imagegen_creates_are_readable_by_their_owner_only(
         assert mode(database.parent / name) == 0o600, name
     assert mode(server.data_dir / "initial-keys.txt") == 0o600
 
-    fresh = tmp_path / "cli" / "var"
-    run_cli("verify", "--data-dir", str(fresh))
-    assert mode(fresh) == 0o700
-    assert mode(fresh / "imagegen.db") == 0o600
-    assert mode(fresh / "initial-keys.txt") == 0o600
-
 
 def test_an_existing_keys_file_is_never_overwritten_and_the_new_keys_go_beside_it(tmp_path: Path) -> None:
     data_dir = tmp_path / "var"
     data_dir.mkdir()
+    data_dir.chmod(0o755)  # an install's folder: its owner's choice stays
     planted = data_dir / "initial-keys.txt"
     planted.write_text(PLANTED)
     planted.chmod(0o644)
 
     result = run_cli("verify", "--data-dir", str(data_dir))
+    assert mode(data_dir) == 0o755 and mode(data_dir / "imagegen.db") == 0o600
     assert planted.read_text() == PLANTED and mode(planted) == 0o644
     beside = data_dir / "initial-keys.1.txt"
     assert set(keys_in(beside)) == {"admin", "testUser1", "testUser2"}
@@ -103,23 +91,6 @@ def test_a_symlink_in_place_of_the_keys_file_is_not_followed(tmp_path: Path, tar
     assert "admin" in keys_in(data_dir / "initial-keys.1.txt")
 
 
-def test_every_answer_that_carries_a_secret_says_no_store(servers: ServerFactory) -> None:
-    server = servers.start()
-    with server.client(server.keys()["admin"]) as admin:
-        created = admin.post(
-            "/v1/admin/users", json={"userId": "carol", "credits": 1}, headers={"Idempotency-Key": "c1"}
-        )
-        replayed = admin.post(
-            "/v1/admin/users", json={"userId": "carol", "credits": 1}, headers={"Idempotency-Key": "c1"}
-        )
-        issued = admin.post("/v1/admin/users/carol/keys")
-        secret = admin.get("/v1/admin/webhooks/secret")
-    assert replayed.headers.get("idempotent-replayed") == "true"
-    for response in (created, replayed, issued, secret):
-        assert response.status_code in (200, 201), response.text
-        assert response.headers["cache-control"] == "no-store", response.request.url
-
-
 def test_a_whole_run_logs_no_key_and_no_secret(servers: ServerFactory) -> None:
     receiver = Receiver()
     receiver.thread.start()
@@ -130,7 +101,9 @@ def test_a_whole_run_logs_no_key_and_no_secret(servers: ServerFactory) -> None:
         receiver.http.shutdown()
         receiver.http.server_close()
     server.stop()
-    assert_no_secret_in(server.log.read_text(), secrets)
+    log = server.log.read_text()
+    assert_no_secret_in(log, secrets)
+    assert str((server.data_dir / "initial-keys.txt").resolve()) in log  # the first start says where
 
 
 def _exercise(server: Server, receiver: Receiver) -> list[str]:
@@ -138,9 +111,16 @@ def _exercise(server: Server, receiver: Receiver) -> list[str]:
     keys = server.keys()
     unknown = "ig_" + "U" * 43
     with server.client(keys["admin"]) as admin:
-        dave = admin.post("/v1/admin/users", json={"userId": "dave", "credits": 20}).json()["apiKey"]
-        issued = admin.post("/v1/admin/users/dave/keys").json()
-        secret = admin.get("/v1/admin/webhooks/secret").json()["secret"]
+        # Every answer that carries a key or the secret, an idempotent replay too, says no-store.
+        once = {"json": {"userId": "dave", "credits": 20}, "headers": {"Idempotency-Key": "dave-1"}}
+        created, replayed = admin.post("/v1/admin/users", **once), admin.post("/v1/admin/users", **once)
+        issued_answer = admin.post("/v1/admin/users/dave/keys")
+        secret_answer = admin.get("/v1/admin/webhooks/secret")
+        assert replayed.headers.get("idempotent-replayed") == "true"
+        for answer in (created, replayed, issued_answer, secret_answer):
+            assert answer.status_code in (200, 201) and answer.headers["cache-control"] == "no-store"
+        dave, issued = created.json()["apiKey"], issued_answer.json()
+        secret = secret_answer.json()["secret"]
         assert admin.delete(f"/v1/admin/keys/{issued['keyId']}").status_code == 204
         admin.post("/v1/admin/users", json={"userId": "x" * 10, "credits": "many"})  # 422
     cli = run_cli("users", "create", "erin", "--credits", "5", "--data-dir", str(server.data_dir))
@@ -162,12 +142,3 @@ def _exercise(server: Server, receiver: Receiver) -> list[str]:
     secret_key = secret.removeprefix("whsec_")
     assert_no_secret_in(cli.stderr, [erin])
     return [*keys.values(), dave, issued["apiKey"], erin, unknown, secret, secret_key]
-
-
-def test_the_data_dir_of_an_existing_install_keeps_its_mode(tmp_path: Path) -> None:
-    data_dir = tmp_path / "var"
-    data_dir.mkdir(mode=0o755)
-    os.chmod(data_dir, 0o755)
-    run_cli("verify", "--data-dir", str(data_dir))
-    assert mode(data_dir) == 0o755  # the operator's choice; the files inside are still private
-    assert mode(data_dir / "imagegen.db") == 0o600
