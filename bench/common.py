@@ -36,8 +36,8 @@ from sqlalchemy import func, insert, select, update
 from imagegen import service
 from imagegen.clock import utcnow
 from imagegen.domain.generation import Status
+from imagegen.domain.ids import new_id
 from imagegen.domain.ledger import EntryType
-from imagegen.ids import new_id
 from imagegen.runtime import open_storage
 from imagegen.settings import Settings
 from imagegen.storage.sql import tables as t

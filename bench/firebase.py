@@ -46,7 +46,7 @@ from rich.table import Table
 from bench.common import UNLIMITED, console, free_port, machine_load
 from imagegen import service
 from imagegen.clock import utcnow
-from imagegen.ids import new_id
+from imagegen.domain.ids import new_id
 
 JAR = Path(
     os.environ.get(

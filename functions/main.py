@@ -44,8 +44,7 @@ from imagegen.clock import utcnow
 from imagegen.config_cache import ConfigCache
 from imagegen.domain import reports
 from imagegen.domain.catalog import Catalog
-from imagegen.domain.generation import GenerationRequest, Status
-from imagegen.errors import (
+from imagegen.domain.errors import (
     BodyTooLarge,
     ImagegenError,
     InvalidInput,
@@ -53,7 +52,8 @@ from imagegen.errors import (
     StorageUnavailable,
     Unauthenticated,
 )
-from imagegen.ids import new_id
+from imagegen.domain.generation import GenerationRequest, Status
+from imagegen.domain.ids import new_id
 from imagegen.models.simulated import SimulatedModel
 from imagegen.ports import ImageStore
 from imagegen.ratelimit import RateLimiter

@@ -26,7 +26,7 @@ from rich.progress import (
 from imagegen import service, transfer
 from imagegen.clock import utcnow
 from imagegen.domain import reports
-from imagegen.errors import ImagegenError
+from imagegen.domain.errors import ImagegenError
 from imagegen.ports import Storage
 from imagegen.reporting import render_html, render_markdown
 from imagegen.runtime import Runtime, open_storage

@@ -12,7 +12,8 @@ from __future__ import annotations
 import threading
 
 from imagegen.domain.catalog import Catalog
-from imagegen.ports import ApiKey, ConfigSource
+from imagegen.domain.keys import ApiKey
+from imagegen.ports import ConfigSource
 
 MAX_KEYS = 100_000  # past this many distinct keys, start over rather than grow without bound
 

@@ -15,10 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from imagegen import service
-from imagegen.domain.generation import GenerationRequest, Status, iso
-from imagegen.domain.ledger import LedgerEntry
-from imagegen.domain.validation import Problem, bounded_int
-from imagegen.errors import (
+from imagegen.domain.errors import (
     Forbidden,
     ImagegenError,
     InsufficientCredits,
@@ -26,7 +23,12 @@ from imagegen.errors import (
     TooManyRequests,
     Unauthenticated,
 )
-from imagegen.ports import Page, Storage, User
+from imagegen.domain.generation import GenerationRequest, Status, iso
+from imagegen.domain.ledger import LedgerEntry
+from imagegen.domain.paging import Page
+from imagegen.domain.users import User
+from imagegen.domain.validation import Problem, bounded_int
+from imagegen.ports import Storage
 from imagegen.ratelimit import RateLimiter
 from imagegen.settings import Settings
 

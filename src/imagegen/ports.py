@@ -10,100 +10,19 @@ import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+from imagegen.domain.audit import Violation
 from imagegen.domain.catalog import Catalog, ModelSettings
-from imagegen.domain.generation import GenerationRequest, GenerationSpec, Status
-from imagegen.domain.ledger import EntryType, LedgerEntry
+from imagegen.domain.generation import GenerationRequest, NewGeneration, Status
+from imagegen.domain.idempotency import Idempotency, StoredResponse
+from imagegen.domain.keys import ApiKey
+from imagegen.domain.ledger import NO_FILTER, EntryType, LedgerEntry, LedgerFilter
+from imagegen.domain.paging import Page
 from imagegen.domain.reports import GroupCount
-
-
-@dataclass(frozen=True)
-class User:
-    id: str
-    credits: int
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    id: str
-    user_id: str | None  # None: an admin key
-    created_at: datetime
-    revoked_at: datetime | None = None
-
-    @property
-    def is_admin(self) -> bool:
-        return self.user_id is None
-
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Page(Generic[T]):
-    items: list[T]
-    next_cursor: str | None
-
-
-@dataclass(frozen=True)
-class NewGeneration:
-    """A validated, priced request, ready to be debited and queued."""
-
-    id: str
-    spec: GenerationSpec
-    cost: int
-    created_at: datetime
-    idempotency_key: str | None = None
-    fingerprint: str | None = None  # a hash of the body, to tell a replay from a reused key
-    webhook: str | None = None
-    webhook_events: frozenset[str] = frozenset()
-    max_in_flight: int | None = None  # refuse (429) when the user already has this many queued or running
-
-
-@dataclass(frozen=True)
-class LedgerFilter:
-    types: frozenset[EntryType] = frozenset()
-    since: datetime | None = None  # inclusive
-    until: datetime | None = None  # exclusive
-
-
-NO_FILTER = LedgerFilter()
-
-
-@dataclass(frozen=True)
-class StoredResponse:
-    status: int
-    body: Any
-    headers: dict[str, str]
-
-
-@dataclass(frozen=True)
-class Idempotency:
-    """What to do with a request carrying an Idempotency-Key: run it, replay, or wait (in flight)."""
-
-    state: str  # "new" | "replay" | "busy"
-    response: StoredResponse | None = None
-
-
-@dataclass(frozen=True)
-class WebhookDelivery:
-    id: str
-    generation_request_id: str
-    event: str
-    url: str
-    payload: dict[str, Any]
-    attempts: int
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class Violation:
-    invariant: int
-    subject: str
-    message: str
+from imagegen.domain.users import User
+from imagegen.domain.webhooks import WebhookDelivery
 
 
 class Storage(Protocol):

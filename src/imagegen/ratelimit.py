@@ -10,7 +10,7 @@ import math
 import threading
 import time
 
-from imagegen.errors import TooManyRequests
+from imagegen.domain.errors import TooManyRequests
 
 MAX_BUCKETS = 100_000
 

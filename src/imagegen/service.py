@@ -16,9 +16,22 @@ from datetime import datetime
 from typing import Any
 
 from imagegen.domain import reports
+from imagegen.domain.audit import Violation
 from imagegen.domain.catalog import INITIAL_DATA, Catalog, InitialData, ModelSettings
-from imagegen.domain.generation import ID_RULE, GenerationRequest, Status, valid_id
-from imagegen.domain.ledger import EntryType, LedgerEntry
+from imagegen.domain.errors import (
+    GenerationNotFound,
+    InvalidInput,
+    InvalidState,
+    NotFound,
+    Unauthenticated,
+    UserNotFound,
+)
+from imagegen.domain.generation import ID_RULE, GenerationRequest, NewGeneration, Status, valid_id
+from imagegen.domain.ids import new_id
+from imagegen.domain.keys import ApiKey
+from imagegen.domain.ledger import EntryType, LedgerEntry, LedgerFilter
+from imagegen.domain.paging import Page
+from imagegen.domain.users import User
 from imagegen.domain.validation import (
     InvalidGeneration,
     cursor_problem,
@@ -27,16 +40,7 @@ from imagegen.domain.validation import (
     parse_webhook,
     text_problem,
 )
-from imagegen.errors import (
-    GenerationNotFound,
-    InvalidInput,
-    InvalidState,
-    NotFound,
-    Unauthenticated,
-    UserNotFound,
-)
-from imagegen.ids import new_id
-from imagegen.ports import ApiKey, LedgerFilter, NewGeneration, Page, Storage, User, Violation
+from imagegen.ports import Storage
 
 KEY_PREFIX = "ig_"
 BASELINE_WEEKS = 8

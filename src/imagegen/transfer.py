@@ -21,9 +21,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from imagegen.domain.errors import InvalidInput
 from imagegen.domain.generation import ID_RULE, Status, valid_id
 from imagegen.domain.ledger import EntryType, signed_delta
-from imagegen.errors import InvalidInput
 
 
 def _id(value: str) -> str:

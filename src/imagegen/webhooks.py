@@ -26,7 +26,8 @@ import httpx
 
 from imagegen.clock import utcnow
 from imagegen.domain import webhooks
-from imagegen.ports import Storage, WebhookDelivery
+from imagegen.domain.webhooks import WebhookDelivery
+from imagegen.ports import Storage
 from imagegen.settings import Settings
 
 log = logging.getLogger("imagegen.webhooks")

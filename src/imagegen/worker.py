@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from imagegen.clock import utcnow
-from imagegen.ids import new_id
+from imagegen.domain.ids import new_id
 from imagegen.jobs import lease_until, recover_expired_jobs, run_job
 from imagegen.models.base import ImageModel
 from imagegen.ports import ImageStore, Storage

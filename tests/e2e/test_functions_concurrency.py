@@ -25,11 +25,10 @@ pytest.importorskip("functions_framework", reason="the Cloud Functions tests nee
 
 from imagegen import service
 from imagegen.clock import utcnow
-from imagegen.domain.generation import Status
+from imagegen.domain.errors import TooManyRequests
+from imagegen.domain.generation import NewGeneration, Status
 from imagegen.domain.ledger import EntryType
-from imagegen.errors import TooManyRequests
 from imagegen.http import FAILED_MESSAGE
-from imagegen.ports import NewGeneration
 from imagegen.storage.firestore import FirestoreStorage
 from tests.e2e.functions_support import PREFIX, Function, function_env
 from tests.firestore_emulator import PROJECT

@@ -9,10 +9,10 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from imagegen.domain.generation import GenerationRequest, GenerationSpec, Status
+from imagegen.domain.generation import GenerationRequest, GenerationSpec, NewGeneration, Status
+from imagegen.domain.ids import new_id
 from imagegen.domain.ledger import EntryType, LedgerEntry
-from imagegen.ids import new_id
-from imagegen.ports import NewGeneration, Storage
+from imagegen.ports import Storage
 
 T0 = datetime(2026, 11, 16, 9, 0, tzinfo=UTC)  # a Monday morning in ISO week 2026-W47
 LEASE = timedelta(seconds=30)

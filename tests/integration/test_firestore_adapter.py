@@ -25,9 +25,7 @@ from google.cloud import firestore as firestore_module
 
 from imagegen import service
 from imagegen.domain import reports
-from imagegen.domain.generation import Status
-from imagegen.domain.ledger import EntryType
-from imagegen.errors import (
+from imagegen.domain.errors import (
     IdempotencyConflict,
     InsufficientCredits,
     InvalidInput,
@@ -35,7 +33,10 @@ from imagegen.errors import (
     StorageUnavailable,
     TooManyRequests,
 )
-from imagegen.ports import NO_FILTER, LedgerFilter, NewGeneration, Storage, StoredResponse
+from imagegen.domain.generation import NewGeneration, Status
+from imagegen.domain.idempotency import StoredResponse
+from imagegen.domain.ledger import NO_FILTER, EntryType, LedgerFilter
+from imagegen.ports import Storage
 from imagegen.storage import open_storage_adapter
 from imagegen.storage.firestore import FirestoreStorage
 from imagegen.storage.firestore import transfer as firestore_transfer

@@ -22,9 +22,9 @@ from sqlalchemy import Connection, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
 from imagegen import service
+from imagegen.domain.errors import InsufficientCredits, StaleConfig
+from imagegen.domain.generation import NewGeneration
 from imagegen.domain.ledger import EntryType
-from imagegen.errors import InsufficientCredits, StaleConfig
-from imagegen.ports import NewGeneration
 from imagegen.storage.sql import tables as t
 from imagegen.storage.sql.adapter import SqlStorage
 from imagegen.storage.sql.calls import Batch

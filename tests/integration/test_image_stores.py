@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from imagegen.errors import InvalidInput, StorageUnavailable
+from imagegen.domain.errors import InvalidInput, StorageUnavailable
 from imagegen.ports import ImageStore
 from imagegen.storage.folder_images import FolderImageStore
 from imagegen.storage.s3_images import S3ImageStore, open_image_store

@@ -12,7 +12,7 @@ import pytest
 
 from imagegen import service
 from imagegen.clock import utcnow
-from imagegen.errors import InsufficientCredits, TooManyRequests
+from imagegen.domain.errors import InsufficientCredits, TooManyRequests
 from imagegen.ports import Storage
 from imagegen.storage.firestore.adapter import FirestoreStorage
 

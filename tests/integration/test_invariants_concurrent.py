@@ -19,9 +19,9 @@ import pytest
 from sqlalchemy import text
 
 from imagegen import jobs, service
+from imagegen.domain.errors import InsufficientCredits, StorageUnavailable
 from imagegen.domain.generation import Status
 from imagegen.domain.ledger import EntryType
-from imagegen.errors import InsufficientCredits, StorageUnavailable
 from imagegen.ports import Storage
 from imagegen.storage.sql.adapter import SqlStorage
 from tests.integration.builders import (

@@ -25,8 +25,8 @@ from hypothesis.stateful import (
 
 from imagegen import service
 from imagegen.clock import utcnow
+from imagegen.domain.errors import IdempotencyConflict, InsufficientCredits, InvalidState
 from imagegen.domain.generation import Status
-from imagegen.errors import IdempotencyConflict, InsufficientCredits, InvalidState
 from imagegen.storage.sql.adapter import SqlStorage
 
 USERS = {"testUser1": 100, "testUser2": 10}

@@ -18,9 +18,9 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 
 from imagegen import service
+from imagegen.domain.errors import InsufficientCredits, StaleConfig, StorageUnavailable
+from imagegen.domain.generation import NewGeneration
 from imagegen.domain.ledger import EntryType
-from imagegen.errors import InsufficientCredits, StaleConfig, StorageUnavailable
-from imagegen.ports import NewGeneration
 from imagegen.storage.sql.adapter import SqlStorage
 from imagegen.storage.sql.loop_pipeline import LoopStatement, _executions
 from imagegen.storage.sql.statements import DEBIT_ROWS, JOBS_CHANNEL

@@ -20,7 +20,7 @@ import pytest
 from imagegen import service
 from imagegen.api.common import read_only
 from imagegen.clock import utcnow
-from imagegen.errors import ReaderBusy, StorageUnavailable, UserNotFound
+from imagegen.domain.errors import ReaderBusy, StorageUnavailable, UserNotFound
 from imagegen.runtime import Runtime
 from imagegen.storage.sql.adapter import SqlStorage
 from tests.support import migrated_sql

@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 
 from imagegen import service
 from imagegen.clock import utcnow
-from imagegen.errors import StorageUnavailable
+from imagegen.domain.errors import StorageUnavailable
 from imagegen.storage.sql.adapter import SqlStorage
 from tests.integration.builders import BODY
 from tests.support import migrated_sql

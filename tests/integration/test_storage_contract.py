@@ -16,10 +16,7 @@ import pytest
 from imagegen import jobs, service
 from imagegen.domain import reports
 from imagegen.domain.catalog import ModelSettings
-from imagegen.domain.generation import Status
-from imagegen.domain.ledger import EntryType
-from imagegen.domain.validation import text_problem
-from imagegen.errors import (
+from imagegen.domain.errors import (
     IdempotencyConflict,
     InsufficientCredits,
     InvalidInput,
@@ -27,7 +24,11 @@ from imagegen.errors import (
     UserExists,
     UserNotFound,
 )
-from imagegen.ports import Storage, User
+from imagegen.domain.generation import Status
+from imagegen.domain.ledger import EntryType
+from imagegen.domain.users import User
+from imagegen.domain.validation import text_problem
+from imagegen.ports import Storage
 from tests.integration.builders import (
     LEASE,
     T0,
@@ -162,9 +163,21 @@ def test_a_ledger_page_that_ends_exactly_at_the_last_entry_has_no_next_cursor(
     assert page.next_cursor is None
 
 
-def test_a_malformed_ledger_cursor_is_invalid_input(storage: Storage) -> None:
+@pytest.mark.parametrize("cursor", ["not-a-cursor", "-5", " 5", "5 ", "+5", "٥", "9" * 5000, str(2**63)])
+def test_a_malformed_ledger_cursor_is_invalid_input_on_every_storage(storage: Storage, cursor: str) -> None:
     with pytest.raises(InvalidInput):
-        storage.ledger("testUser1", 5, "not-a-cursor")
+        storage.ledger("testUser1", 5, cursor)
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    ["not-a-cursor", "MjAyNi0xMS0xNnxhYmM", "eHx5", "fHxh", "A" * 5000, "MjAyNi0xMS0xNlQwOTowMDowMFp8YS9i"],
+)
+def test_a_malformed_list_cursor_is_invalid_input_on_every_storage(storage: Storage, cursor: str) -> None:
+    with pytest.raises(InvalidInput):
+        storage.list_requests("testUser1", None, 5, cursor)
+    with pytest.raises(InvalidInput):
+        storage.list_reports(5, cursor)
 
 
 # -- debit and enqueue --------------------------------------------------------------------------

@@ -17,9 +17,9 @@ import pytest
 
 from imagegen import jobs, service
 from imagegen.domain import reports
+from imagegen.domain.errors import InvalidInput
 from imagegen.domain.generation import Status
 from imagegen.domain.ledger import EntryType
-from imagegen.errors import InvalidInput
 from imagegen.ports import Storage
 from imagegen.storage.sql.adapter import SqlStorage
 from imagegen.transfer import parse_lines, to_case_study

@@ -13,8 +13,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from imagegen import service
+from imagegen.domain.audit import Violation
 from imagegen.domain.generation import GenerationRequest, Status
-from imagegen.ports import Violation
 from imagegen.storage.sql.adapter import SqlStorage
 from tests.integration.builders import T0, finished
 

@@ -23,10 +23,9 @@ import trustme
 from sqlalchemy import select
 
 from imagegen.clock import utcnow
-from imagegen.domain.generation import GenerationSpec
+from imagegen.domain.generation import GenerationSpec, NewGeneration
+from imagegen.domain.ids import new_id
 from imagegen.domain.webhooks import IPAddress, new_secret
-from imagegen.ids import new_id
-from imagegen.ports import NewGeneration
 from imagegen.settings import Settings
 from imagegen.storage.sql import tables as t
 from imagegen.storage.sql.adapter import SqlStorage

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import re
 
-from imagegen.ids import _base62, new_id, random_id
+from imagegen.domain.ids import _base62, new_id, random_id
 
 SHAPE = re.compile(r"[0-9A-Za-z]{20}")
 

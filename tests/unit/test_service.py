@@ -13,9 +13,7 @@ import pytest
 
 from imagegen import jobs, service
 from imagegen.domain import reports
-from imagegen.domain.generation import GenerationRequest, Status
-from imagegen.domain.ledger import EntryType
-from imagegen.errors import (
+from imagegen.domain.errors import (
     Forbidden,
     InsufficientCredits,
     InvalidInput,
@@ -26,6 +24,8 @@ from imagegen.errors import (
     UserExists,
     UserNotFound,
 )
+from imagegen.domain.generation import GenerationRequest, Status
+from imagegen.domain.ledger import EntryType
 from imagegen.storage.memory import MemoryStorage
 from tests.integration.builders import BODY, LEASE, T0, balance, claim, whole_ledger
 

@@ -17,8 +17,8 @@ from imagegen.api.errors import documented
 from imagegen.api.idempotency import idempotent
 from imagegen.api.users import Entry
 from imagegen.clock import utcnow
+from imagegen.domain.errors import InvalidInput, NotFound
 from imagegen.domain.generation import ID_RULE, valid_id
-from imagegen.errors import InvalidInput, NotFound
 from imagegen.http import ledger_entry
 from imagegen.webhooks import signing_secret
 

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from imagegen.errors import Unauthenticated
+from imagegen.domain.errors import Unauthenticated
 from imagegen.http import ADMIN, Principal, bearer_token, principal_for
 from imagegen.runtime import Runtime
 from imagegen.service import hash_key

@@ -24,8 +24,8 @@ from imagegen.api.common import (
 )
 from imagegen.api.errors import DESCRIPTIONS
 from imagegen.clock import utcnow
+from imagegen.domain.errors import InvalidInput
 from imagegen.domain.generation import GenerationRequest
-from imagegen.errors import InvalidInput
 from imagegen.runtime import Runtime
 
 router = APIRouter(tags=["case study"])

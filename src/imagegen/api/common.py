@@ -18,8 +18,8 @@ from imagegen import http, service
 from imagegen.api.auth import Principal
 from imagegen.clock import utcnow
 from imagegen.config_cache import ConfigCache
+from imagegen.domain.errors import InvalidInput, ReaderBusy, StaleConfig, StorageUnavailable, Unauthenticated
 from imagegen.domain.generation import GenerationRequest
-from imagegen.errors import InvalidInput, ReaderBusy, StaleConfig, StorageUnavailable, Unauthenticated
 from imagegen.ports import GroupCommitted, ReadsOnLoop
 from imagegen.runtime import Runtime
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imagegen import http
-from imagegen.errors import ImagegenError
+from imagegen.domain.errors import ImagegenError
 
 log = logging.getLogger("imagegen.api")
 PROBLEM_JSON = "application/problem+json"

@@ -26,8 +26,8 @@ from imagegen import service
 from imagegen.api.auth import Principal
 from imagegen.api.errors import v1_error
 from imagegen.clock import utcnow
-from imagegen.errors import ImagegenError, RequestInProgress
-from imagegen.ports import StoredResponse
+from imagegen.domain.errors import ImagegenError, RequestInProgress
+from imagegen.domain.idempotency import StoredResponse
 from imagegen.runtime import Runtime
 
 MAX_KEY_LENGTH = 255

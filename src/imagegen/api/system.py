@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from imagegen.api.auth import RuntimeDep
-from imagegen.errors import NotFound, StorageUnavailable
+from imagegen.domain.errors import NotFound, StorageUnavailable
 
 router = APIRouter(tags=["system"])
 bench_router = APIRouter(tags=["system"], include_in_schema=False)

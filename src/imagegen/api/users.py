@@ -12,11 +12,10 @@ from imagegen import service
 from imagegen.api.auth import PrincipalDep, RuntimeDep
 from imagegen.api.common import page_size
 from imagegen.api.errors import documented
+from imagegen.domain.errors import InvalidInput
 from imagegen.domain.generation import iso
-from imagegen.domain.ledger import EntryType
-from imagegen.errors import InvalidInput
+from imagegen.domain.ledger import EntryType, LedgerFilter
 from imagegen.http import instant, ledger_entry
-from imagegen.ports import LedgerFilter
 
 router = APIRouter(prefix="/v1/users", tags=["users"], responses=documented(401, 403, 404, 422))
 

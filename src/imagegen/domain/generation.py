@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
+from enum import Enum, StrEnum
 
 
 class Status(StrEnum):
@@ -27,13 +27,32 @@ class Status(StrEnum):
 
 TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELED})
 
+
+class Move(Enum):
+    """The lifecycle's moves, each from the statuses it may start in to the one it ends in.
+
+    Every storage guards its state changes with these (a conditional UPDATE's WHERE, a document
+    write's precondition, the in-memory check): a move asked of a request in any other status
+    changes nothing, so a duplicate or late call is harmless.
+    """
+
+    CLAIM = (frozenset({Status.PENDING}), Status.RUNNING)
+    REQUEUE = (frozenset({Status.RUNNING}), Status.PENDING)  # its worker died: back in the queue
+    COMPLETE = (frozenset({Status.RUNNING}), Status.COMPLETED)
+    FAIL = (frozenset({Status.RUNNING}), Status.FAILED)
+    CANCEL = (frozenset({Status.PENDING}), Status.CANCELED)
+    CLOSE_UNDEBITED = (frozenset({Status.PENDING, Status.RUNNING}), Status.FAILED)  # imported, never paid
+
+    def __init__(self, sources: frozenset[Status], target: Status) -> None:
+        self.sources = sources
+        self.target = target
+
+    def allows(self, status: Status) -> bool:
+        return status in self.sources
+
+
 TRANSITIONS: dict[Status, frozenset[Status]] = {
-    Status.PENDING: frozenset({Status.RUNNING, Status.CANCELED, Status.FAILED}),
-    # running -> pending: a job whose worker died is handed back to the queue for a retry.
-    Status.RUNNING: frozenset({Status.COMPLETED, Status.FAILED, Status.PENDING}),
-    Status.COMPLETED: frozenset(),
-    Status.FAILED: frozenset(),
-    Status.CANCELED: frozenset(),
+    status: frozenset(move.target for move in Move if status in move.sources) for status in Status
 }
 
 
@@ -117,3 +136,18 @@ def to_resource(request: GenerationRequest) -> dict[str, object]:
 
 def iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class NewGeneration:
+    """A validated, priced request, ready to be debited and queued."""
+
+    id: str
+    spec: GenerationSpec
+    cost: int
+    created_at: datetime
+    idempotency_key: str | None = None
+    fingerprint: str | None = None  # a hash of the body, to tell a replay from a reused key
+    webhook: str | None = None
+    webhook_events: frozenset[str] = frozenset()
+    max_in_flight: int | None = None  # refuse (429) when the user already has this many queued or running

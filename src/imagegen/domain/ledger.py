@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from imagegen.domain.errors import IdempotencyConflict, ImagegenError, InsufficientCredits, TooManyRequests
+
 
 class Refusal(StrEnum):
     IN_FLIGHT = "in_flight"  # the user's in-flight limit: 429, retry later
@@ -35,6 +37,21 @@ class EntryType(StrEnum):
     REFUND = "refund"
     GRANT = "grant"
     ADJUSTMENT = "adjustment"
+
+
+def debit_refused(
+    refusal: Refusal, user_id: str, *, cost: int, in_flight: int, max_in_flight: int | None
+) -> ImagegenError:
+    """The error for a create refused by `domain.ledger.debit_refusal`, the same from every backend."""
+    if refusal is Refusal.IN_FLIGHT:
+        return TooManyRequests(
+            f"User {user_id} already has {in_flight} generations queued or running (limit {max_in_flight})",
+            retry_after=1,
+            userId=user_id,
+            inFlight=in_flight,
+            limit=max_in_flight,
+        )
+    return InsufficientCredits("Insufficient credits", userId=user_id, required=cost)
 
 
 @dataclass(frozen=True)
@@ -64,3 +81,20 @@ def signed_delta(entry_type: EntryType, credits: int) -> int:
 
 def balance_of(deltas: list[int]) -> int:
     return sum(deltas)
+
+
+@dataclass(frozen=True)
+class LedgerFilter:
+    types: frozenset[EntryType] = frozenset()
+    since: datetime | None = None  # inclusive
+    until: datetime | None = None  # exclusive
+
+
+NO_FILTER = LedgerFilter()
+
+
+def same_move(existing: LedgerEntry, entry_type: EntryType, delta: int) -> LedgerEntry:
+    """The entry a credit move retried with its Idempotency-Key replays, if it is the same move."""
+    if (existing.type, existing.delta) != (entry_type, delta):
+        raise IdempotencyConflict("Idempotency-Key was already used for a different credit move")
+    return existing

@@ -17,7 +17,11 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 from urllib.parse import SplitResult, urlsplit
+
+from imagegen.domain.generation import GenerationRequest, to_resource
+from imagegen.domain.ids import new_id
 
 SECRET_PREFIX = "whsec_"
 MAX_URL_LENGTH = 2048
@@ -241,3 +245,36 @@ def next_attempt(attempts: int, first: datetime, now: datetime, *, max_age: time
     delay = timedelta(seconds=min(2 ** max(attempts - 1, 0), 300))
     retry_at = now + delay
     return retry_at if retry_at - first <= max_age else None
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    id: str
+    generation_request_id: str
+    event: str
+    url: str
+    payload: dict[str, Any]
+    attempts: int
+    created_at: datetime
+
+
+DELIVERY_ID_PREFIX = "msg_"
+
+
+def delivery_of(request: GenerationRequest, event: str, now: datetime) -> WebhookDelivery | None:
+    """The delivery that `event` (start, completed) makes for `request`, or None if it asked for none.
+
+    Its id is the `webhook-id` the receiver sees, the same on every retry; its payload is the
+    generation resource as it stands at the event.
+    """
+    if request.webhook is None or not request.wants_webhook(event):
+        return None
+    return WebhookDelivery(
+        id=DELIVERY_ID_PREFIX + new_id(),
+        generation_request_id=request.id,
+        event=event,
+        url=request.webhook,
+        payload={"type": f"generation.{event}", "data": to_resource(request)},
+        attempts=0,
+        created_at=now,
+    )

@@ -14,10 +14,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from imagegen.domain.errors import ImagegenError, InvalidBinding
 from imagegen.domain.validation import Problem
 from imagegen.engines.registry import Registry
 from imagegen.engines.settings import EngineSettings
-from imagegen.errors import ImagegenError, InvalidBinding
 
 MAX_DEPLOYMENTS = 8
 

@@ -10,6 +10,7 @@ import os
 import threading
 from collections.abc import Mapping
 
+from imagegen.domain.errors import ImagegenError
 from imagegen.engines import errors
 from imagegen.engines.binding import Deployment, ModelBinding
 from imagegen.engines.health import Health
@@ -19,7 +20,6 @@ from imagegen.engines.request import ImageRequest
 from imagegen.engines.routing import RetryPolicy, Router
 from imagegen.engines.run import Run
 from imagegen.engines.slots import Slots
-from imagegen.errors import ImagegenError
 
 
 class Fleet:

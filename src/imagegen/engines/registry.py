@@ -10,8 +10,8 @@ from __future__ import annotations
 import threading
 from importlib.metadata import EntryPoint, entry_points
 
+from imagegen.domain.errors import ImagegenError
 from imagegen.engines.port import EngineKind
-from imagegen.errors import ImagegenError
 
 GROUP = "imagegen.engines"
 

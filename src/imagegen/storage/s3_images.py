@@ -19,8 +19,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from imagegen.domain.errors import InvalidInput, StorageUnavailable
 from imagegen.domain.generation import valid_id
-from imagegen.errors import InvalidInput, StorageUnavailable
 from imagegen.ports import ImageStore
 from imagegen.storage.folder_images import FolderImageStore
 

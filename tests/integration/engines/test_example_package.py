@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from imagegen.domain.errors import InvalidBinding
 from imagegen.engines import EngineError, Failure, Fleet, Registry, Run, parse_binding
-from imagegen.errors import InvalidBinding
 from tests.integration.engines.images import size_of
 from tests.unit.engines.fakes import REQUEST
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from imagegen.domain.errors import InvalidBinding
 from imagegen.engines import Registry, parse_binding
 from imagegen.engines.template import render
-from imagegen.errors import InvalidBinding
 from tests.unit.engines.fakes import REQUEST
 
 REGISTRY = Registry.discover()

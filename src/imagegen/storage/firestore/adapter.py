@@ -30,11 +30,9 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from imagegen.domain.audit import Violation
 from imagegen.domain.catalog import Catalog, ModelSettings
-from imagegen.domain.generation import GenerationRequest, Status, to_resource, valid_id
-from imagegen.domain.ledger import EntryType, LedgerEntry, debit_refusal
-from imagegen.domain.reports import GroupCount
-from imagegen.errors import (
+from imagegen.domain.errors import (
     IdempotencyConflict,
     InsufficientCredits,
     InvalidInput,
@@ -42,21 +40,24 @@ from imagegen.errors import (
     TooManyRequests,
     UserExists,
     UserNotFound,
-    debit_refused,
 )
-from imagegen.ids import random_id
-from imagegen.ports import (
+from imagegen.domain.generation import GenerationRequest, Move, NewGeneration, Status, valid_id
+from imagegen.domain.idempotency import Idempotency, StoredResponse
+from imagegen.domain.ids import random_id
+from imagegen.domain.keys import ApiKey
+from imagegen.domain.ledger import (
     NO_FILTER,
-    ApiKey,
-    Idempotency,
+    EntryType,
+    LedgerEntry,
     LedgerFilter,
-    NewGeneration,
-    Page,
-    StoredResponse,
-    User,
-    Violation,
-    WebhookDelivery,
+    debit_refusal,
+    debit_refused,
+    same_move,
 )
+from imagegen.domain.paging import Page, after_seq, after_time, seq_cursor, time_cursor
+from imagegen.domain.reports import GroupCount
+from imagegen.domain.users import User
+from imagegen.domain.webhooks import WebhookDelivery, delivery_of
 from imagegen.storage.firestore import audit, transfer
 from imagegen.storage.firestore import docs as d
 from imagegen.storage.firestore.conditional import Reads, Writes, commit_unchanged
@@ -319,7 +320,7 @@ class FirestoreStorage:
             if idempotency_key is not None:
                 query = self._ledger(user_id).where(filter=cond("idempotencyKey", "==", idempotency_key))
                 for snap in query.limit(1).stream(transaction=tx):
-                    return _same_move(d.entry_from(snap.id, user_id, snap.to_dict() or {}), entry_type, delta)
+                    return same_move(d.entry_from(snap.id, user_id, snap.to_dict() or {}), entry_type, delta)
             move = _Move(user, entry_type, delta, None, reason, now, random_id(), idempotency_key)
             tx.update(self._users().document(user_id), move.user_changes())
             tx.create(self._ledger(user_id).document(move.entry.id), move.entry_doc)
@@ -336,7 +337,7 @@ class FirestoreStorage:
         if where.types:
             query = query.where(filter=cond("type", "in", sorted(e.value for e in where.types)))
         if cursor is not None:
-            query = query.where(filter=cond("seq", "<", _int_cursor(cursor)))
+            query = query.where(filter=cond("seq", "<", after_seq(cursor)))
         timed = where.since is not None or where.until is not None
         # A time window is filtered here: Firestore would have to order by the timestamp first.
         snaps = query.stream() if timed else query.limit(limit + 1).stream()
@@ -351,7 +352,7 @@ class FirestoreStorage:
             found.append((int(data["seq"]), entry))
             if len(found) > limit:
                 break
-        next_cursor = str(found[limit - 1][0]) if len(found) > limit else None
+        next_cursor = seq_cursor(found[limit - 1][0]) if len(found) > limit else None
         return Page([entry for _, entry in found[:limit]], next_cursor)
 
     @translated
@@ -467,13 +468,13 @@ class FirestoreStorage:
             query = query.where(filter=cond("status", "==", status.value))
         query = query.order_by("createdAt", direction=DESC).order_by("__name__", direction=DESC)
         if cursor is not None:
-            at, last_id = _time_id_cursor(cursor)
+            at, last_id = after_time(cursor)
             query = query.start_after({"createdAt": at, "__name__": last_id})
         found = [d.request_from(s.id, s.to_dict() or {}) for s in query.limit(limit + 1).stream()]
         next_cursor = None
         if len(found) > limit:
             last = found[limit - 1]
-            next_cursor = f"{last.created_at.isoformat()}|{last.id}"
+            next_cursor = time_cursor(last.created_at, last.id)
         return Page(found[:limit], next_cursor)
 
     @translated
@@ -506,10 +507,10 @@ class FirestoreStorage:
         self, snap: Any, worker_id: str, now: datetime, lease_until: datetime
     ) -> GenerationRequest | None:
         data = snap.to_dict() or {}
-        if data.get("status") != Status.PENDING.value:
+        if not Move.CLAIM.allows(Status(data["status"])):
             return None
         changes = {
-            "status": Status.RUNNING.value,
+            "status": Move.CLAIM.target.value,
             "leaseOwner": worker_id,
             "leaseExpiresAt": d.aware(lease_until),
             "attempts": int(data.get("attempts") or 0) + 1,
@@ -571,7 +572,7 @@ class FirestoreStorage:
         """
         ref = self._requests().document(request_id)
         changes = {
-            "status": Status.COMPLETED.value,
+            "status": Move.COMPLETE.target.value,
             "imageUrl": image_url,
             "completedAt": d.aware(now),
             "leaseOwner": None,
@@ -614,27 +615,27 @@ class FirestoreStorage:
         lease_expired: bool = False,
     ) -> bool:
         def failing(data: dict[str, Any]) -> bool:
-            if data.get("status") != Status.RUNNING.value:
+            if not Move.FAIL.allows(Status(data["status"])):
                 return False
             if worker_id is not None and data.get("leaseOwner") != worker_id:
                 return False
             expires = d.utc(data.get("leaseExpiresAt"))
             return not lease_expired or (expires is not None and expires < now)
 
-        return self._finish_with_refund(request_id, failing, Status.FAILED, error, now)
+        return self._finish_with_refund(request_id, failing, Move.FAIL, error, now)
 
     @translated
     def cancel_and_refund(self, request_id: str, now: datetime) -> bool:
         def pending(data: dict[str, Any]) -> bool:
-            return data.get("status") == Status.PENDING.value
+            return Move.CANCEL.allows(Status(data["status"]))
 
-        return self._finish_with_refund(request_id, pending, Status.CANCELED, "canceled", now)
+        return self._finish_with_refund(request_id, pending, Move.CANCEL, "canceled", now)
 
     def _finish_with_refund(
         self,
         request_id: str,
         condition: Callable[[dict[str, Any]], bool],
-        status: Status,
+        ending: Move,
         error: str,
         now: datetime,
     ) -> bool:
@@ -653,14 +654,14 @@ class FirestoreStorage:
             if not snap.exists or not condition(data):
                 return False
             changes = {
-                "status": status.value,
+                "status": ending.target.value,
                 "error": error,
                 "completedAt": d.aware(now),
                 "leaseOwner": None,
                 "leaseExpiresAt": None,
             }
             refund_id = d.entry_id(request_id, EntryType.REFUND)
-            move = _Move(
+            refund = _Move(
                 _user_state(reads[user_ref]),
                 EntryType.REFUND,
                 int(data["cost"]),
@@ -670,8 +671,8 @@ class FirestoreStorage:
                 refund_id,
             )
             writes.update(snap, changes)
-            writes.create(self._ledger(move.user.id).document(refund_id), move.entry_doc)
-            writes.update(reads[user_ref], move.user_changes(in_flight=-1))
+            writes.create(self._ledger(refund.user.id).document(refund_id), refund.entry_doc)
+            writes.update(reads[user_ref], refund.user_changes(in_flight=-1))
             self._enqueue_webhook(writes, d.request_from(request_id, {**data, **changes}), "completed", now)
             return True
 
@@ -694,23 +695,24 @@ class FirestoreStorage:
     def requeue(self, request_id: str, now: datetime) -> bool:
         def decide(data: dict[str, Any]) -> dict[str, Any] | None:
             expires = d.utc(data.get("leaseExpiresAt"))
-            if data.get("status") != Status.RUNNING.value or expires is None or expires >= now:
+            if not Move.REQUEUE.allows(Status(data["status"])) or expires is None or expires >= now:
                 return None
-            return {"status": Status.PENDING.value, "leaseOwner": None, "leaseExpiresAt": None}
+            return {"status": Move.REQUEUE.target.value, "leaseOwner": None, "leaseExpiresAt": None}
 
         return self._conditional_update(self._requests().document(request_id), decide) is not None
 
     def _enqueue_webhook(self, writer: Any, request: GenerationRequest, event: str, now: datetime) -> None:
         """Adds the webhook outbox document to the same transaction or batch as the state change."""
-        if not request.wants_webhook(event) or request.webhook is None:
+        delivery = delivery_of(request, event, now)
+        if delivery is None:
             return
         writer.create(
-            self.db.collection(d.WEBHOOKS).document("msg_" + random_id()),
+            self.db.collection(d.WEBHOOKS).document(delivery.id),
             {
-                "generationRequestId": request.id,
-                "event": event,
-                "url": request.webhook,
-                "payload": {"type": f"generation.{event}", "data": to_resource(request)},
+                "generationRequestId": delivery.generation_request_id,
+                "event": delivery.event,
+                "url": delivery.url,
+                "payload": delivery.payload,
                 "state": "pending",
                 "attempts": 0,
                 "nextAttemptAt": d.aware(now),
@@ -965,14 +967,14 @@ class FirestoreStorage:
             self.db.collection(d.REPORTS).order_by(order, direction=DESC).order_by("__name__", direction=DESC)
         )
         if cursor is not None:
-            at, last_id = _time_id_cursor(cursor)
+            at, last_id = after_time(cursor)
             query = query.start_after({order: at, "__name__": last_id})
         snaps = list(query.limit(limit + 1).stream())
         next_cursor = None
         if len(snaps) > limit:
             last = snaps[limit - 1]
             started = d.required_utc((last.to_dict() or {})[d.REPORT_META]["periodStart"])
-            next_cursor = f"{started.isoformat()}|{last.id}"
+            next_cursor = time_cursor(started, last.id)
         return Page([d.report_from(snap.to_dict() or {}) for snap in snaps[:limit]], next_cursor)
 
     @translated
@@ -1110,14 +1112,8 @@ def _version(snap: Any) -> str:
     return str((snap.to_dict() or {}).get("value") or "") if snap.exists else ""
 
 
-def _same_move(existing: LedgerEntry, entry_type: EntryType, delta: int) -> LedgerEntry:
-    if (existing.type, existing.delta) != (entry_type, delta):
-        raise IdempotencyConflict("Idempotency-Key was already used for a different credit move")
-    return existing
-
-
 def _running_for(data: dict[str, Any], worker_id: str) -> bool:
-    return data.get("status") == Status.RUNNING.value and data.get("leaseOwner") == worker_id
+    return Move.COMPLETE.allows(Status(data["status"])) and data.get("leaseOwner") == worker_id
 
 
 def _model(name: str, data: dict[str, Any]) -> ModelSettings:
@@ -1190,21 +1186,3 @@ def _delivery(delivery_id: str, data: dict[str, Any], attempts: int) -> WebhookD
         attempts,
         d.required_utc(data["createdAt"]),
     )
-
-
-def _int_cursor(cursor: str) -> int:
-    try:
-        return int(cursor)
-    except ValueError as exc:
-        raise InvalidInput(f"Invalid cursor '{cursor}'") from exc
-
-
-def _time_id_cursor(cursor: str) -> tuple[datetime, str]:
-    at_text, _, last_id = cursor.partition("|")
-    try:
-        at = datetime.fromisoformat(at_text)
-    except ValueError as exc:
-        raise InvalidInput(f"Invalid cursor '{cursor}'") from exc
-    if at.tzinfo is None or not valid_id(last_id):
-        raise InvalidInput(f"Invalid cursor '{cursor}'")
-    return at, last_id

@@ -13,9 +13,9 @@ from typing import Any
 
 from google.cloud import firestore
 
+from imagegen.domain.audit import Violation
 from imagegen.domain.generation import Status
 from imagegen.domain.ledger import EntryType
-from imagegen.ports import Violation
 from imagegen.storage.firestore import docs as d
 
 

@@ -17,7 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from imagegen.errors import Conflict, ImagegenError, InvalidInput, StorageUnavailable
+from imagegen.domain.errors import Conflict, ImagegenError, InvalidInput, StorageUnavailable
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -38,10 +38,10 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
+from imagegen.domain.errors import Conflict, InvalidInput
 from imagegen.domain.generation import Status
+from imagegen.domain.ids import random_id
 from imagegen.domain.ledger import EntryType, LedgerEntry
-from imagegen.errors import Conflict, InvalidInput
-from imagegen.ids import random_id
 from imagegen.storage.firestore import docs as d
 from imagegen.storage.firestore.errors import run_transaction
 

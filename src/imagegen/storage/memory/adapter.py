@@ -6,7 +6,6 @@ one lock for its whole run, so each is atomic and isolated as a transaction is o
 
 from __future__ import annotations
 
-import base64
 import copy
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -14,31 +13,32 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from imagegen.domain.audit import Violation
 from imagegen.domain.catalog import Catalog, ModelSettings
-from imagegen.domain.generation import GenerationRequest, Status, to_resource
-from imagegen.domain.ledger import EntryType, LedgerEntry, debit_refusal
-from imagegen.domain.reports import GroupCount
-from imagegen.errors import (
+from imagegen.domain.errors import (
     IdempotencyConflict,
     InsufficientCredits,
     InvalidInput,
     UserExists,
     UserNotFound,
-    debit_refused,
 )
-from imagegen.ids import new_id
-from imagegen.ports import (
+from imagegen.domain.generation import GenerationRequest, Move, NewGeneration, Status
+from imagegen.domain.idempotency import Idempotency, StoredResponse
+from imagegen.domain.ids import new_id
+from imagegen.domain.keys import ApiKey
+from imagegen.domain.ledger import (
     NO_FILTER,
-    ApiKey,
-    Idempotency,
+    EntryType,
+    LedgerEntry,
     LedgerFilter,
-    NewGeneration,
-    Page,
-    StoredResponse,
-    User,
-    Violation,
-    WebhookDelivery,
+    debit_refusal,
+    debit_refused,
+    same_move,
 )
+from imagegen.domain.paging import Page, after_seq, after_time, seq_cursor, time_cursor
+from imagegen.domain.reports import GroupCount
+from imagegen.domain.users import User
+from imagegen.domain.webhooks import WebhookDelivery, delivery_of
 from imagegen.storage.memory.audit import violations
 from imagegen.storage.memory.state import (
     OPTION_KINDS,
@@ -154,7 +154,7 @@ class MemoryStorage:
             if idempotency_key is not None:
                 for stored in self._state.ledger.get(user_id, []):
                     if stored.idempotency_key == idempotency_key:
-                        return _same_move(stored.entry, entry_type, delta)
+                        return same_move(stored.entry, entry_type, delta)
             user = self._user(user_id)
             if user.credits + delta < 0:
                 raise InsufficientCredits("Insufficient credits", userId=user_id, required=-delta)
@@ -164,7 +164,7 @@ class MemoryStorage:
     def ledger(
         self, user_id: str, limit: int, cursor: str | None, where: LedgerFilter = NO_FILTER
     ) -> Page[LedgerEntry]:
-        before = _seq_cursor(cursor) if cursor is not None else None
+        before = after_seq(cursor) if cursor is not None else None
         with self._lock:
             newest_first = reversed(self._state.ledger.get(user_id, []))
             found = [
@@ -173,7 +173,7 @@ class MemoryStorage:
                 if (before is None or stored.seq < before) and _matches(stored.entry, where)
             ]
         page = found[:limit]
-        next_cursor = str(page[-1].seq) if len(found) > limit else None
+        next_cursor = seq_cursor(page[-1].seq) if len(found) > limit else None
         return Page([stored.entry for stored in page], next_cursor)
 
     def ledger_totals(self, user_id: str) -> dict[EntryType, int]:
@@ -236,7 +236,7 @@ class MemoryStorage:
     def list_requests(
         self, user_id: str | None, status: Status | None, limit: int, cursor: str | None
     ) -> Page[GenerationRequest]:
-        after = _time_id_cursor(cursor) if cursor is not None else None
+        after = after_time(cursor) if cursor is not None else None
         with self._lock:
             chosen = [
                 stored.request
@@ -248,19 +248,19 @@ class MemoryStorage:
         if after is not None:
             chosen = [r for r in chosen if (r.created_at, r.id) < after]
         page = chosen[:limit]
-        next_cursor = _encode_time_id(page[-1].created_at, page[-1].id) if len(chosen) > limit else None
+        next_cursor = time_cursor(page[-1].created_at, page[-1].id) if len(chosen) > limit else None
         return Page(page, next_cursor)
 
     def claim_job(self, worker_id: str, now: datetime, lease_until: datetime) -> GenerationRequest | None:
         with self._lock:
-            pending = [s for s in self._state.requests.values() if s.request.status is Status.PENDING]
+            pending = [s for s in self._state.requests.values() if Move.CLAIM.allows(s.request.status)]
             if not pending:
                 return None
             stored = min(pending, key=lambda s: (s.request.created_at, s.request.id))
             request = stored.request
             stored.request = replace(
                 request,
-                status=Status.RUNNING,
+                status=Move.CLAIM.target,
                 attempts=request.attempts + 1,
                 started_at=request.started_at or now,
             )
@@ -283,11 +283,11 @@ class MemoryStorage:
             stored = self._state.requests.get(request_id)
             if (
                 stored is None
-                or stored.request.status is not Status.RUNNING
+                or not Move.COMPLETE.allows(stored.request.status)
                 or stored.lease_owner != worker_id
             ):
                 return False
-            self._finish(stored, Status.COMPLETED, now, image_url=image_url)
+            self._finish(stored, Move.COMPLETE, now, image_url=image_url)
             self._state.users[stored.request.user_id].in_flight -= 1
             self._enqueue_webhook(stored.request, "completed", now)
             return True
@@ -303,21 +303,21 @@ class MemoryStorage:
     ) -> bool:
         with self._lock:
             stored = self._state.requests.get(request_id)
-            if stored is None or stored.request.status is not Status.RUNNING:
+            if stored is None or not Move.FAIL.allows(stored.request.status):
                 return False
             if worker_id is not None and stored.lease_owner != worker_id:
                 return False
             if lease_expired and not (stored.lease_expires_at is not None and stored.lease_expires_at < now):
                 return False
-            self._refund(stored, Status.FAILED, error, now)
+            self._refund(stored, Move.FAIL, error, now)
             return True
 
     def cancel_and_refund(self, request_id: str, now: datetime) -> bool:
         with self._lock:
             stored = self._state.requests.get(request_id)
-            if stored is None or stored.request.status is not Status.PENDING:
+            if stored is None or not Move.CANCEL.allows(stored.request.status):
                 return False
-            self._refund(stored, Status.CANCELED, "canceled", now)
+            self._refund(stored, Move.CANCEL, "canceled", now)
             return True
 
     def expired_jobs(self, now: datetime) -> list[GenerationRequest]:
@@ -335,11 +335,11 @@ class MemoryStorage:
     def requeue(self, request_id: str, now: datetime) -> bool:
         with self._lock:
             stored = self._state.requests.get(request_id)
-            if stored is None or stored.request.status is not Status.RUNNING:
+            if stored is None or not Move.REQUEUE.allows(stored.request.status):
                 return False
             if stored.lease_expires_at is None or stored.lease_expires_at >= now:
                 return False
-            stored.request = replace(stored.request, status=Status.PENDING)
+            stored.request = replace(stored.request, status=Move.REQUEUE.target)
             stored.lease_owner = stored.lease_expires_at = None
             return True
 
@@ -472,7 +472,7 @@ class MemoryStorage:
             return None if stored is None else copy.deepcopy(stored.document)
 
     def list_reports(self, limit: int, cursor: str | None) -> Page[dict[str, Any]]:
-        after = _time_id_cursor(cursor) if cursor is not None else None
+        after = after_time(cursor) if cursor is not None else None
         with self._lock:
             ordered = sorted(
                 (
@@ -485,7 +485,7 @@ class MemoryStorage:
         if after is not None:
             ordered = [item for item in ordered if (item[0], item[1]) < after]
         page = ordered[:limit]
-        next_cursor = _encode_time_id(page[-1][0], page[-1][1]) if len(ordered) > limit else None
+        next_cursor = time_cursor(page[-1][0], page[-1][1]) if len(ordered) > limit else None
         return Page([copy.deepcopy(stored.document) for _, _, stored in page], next_cursor)
 
     def generation_time_histogram(
@@ -580,12 +580,12 @@ class MemoryStorage:
         self._state.append(user, entry, idempotency_key)
         return entry
 
-    def _finish(self, stored: RequestRow, status: Status, now: datetime, **changes: Any) -> None:
-        stored.request = replace(stored.request, status=status, completed_at=now, **changes)
+    def _finish(self, stored: RequestRow, move: Move, now: datetime, **changes: Any) -> None:
+        stored.request = replace(stored.request, status=move.target, completed_at=now, **changes)
         stored.lease_owner = stored.lease_expires_at = None
 
-    def _refund(self, stored: RequestRow, status: Status, error: str, now: datetime) -> None:
-        self._finish(stored, status, now, error=error)
+    def _refund(self, stored: RequestRow, move: Move, error: str, now: datetime) -> None:
+        self._finish(stored, move, now, error=error)
         request = stored.request
         user = self._state.users[request.user_id]
         user.credits += request.cost
@@ -594,12 +594,9 @@ class MemoryStorage:
         self._enqueue_webhook(request, "completed", now)
 
     def _enqueue_webhook(self, request: GenerationRequest, event: str, now: datetime) -> None:
-        if not request.wants_webhook(event) or request.webhook is None:
-            return
-        delivery_id = "msg_" + new_id()
-        payload = {"type": f"generation.{event}", "data": to_resource(request)}
-        delivery = WebhookDelivery(delivery_id, request.id, event, request.webhook, payload, 0, now)
-        self._state.deliveries[delivery_id] = DeliveryRow(delivery, next_attempt_at=now)
+        delivery = delivery_of(request, event, now)
+        if delivery is not None:
+            self._state.deliveries[delivery.id] = DeliveryRow(delivery, next_attempt_at=now)
 
     def _by_idempotency_key(self, user_id: str, key: str) -> RequestRow | None:
         for stored in self._state.requests.values():
@@ -612,38 +609,9 @@ class MemoryStorage:
             return [s.request for s in self._state.requests.values() if start <= s.request.created_at < end]
 
 
-def _same_move(existing: LedgerEntry, entry_type: EntryType, delta: int) -> LedgerEntry:
-    if (existing.type, existing.delta) != (entry_type, delta):
-        raise IdempotencyConflict("Idempotency-Key was already used for a different credit move")
-    return existing
-
-
 def _matches(entry: LedgerEntry, where: LedgerFilter) -> bool:
     if where.types and entry.type not in where.types:
         return False
     if where.since is not None and entry.timestamp < where.since:
         return False
     return where.until is None or entry.timestamp < where.until
-
-
-def _seq_cursor(cursor: str) -> int:
-    if not (cursor.isascii() and cursor.isdigit() and int(cursor) < 2**63):
-        raise InvalidInput(f"Invalid cursor '{cursor[:80]}'")
-    return int(cursor)
-
-
-def _encode_time_id(at: datetime, last_id: str) -> str:
-    raw = f"{at.isoformat()}|{last_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _time_id_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        at_text, separator, last_id = raw.partition("|")
-        at = datetime.fromisoformat(at_text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"Invalid cursor '{cursor[:80]}'") from exc
-    if not separator or at.tzinfo is None:
-        raise InvalidInput(f"Invalid cursor '{cursor[:80]}'")
-    return at, last_id

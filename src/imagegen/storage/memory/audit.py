@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from imagegen.domain.audit import Violation
 from imagegen.domain.ledger import EntryType, LedgerEntry
-from imagegen.ports import Violation
 from imagegen.storage.memory.state import RequestRow, State
 
 

@@ -9,8 +9,10 @@ from typing import Any
 
 from imagegen.domain.catalog import ModelSettings
 from imagegen.domain.generation import GenerationRequest
+from imagegen.domain.idempotency import StoredResponse
+from imagegen.domain.keys import ApiKey
 from imagegen.domain.ledger import LedgerEntry
-from imagegen.ports import ApiKey, StoredResponse, WebhookDelivery
+from imagegen.domain.webhooks import WebhookDelivery
 
 OPTION_KINDS = ("styles", "colors", "sizes")
 

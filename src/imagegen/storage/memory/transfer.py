@@ -15,10 +15,10 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from imagegen.domain.errors import InvalidInput
 from imagegen.domain.generation import GenerationRequest, Status
+from imagegen.domain.ids import new_id
 from imagegen.domain.ledger import EntryType, LedgerEntry
-from imagegen.errors import InvalidInput
-from imagegen.ids import new_id
 from imagegen.storage.memory.state import ReportRow, RequestRow, State, UserRow
 
 REQUEST_FIELDS = (

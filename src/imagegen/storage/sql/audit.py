@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 from sqlalchemy import Connection, and_, case, func, select
 
+from imagegen.domain.audit import Violation
 from imagegen.domain.generation import Status
 from imagegen.domain.ledger import EntryType
-from imagegen.ports import Violation
 from imagegen.storage.sql import tables as t
 from imagegen.storage.sql.parts import SqlParts
 

@@ -11,8 +11,8 @@ from typing import Any
 from sqlalchemy import Connection, insert, update
 
 from imagegen.domain.catalog import Catalog, ModelSettings
-from imagegen.errors import InvalidInput
-from imagegen.ids import new_id
+from imagegen.domain.errors import InvalidInput
+from imagegen.domain.ids import new_id
 from imagegen.storage.sql import statements as sql
 from imagegen.storage.sql import tables as t
 from imagegen.storage.sql.errors import retrying

@@ -13,20 +13,27 @@ from typing import Any
 from sqlalchemy import Connection, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from imagegen.domain.ledger import EntryType, LedgerEntry, debit_refusal
-from imagegen.errors import (
-    IdempotencyConflict,
+from imagegen.domain.errors import (
     UserExists,
     UserNotFound,
-    debit_refused,
 )
-from imagegen.ids import new_id
-from imagegen.ports import NO_FILTER, LedgerFilter, Page, User
+from imagegen.domain.ids import new_id
+from imagegen.domain.ledger import (
+    NO_FILTER,
+    EntryType,
+    LedgerEntry,
+    LedgerFilter,
+    debit_refusal,
+    debit_refused,
+    same_move,
+)
+from imagegen.domain.paging import Page, after_seq, seq_cursor
+from imagegen.domain.users import User
 from imagegen.storage.sql import statements as sql
 from imagegen.storage.sql import tables as t
 from imagegen.storage.sql.errors import retrying
 from imagegen.storage.sql.parts import SqlParts
-from imagegen.storage.sql.rows import entry_from, seq_cursor
+from imagegen.storage.sql.rows import entry_from
 
 
 def find_user(conn: Connection, user_id: str) -> User | None:
@@ -135,12 +142,6 @@ def entry_by_key(conn: Connection, user_id: str, key: str) -> LedgerEntry | None
     return None if row is None else entry_from(row)
 
 
-def same_move(existing: LedgerEntry, entry_type: EntryType, delta: int) -> LedgerEntry:
-    if (existing.type, existing.delta) != (entry_type, delta):
-        raise IdempotencyConflict("Idempotency-Key was already used for a different credit move")
-    return existing
-
-
 def ledger_page(
     conn: Connection, user_id: str, limit: int, cursor: str | None, where: LedgerFilter = NO_FILTER
 ) -> Page[LedgerEntry]:
@@ -148,7 +149,7 @@ def ledger_page(
         query: Any = sql.LEDGER_PAGE if cursor is None else sql.LEDGER_PAGE_AFTER
         params = {"p_user": user_id, "p_limit": limit + 1}
         if cursor is not None:
-            params["p_seq"] = seq_cursor(cursor)
+            params["p_seq"] = after_seq(cursor)
         rows = conn.execute(query, params).all()
     else:
         query = select(t.ledger).where(t.ledger.c.user_id == user_id)
@@ -159,9 +160,9 @@ def ledger_page(
         if where.until is not None:
             query = query.where(t.ledger.c.created_at < where.until)
         if cursor is not None:
-            query = query.where(t.ledger.c.seq < seq_cursor(cursor))
+            query = query.where(t.ledger.c.seq < after_seq(cursor))
         rows = conn.execute(query.order_by(t.ledger.c.seq.desc()).limit(limit + 1)).all()
-    next_cursor = str(rows[limit - 1].seq) if len(rows) > limit else None
+    next_cursor = seq_cursor(rows[limit - 1].seq) if len(rows) > limit else None
     return Page([entry_from(row) for row in rows[:limit]], next_cursor)
 
 

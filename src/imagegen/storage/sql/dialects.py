@@ -17,10 +17,9 @@ from sqlalchemy import ColumnElement, Connection, Engine, Integer, Table, cast, 
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.sql.dml import Insert
 
-from imagegen.domain.generation import GenerationRequest
+from imagegen.domain.generation import GenerationRequest, NewGeneration
+from imagegen.domain.ids import new_id
 from imagegen.domain.ledger import EntryType
-from imagegen.ids import new_id
-from imagegen.ports import NewGeneration
 from imagegen.storage.sql import statements as sql
 from imagegen.storage.sql.calls import QueuedCall
 from imagegen.storage.sql.credits import add_credits, append_entry, refuse

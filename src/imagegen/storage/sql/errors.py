@@ -11,7 +11,7 @@ from typing import ParamSpec, TypeVar
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from imagegen.errors import StorageUnavailable
+from imagegen.domain.errors import StorageUnavailable
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, select
+from sqlalchemy import Connection, Row, select
 from sqlalchemy.exc import IntegrityError
 
-from imagegen.domain.generation import GenerationRequest, Status
-from imagegen.errors import IdempotencyConflict, StaleConfig
-from imagegen.ports import NewGeneration, Page
+from imagegen.domain.errors import IdempotencyConflict, StaleConfig
+from imagegen.domain.generation import GenerationRequest, Move, NewGeneration, Status
+from imagegen.domain.paging import Page, after_time, time_cursor
 from imagegen.storage.sql import statements as sql
 from imagegen.storage.sql import tables as t
 from imagegen.storage.sql.calls import BEFORE_COMMIT, HAND_OVER, Batch, HandOver, LoopStatement
@@ -26,7 +26,7 @@ from imagegen.storage.sql.dialects import Dialect, debit_alone, debit_row, debit
 from imagegen.storage.sql.errors import retrying
 from imagegen.storage.sql.jobs import finish_with_refund
 from imagegen.storage.sql.parts import SqlParts
-from imagegen.storage.sql.rows import decode_cursor, encode_cursor, new_request, request_from, request_values
+from imagegen.storage.sql.rows import new_request, request_from, request_values
 
 gr = t.generation_requests
 
@@ -68,7 +68,7 @@ class SqlGenerations(SqlParts):
         if status is not None:
             query = query.where(gr.c.status == status.value)
         if cursor is not None:
-            at, last_id = decode_cursor(cursor)
+            at, last_id = after_time(cursor)
             query = query.where((gr.c.created_at < at) | ((gr.c.created_at == at) & (gr.c.id < last_id)))
         query = query.order_by(gr.c.created_at.desc(), gr.c.id.desc()).limit(limit + 1)
         with self.tx.read() as conn:
@@ -76,14 +76,15 @@ class SqlGenerations(SqlParts):
         next_cursor = None
         if len(rows) > limit:
             last = rows[limit - 1]
-            next_cursor = encode_cursor(last.created_at, last.id)
+            next_cursor = time_cursor(last.created_at, last.id)
         return Page([request_from(row) for row in rows[:limit]], next_cursor)
 
     @retrying
     def cancel_and_refund(self, request_id: str, now: datetime) -> bool:
-        pending = and_(gr.c.id == request_id, gr.c.status == Status.PENDING.value)
         with self.tx.write() as conn:
-            return finish_with_refund(conn, self.dialect, pending, Status.CANCELED, "canceled", now)
+            return finish_with_refund(
+                conn, self.dialect, Move.CANCEL, [gr.c.id == request_id], "canceled", now
+            )
 
 
 @dataclass(frozen=True)

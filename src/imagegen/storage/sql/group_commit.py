@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, runtime_checkabl
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
-from imagegen.errors import StorageUnavailable
+from imagegen.domain.errors import StorageUnavailable
 from imagegen.storage.sql.calls import BEFORE_COMMIT, Batch, LoopPipelined, QueuedCall, call_order
 from imagegen.storage.sql.driver import driver_connection
 from imagegen.storage.sql.errors import MAX_ATTEMPTS, Retryable, translate

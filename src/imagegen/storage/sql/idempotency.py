@@ -7,8 +7,8 @@ from datetime import datetime
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from imagegen.errors import IdempotencyConflict
-from imagegen.ports import Idempotency, StoredResponse
+from imagegen.domain.errors import IdempotencyConflict
+from imagegen.domain.idempotency import Idempotency, StoredResponse
 from imagegen.storage.sql import tables as t
 from imagegen.storage.sql.errors import retrying
 from imagegen.storage.sql.parts import SqlParts

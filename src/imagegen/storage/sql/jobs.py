@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, and_, select, tuple_, update
 
-from imagegen.domain.generation import GenerationRequest, Status
+from imagegen.domain.generation import GenerationRequest, Move, Status
 from imagegen.domain.ledger import EntryType
 from imagegen.storage.sql import statements as sql
 from imagegen.storage.sql import tables as t
@@ -52,13 +52,15 @@ def complete_in_transaction(
 
 
 def finish_with_refund(
-    conn: Connection, dialect: Dialect, condition: Any, status: Status, error: str, now: datetime
+    conn: Connection, dialect: Dialect, move: Move, conditions: list[Any], error: str, now: datetime
 ) -> bool:
-    """Ends the request matching `condition` as failed or canceled, with its one refund."""
+    """Ends the request matching `conditions` with `move` (failed or canceled), and its one refund."""
     row = conn.execute(
         update(gr)
-        .where(condition)
-        .values(status=status.value, error=error, completed_at=now, lease_owner=None, lease_expires_at=None)
+        .where(sql.may(move), *conditions)
+        .values(
+            status=move.target.value, error=error, completed_at=now, lease_owner=None, lease_expires_at=None
+        )
         .returning(*gr.c)
     ).first()
     if row is None:
@@ -84,7 +86,7 @@ class SqlJobs(SqlParts):
         with self.tx.write() as conn:
             result = conn.execute(
                 update(gr)
-                .where(held, gr.c.status == Status.RUNNING.value)
+                .where(held, sql.status_is(Status.RUNNING.value))
                 .values(lease_expires_at=lease_until)
             )
             return result.rowcount
@@ -104,13 +106,13 @@ class SqlJobs(SqlParts):
         worker_id: str | None = None,
         lease_expired: bool = False,
     ) -> bool:
-        conditions = [gr.c.id == request_id, gr.c.status == Status.RUNNING.value]
+        conditions = [gr.c.id == request_id]
         if worker_id is not None:
             conditions.append(gr.c.lease_owner == worker_id)
         if lease_expired:
             conditions.append(gr.c.lease_expires_at < now)
         with self.tx.write() as conn:
-            return finish_with_refund(conn, self.dialect, and_(*conditions), Status.FAILED, error, now)
+            return finish_with_refund(conn, self.dialect, Move.FAIL, conditions, error, now)
 
     @retrying
     def expired_jobs(self, now: datetime) -> list[GenerationRequest]:
@@ -125,14 +127,12 @@ class SqlJobs(SqlParts):
 
     @retrying
     def requeue(self, request_id: str, now: datetime) -> bool:
-        expired = and_(
-            gr.c.id == request_id, gr.c.status == Status.RUNNING.value, gr.c.lease_expires_at < now
-        )
+        expired = and_(gr.c.id == request_id, sql.may(Move.REQUEUE), gr.c.lease_expires_at < now)
         with self.tx.write() as conn:
             result = conn.execute(
                 update(gr)
                 .where(expired)
-                .values(status=Status.PENDING.value, lease_owner=None, lease_expires_at=None)
+                .values(status=Move.REQUEUE.target.value, lease_owner=None, lease_expires_at=None)
             )
             self.dialect.notify(conn, sql.JOBS_CHANNEL)
             return result.rowcount == 1

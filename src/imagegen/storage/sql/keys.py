@@ -6,7 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, insert, update
 
-from imagegen.ports import ApiKey
+from imagegen.domain.keys import ApiKey
 from imagegen.storage.sql import statements as sql
 from imagegen.storage.sql import tables as t
 from imagegen.storage.sql.catalog import bump_config_version

@@ -35,7 +35,7 @@ import psycopg
 from sqlalchemy import Engine
 from sqlalchemy.engine import Dialect
 
-from imagegen.errors import StorageUnavailable
+from imagegen.domain.errors import StorageUnavailable
 from imagegen.storage.sql.calls import HAND_OVER, LoopPipelined, LoopStatement, QueuedCall, call_order
 from imagegen.storage.sql.driver import RowsStatement
 

@@ -9,9 +9,8 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from imagegen.domain.generation import GenerationRequest, to_resource
-from imagegen.ids import new_id
-from imagegen.ports import WebhookDelivery
+from imagegen.domain.generation import GenerationRequest
+from imagegen.domain.webhooks import WebhookDelivery, delivery_of
 from imagegen.storage.sql import tables as t
 from imagegen.storage.sql.errors import retrying
 from imagegen.storage.sql.parts import SqlParts
@@ -21,15 +20,16 @@ wd = t.webhook_deliveries
 
 def enqueue_webhook(conn: Connection, request: GenerationRequest, event: str, now: datetime) -> None:
     """Writes the delivery of `event` if the request asked for it, in the caller's transaction."""
-    if not request.wants_webhook(event) or request.webhook is None:
+    delivery = delivery_of(request, event, now)
+    if delivery is None:
         return
     conn.execute(
         insert(wd).values(
-            id="msg_" + new_id(),
-            generation_request_id=request.id,
-            event=event,
-            url=request.webhook,
-            payload={"type": f"generation.{event}", "data": to_resource(request)},
+            id=delivery.id,
+            generation_request_id=delivery.generation_request_id,
+            event=delivery.event,
+            url=delivery.url,
+            payload=delivery.payload,
             state="pending",
             attempts=0,
             next_attempt_at=now,

@@ -14,8 +14,7 @@ from sqlalchemy import ColumnElement, Connection, Engine, Integer, Table, cast, 
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.dml import Insert
 
-from imagegen.domain.generation import GenerationRequest
-from imagegen.ports import NewGeneration
+from imagegen.domain.generation import GenerationRequest, NewGeneration
 from imagegen.storage.sql import statements as sql
 from imagegen.storage.sql.calls import QueuedCall
 from imagegen.storage.sql.dialects import Dialect, debit_alone, debited

@@ -8,12 +8,11 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select
 
 from imagegen.domain.generation import Status
+from imagegen.domain.paging import Page, after_time, time_cursor
 from imagegen.domain.reports import GroupCount
-from imagegen.ports import Page
 from imagegen.storage.sql import tables as t
 from imagegen.storage.sql.errors import retrying
 from imagegen.storage.sql.parts import SqlParts
-from imagegen.storage.sql.rows import decode_cursor, encode_cursor
 
 gr = t.generation_requests
 DIMENSIONS = (gr.c.model, gr.c.style, gr.c.color, gr.c.size, gr.c.status)
@@ -88,7 +87,7 @@ class SqlReports(SqlParts):
         rep = t.reports
         query = select(rep.c.id, rep.c.period_start, rep.c.document)
         if cursor is not None:
-            at, last_id = decode_cursor(cursor)
+            at, last_id = after_time(cursor)
             query = query.where(
                 (rep.c.period_start < at) | ((rep.c.period_start == at) & (rep.c.id < last_id))
             )
@@ -98,5 +97,5 @@ class SqlReports(SqlParts):
         next_cursor = None
         if len(rows) > limit:
             last = rows[limit - 1]
-            next_cursor = encode_cursor(last.period_start, last.id)
+            next_cursor = time_cursor(last.period_start, last.id)
         return Page([dict(row.document) for row in rows[:limit]], next_cursor)

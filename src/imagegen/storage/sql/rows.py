@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row
 
 from imagegen.domain.catalog import ModelSettings
-from imagegen.domain.generation import GenerationRequest, Status, valid_id
+from imagegen.domain.generation import GenerationRequest, NewGeneration, Status
 from imagegen.domain.ledger import EntryType, LedgerEntry
-from imagegen.errors import InvalidInput
-from imagegen.ports import NewGeneration
 
 
 def request_from(row: Row[Any]) -> GenerationRequest:
@@ -103,28 +99,3 @@ def model_from(row: Any) -> ModelSettings:
 
 def _events(stored: str | None) -> frozenset[str]:
     return frozenset((stored or "").split(",")) - {""}
-
-
-def seq_cursor(cursor: str) -> int:
-    """A ledger page's cursor: the last entry's sequence number."""
-    if not (cursor.isascii() and cursor.isdigit() and int(cursor) < 2**63):
-        raise InvalidInput(f"Invalid cursor '{cursor[:80]}'")
-    return int(cursor)
-
-
-def encode_cursor(at: datetime, last_id: str) -> str:
-    """An opaque, URL-safe cursor: base64url of "<time>|<id>" of the last item on the page."""
-    raw = f"{at.isoformat()}|{last_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        at_text, separator, last_id = raw.partition("|")
-        at = datetime.fromisoformat(at_text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"Invalid cursor '{cursor[:80]}'") from exc
-    if not separator or at.tzinfo is None or not valid_id(last_id):
-        raise InvalidInput(f"Invalid cursor '{cursor[:80]}'")
-    return at, last_id

@@ -30,13 +30,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 
-from imagegen.domain.generation import Status
+from imagegen.domain.generation import Move
 from imagegen.storage.sql import tables as t
 from imagegen.storage.sql.driver import DriverStatement, RowsStatement
 
 gr = t.generation_requests
 users = t.users
-PENDING, RUNNING = Status.PENDING.value, Status.RUNNING.value
 
 # PostgreSQL NOTIFY channels (SQLite processes poll instead).
 JOBS_CHANNEL = "imagegen_jobs"  # a job was queued: idle workers look
@@ -149,16 +148,24 @@ def status_is(value: str) -> ColumnElement[bool]:
     return gr.c.status == literal_column(f"'{value}'", gr.c.status.type)
 
 
+def may(move: Move) -> ColumnElement[bool]:
+    """The request is in a status `move` may start from (the statuses in the SQL text, as status_is)."""
+    sources = sorted(status.value for status in move.sources)
+    if len(sources) == 1:
+        return status_is(sources[0])
+    return gr.c.status.in_([literal_column(f"'{value}'", gr.c.status.type) for value in sources])
+
+
 # The oldest pending job, locked, skipping those another worker has locked.
 _oldest_pending_query = (
     select(gr.c.id)
-    .where(status_is(PENDING))
+    .where(may(Move.CLAIM))
     .order_by(gr.c.created_at)
     .limit(1)
     .with_for_update(skip_locked=True)
 )
 _claimed_values: dict[str, Any] = {
-    "status": RUNNING,
+    "status": Move.CLAIM.target.value,
     "lease_owner": bindparam("p_worker"),
     "lease_expires_at": bindparam("p_lease_until", type_=t.UTCDateTime()),
     "attempts": gr.c.attempts + 1,
@@ -166,7 +173,7 @@ _claimed_values: dict[str, Any] = {
 }
 CLAIM_JOB = (
     update(gr)
-    .where(gr.c.id == _oldest_pending_query.scalar_subquery(), gr.c.status == PENDING)
+    .where(gr.c.id == _oldest_pending_query.scalar_subquery(), may(Move.CLAIM))
     .values(_claimed_values)
     .returning(*gr.c)
 )
@@ -176,7 +183,7 @@ CLAIM_JOB = (
 _oldest = _oldest_pending_query.add_columns(gr.c.webhook).cte("oldest")
 _claimed = (
     update(gr)
-    .where(gr.c.id == _oldest.c.id, gr.c.status == PENDING, _oldest.c.webhook.is_(None))
+    .where(gr.c.id == _oldest.c.id, may(Move.CLAIM), _oldest.c.webhook.is_(None))
     .values(_claimed_values)
     .returning(*gr.c)
     .cte("claimed")
@@ -186,11 +193,11 @@ CLAIM_QUIETLY = select(_oldest.c.id.label("oldest_id"), *_claimed.c).select_from
 )
 _completed_conditions = (
     gr.c.id == bindparam("p_id"),
-    gr.c.status == RUNNING,
+    may(Move.COMPLETE),
     gr.c.lease_owner == bindparam("p_worker"),
 )
 _completed_values: dict[str, Any] = {
-    "status": Status.COMPLETED.value,
+    "status": Move.COMPLETE.target.value,
     "image_url": bindparam("p_image_url"),
     "completed_at": bindparam("p_now", type_=t.UTCDateTime()),
     "lease_owner": None,

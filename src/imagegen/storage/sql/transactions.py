@@ -9,7 +9,7 @@ from contextlib import contextmanager, nullcontext
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from imagegen.errors import ReaderBusy
+from imagegen.domain.errors import ReaderBusy
 from imagegen.storage.sql.checkpointer import CHECKPOINT_INTERVAL, Checkpointer
 from imagegen.storage.sql.driver import driver_connection
 from imagegen.storage.sql.engines import SQLITE_BUSY_TIMEOUT_MS

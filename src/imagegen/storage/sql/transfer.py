@@ -18,10 +18,10 @@ from typing import Any
 from sqlalchemy import Connection, Table, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from imagegen.domain.errors import InvalidInput
 from imagegen.domain.generation import Status
+from imagegen.domain.ids import new_id
 from imagegen.domain.ledger import EntryType
-from imagegen.errors import InvalidInput
-from imagegen.ids import new_id
 from imagegen.storage.sql import tables as t
 from imagegen.storage.sql.dialects import Dialect
 

@@ -5,8 +5,6 @@ Adapters translate driver errors into these; the API maps them to responses in o
 
 from __future__ import annotations
 
-from imagegen.domain.ledger import Refusal
-
 
 class ImagegenError(Exception):
     code = "error"
@@ -112,21 +110,6 @@ class BodyTooLarge(ImagegenError):
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"Request body is larger than the limit of {limit} bytes", limit=limit)
-
-
-def debit_refused(
-    refusal: Refusal, user_id: str, *, cost: int, in_flight: int, max_in_flight: int | None
-) -> ImagegenError:
-    """The error for a create refused by `domain.ledger.debit_refusal`, the same from every backend."""
-    if refusal is Refusal.IN_FLIGHT:
-        return TooManyRequests(
-            f"User {user_id} already has {in_flight} generations queued or running (limit {max_in_flight})",
-            retry_after=1,
-            userId=user_id,
-            inFlight=in_flight,
-            limit=max_in_flight,
-        )
-    return InsufficientCredits("Insufficient credits", userId=user_id, required=cost)
 
 
 class StaleConfig(Exception):
