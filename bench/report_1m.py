@@ -4,9 +4,10 @@
 
 A fresh database gets 1,000,000 generation requests spread evenly over one ISO week (in time order,
 as an append-only table fills; ~95 % completed, ~5 % failed, over the catalog's models, styles,
-colors and sizes and 10,000 users), and --small-requests (100,000) in a week ten weeks earlier, so
-that neither report's 8-week baseline sees the other. The rows go straight into the table with
-SQLAlchemy Core executemany in chunks of 10,000, marked as imported history (no ledger entries).
+colors and sizes and 10,000 users), and --small-requests (100,000) in a week
+`service.BASELINE_WEEKS` + 2 weeks earlier, so that neither report's baseline sees the other. The
+rows go straight into the table with SQLAlchemy Core executemany in chunks of 10,000, marked as
+imported history (no ledger entries).
 
 Then, in a fresh child process per week, `service.run_report` runs 3 times (the median is the
 figure), once more under tracemalloc (peak Python allocations), and the child's peak RSS over the
@@ -205,7 +206,7 @@ def measure_in_child(database: Database, week: str, runs: int) -> dict[str, Any]
 # -- the benchmark ------------------------------------------------------------------------------------
 def run(backend: str, requests: int, small: int, runs: int = 3, rows_out: Path | None = None) -> list[Row]:
     big_week = reports.previous_week(utcnow())
-    small_week = _weeks_back(big_week, 10)
+    small_week = _weeks_back(big_week, service.BASELINE_WEEKS + 2)
     with workspace(backend) as space:
         database = space.database("report")
         storage = open_db(database)

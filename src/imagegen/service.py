@@ -43,7 +43,7 @@ from imagegen.domain.validation import (
 from imagegen.ports import Storage
 
 KEY_PREFIX = "ig_"
-BASELINE_WEEKS = 8
+BASELINE_WEEKS = 12  # the recent 8 weeks for one-week rules, and older reference weeks for drifts
 
 
 # -- generations ----------------------------------------------------------------------------
@@ -337,21 +337,30 @@ def run_report(
     """Aggregates the period in the database, compares it with the preceding weeks, stores it.
 
     The aggregations are independent scans: they run side by side (the database works on them in
-    parallel, and SQLite's driver lets go of the GIL while it scans).
+    parallel, and SQLite's driver lets go of the GIL while it scans). The numbers depend on the
+    requests alone (invariant 6); the operators' marks are read from the previous week's report
+    and from this one's earlier run, so that a re-run keeps them and the next week honours them.
     """
+    before = reports.weeks_before(period, baseline_weeks)
     with ThreadPoolExecutor(REPORT_SCANS, thread_name_prefix="imagegen-report") as pool:
         groups = pool.submit(storage.group_counts, period.start, period.end)
         users = pool.submit(storage.unique_users, period.start, period.end)
         histograms = pool.submit(
             storage.generation_time_histogram, period.start, period.end, reports.TIME_BUCKET_MS
         )
-        weeks = [
-            pool.submit(_metrics, storage, week) for week in reports.weeks_before(period, baseline_weeks)
-        ]
+        weeks = [pool.submit(_metrics, storage, week) for week in before]
+        marked = [pool.submit(storage.get_report, p.id) for p in (*before[-1:], period)]
         metrics = reports.summarize(groups.result(), users.result())
         baseline = [week.result() for week in weeks]
         times = reports.generation_times(histograms.result())
-    detection = reports.detect(metrics, baseline, thresholds or reports.Thresholds())
+        marks = [m for found in marked if (document := found.result()) for m in reports.marks_in(document)]
+    detection = reports.detect(
+        metrics,
+        baseline,
+        thresholds or reports.Thresholds(),
+        marks_made=marks,
+        week_ids=[week.id for week in (*before, period)],
+    )
     document = reports.report_document(period, metrics, detection, now, times)
     storage.save_report(period.id, document, now)
     return document
@@ -376,7 +385,7 @@ def parse_period(
 
 
 REPORT_SCANS = 3  # the period's three aggregations at once; the baseline weeks queue behind them
-REPORT_YEARS = (1971, 9998)  # room for the 8-week baseline before, and the period's end after
+REPORT_YEARS = (1971, 9998)  # room for the 12-week baseline before, and the period's end after
 
 
 def _period(
@@ -415,6 +424,26 @@ def get_report(storage: Storage, report_id: str) -> dict[str, Any]:
     if document is None:
         raise NotFound(f"Report '{report_id}' not found", id=report_id)
     return document
+
+
+def mark_expected(
+    storage: Storage,
+    report_id: str,
+    finding: reports.FindingId,
+    note: str,
+    now: datetime,
+    *,
+    expected: bool = True,
+) -> dict[str, Any]:
+    """Marks a report's finding as expected (or takes the mark off) and stores the report; the
+    same pattern is then withheld from the next week's report while it does not grow."""
+    document = get_report(storage, report_id)
+    try:
+        changed = reports.set_mark(document, finding, reports.isoformat_z(now), note, expected=expected)
+    except LookupError as exc:
+        raise NotFound(str(exc), id=report_id) from exc
+    storage.save_report(report_id, document, reports.generated_at(document))
+    return changed
 
 
 # -- audit ----------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from imagegen.domain.errors import (
     InsufficientCredits,
     InvalidInput,
     InvalidState,
+    NotFound,
     UserExists,
     UserNotFound,
 )
@@ -668,7 +669,55 @@ def test_run_report_stores_a_report_that_can_be_read_back(storage: Storage) -> N
         "uniqueUsers": 2,
     }
     assert {key: document[key] for key in expected} == expected
-    assert document["byModel"]["model-b"] == {"total": 1, "completed": 0, "failed": 1, "failureRate": 100.0}
+    assert document["byModel"]["model-b"] == {
+        "total": 1,
+        "completed": 0,
+        "failed": 1,
+        "failureRate": 100.0,
+        "creditsSpent": 0,
+        "creditsRefunded": 1,
+    }
+
+
+# A handful of requests a week is enough once the volume guards are down.
+LOOSE = reports.Thresholds(min_requests=1, min_key_requests=1)
+
+
+def test_a_finding_marked_expected_stays_on_its_report_and_is_withheld_the_next_week(
+    storage: Storage,
+) -> None:
+    weeks = [*reports.weeks_before(W47, 3), W47, reports.iso_week("2026-W48")]
+    for week, count in zip(weeks, (2, 2, 2, 8, 8), strict=True):
+        for hour in range(count):
+            finished(storage, Status.COMPLETED, week.start + timedelta(hours=hour + 1))
+    for week in weeks[:3]:
+        service.run_report(storage, week, week.end, thresholds=LOOSE)
+    spike = service.run_report(storage, W47, W47.end, thresholds=LOOSE)
+    assert [a["metric"] for a in spike["anomalies"]] == ["totalRequests"]
+
+    marked = service.mark_expected(
+        storage, "2026-W47", reports.FindingId("totalRequests"), "a launch", W47.end + timedelta(hours=2)
+    )
+
+    assert marked["mark"]["note"] == "a launch"
+    again = service.run_report(storage, W47, W47.end + timedelta(hours=3), thresholds=LOOSE)
+    assert again["anomalies"][0]["mark"]["note"] == "a launch"  # a re-run keeps the mark
+    assert storage.get_report("2026-W47") == again
+    after = service.run_report(storage, weeks[-1], weeks[-1].end, thresholds=LOOSE)
+    assert after["anomalies"] == []
+    assert [(a["metric"], a["mark"]["reportId"]) for a in after["expectedAnomalies"]] == [
+        ("totalRequests", "2026-W47")
+    ]
+
+
+def test_marking_a_finding_a_report_does_not_have_is_not_found(storage: Storage) -> None:
+    _requests_around_week_47(storage)
+    service.run_report(storage, W47, W47.end)
+
+    with pytest.raises(NotFound, match="has no finding on share of style 'anime'"):
+        service.mark_expected(storage, "2026-W47", reports.FindingId("share", "style", "anime"), "", W47.end)
+    with pytest.raises(NotFound, match="Report '2026-W01' not found"):
+        service.mark_expected(storage, "2026-W01", reports.FindingId("totalRequests"), "", W47.end)
 
 
 def test_running_a_report_again_gives_the_same_numbers(storage: Storage) -> None:
