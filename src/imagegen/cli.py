@@ -261,6 +261,30 @@ def _render(storage: Storage, document: dict[str, Any], period: reports.Period, 
 
 
 @app.command()
+def expect(
+    report_id: Annotated[str, typer.Argument(help="The report, e.g. 2026-W47")],
+    metric: Annotated[str, typer.Option(help="The finding's metric, e.g. failureRate or share")],
+    dimension: Annotated[
+        str | None, typer.Option(help="For a per-key finding: model, style, size or color")
+    ] = None,
+    key: Annotated[str | None, typer.Option(help="For a per-key finding: the key, e.g. 1024x1792")] = None,
+    note: Annotated[str, typer.Option(help="Why it was expected")] = "",
+    undo: Annotated[bool, typer.Option("--undo", help="Take this report's mark off the finding")] = False,
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Mark a report's finding as expected: the next weeks withhold the same pattern unless it grows."""
+    if (dimension is None) != (key is None):
+        _fail("give both --dimension and --key for a per-key finding, or neither")
+    if dimension is not None and dimension not in reports.DIMENSIONS:
+        _fail(f"--dimension must be one of {', '.join(reports.DIMENSIONS)}")
+    storage = _storage(database_url, data_dir)
+    finding = reports.FindingId(metric, dimension, key)
+    changed = _run(service.mark_expected, storage, report_id, finding, note, utcnow(), expected=not undo)
+    typer.echo(json.dumps(changed, indent=2))
+
+
+@app.command()
 def backfill(
     from_week: Annotated[str, typer.Option("--from", help="First ISO week, e.g. 2026-W01")],
     to_week: Annotated[str, typer.Option("--to", help="Last ISO week, included")],

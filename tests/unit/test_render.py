@@ -446,3 +446,59 @@ def test_html_labels_a_readable_number_of_weeks(weeks: int) -> None:
     labels = trend.all("g", "weeks")[0].all("text")
     assert 2 <= len(labels) <= 15
     assert "2026-W47" in labels[-2].all_text or "2026-W47" in labels[-1].all_text
+
+
+# ---------------------------------------------------------------------------------------------
+# Each finding's recent weeks and its band
+# ---------------------------------------------------------------------------------------------
+
+DRIFT = {
+    "kind": "drift",
+    "metric": "failureRate",
+    "dimension": "size",
+    "key": "1024x1792",
+    "observed": 12.9,
+    "expected": 5.0,
+    "lower": None,
+    "upper": 10.0,
+    "score": 9.2,
+    "method": "CUSUM excursion against the median of the 7 weeks before; the last 2 weeks pooled",
+    "severity": "info",
+    "since": "2026-W43",
+    "message": "Failure rate of size '1024x1792' has been rising for 5 weeks (since 2026-W43)",
+    "history": [5.1, 4.8, None, 4.9, 5.0, 5.3, 4.7, 7.0, 8.9, 10.8, 12.1, 13.6, 14.2],
+}
+
+
+def test_html_draws_each_findings_recent_weeks_with_the_band_it_left() -> None:
+    root = parse(render_html(report(anomalies=[DRIFT, SPIKE]), []))
+
+    band = chart(root, "finding-0")
+    assert band.all("rect", "band") and band.all("line", "expected")
+    assert [c.title() for c in band.all("circle", "this-week")] == ["14.2%"]
+    assert len(band.all("polyline")) == 2  # a gap where a week had nothing to measure
+    assert band.all("rect", "since")[0].title() == "since 2026-W43"
+    assert "ordinary band no limit to 10.0%" in band.all("desc")[0].all_text
+    labels = [t.all_text for t in band.all("text") if t.attrs.get("text-anchor") == "middle"]
+    assert labels[-1] == "16 Nov"  # the period's own week, last
+    assert len(root.all("figure", "band")) == 1  # the older finding has no history: no chart
+
+
+def test_markdown_gives_each_findings_band_and_mark() -> None:
+    marked = dict(DRIFT, mark={"reportId": "2026-W46", "note": "a new printer", "markedAt": "x"})
+
+    text = render_markdown(report(anomalies=[marked], expectedAnomalies=[dict(SPIKE, mark=marked["mark"])]))
+
+    assert "ordinary up to 10.0%" in text
+    assert "_(marked expected in 2026-W46: a new printer)_" in text
+    assert "## Expected, not alarmed" in text
+
+
+def test_html_lists_the_findings_withheld_by_an_operators_mark() -> None:
+    mark = {"reportId": "2026-W46", "note": HOSTILE, "markedAt": "2026-11-17T08:00:00Z"}
+    root = parse(render_html(report(expectedAnomalies=[dict(DRIFT, mark=mark)]), []))
+
+    withheld = root.all("ul", "expected")[0].all_text
+    assert DRIFT["message"] in withheld and "marked expected in 2026-W46" in withheld
+    assert HOSTILE in withheld  # as text
+    assert chart(root, "expected-0").all("rect", "band")

@@ -1,4 +1,5 @@
-"""/v1/reports (admin): list, get (JSON, ?format=md or html), run for a week or a range."""
+"""/v1/reports (admin): list, get (JSON, ?format=md or html), run for a week or a range, and mark
+a finding as expected (the next weeks do not alarm on the same pattern unless it grows)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from imagegen.api.common import body_schema, page_size, strict_body
 from imagegen.api.errors import documented
 from imagegen.clock import utcnow
 from imagegen.domain import reports
+from imagegen.domain.errors import InvalidInput
 from imagegen.reporting import render_html, render_markdown
 
 router = APIRouter(prefix="/v1/reports", tags=["reports"], responses=documented(401, 403, 404, 422))
@@ -26,6 +28,56 @@ class ReportRun(BaseModel):
     week: str | None = Field(None, examples=["2026-W47"], description="An ISO week")
     start: datetime | None = Field(None, description="Or a range [start, end), ISO 8601 with a zone")
     end: datetime | None = None
+
+
+Dimension = Literal["model", "style", "size", "color"]
+
+
+class ExpectedFinding(BaseModel):
+    """Which finding of the report to mark, and why it was expected."""
+
+    model_config = ConfigDict(extra="forbid")
+    metric: str = Field(
+        min_length=1, max_length=64, examples=["failureRate"], description="The finding's metric"
+    )
+    dimension: Dimension | None = Field(None, description="For a per-key finding: its dimension")
+    key: str | None = Field(None, min_length=1, max_length=200, examples=["1024x1792"])
+    note: str = Field("", max_length=500, examples=["a campaign for large posters"])
+
+
+class MarkOut(BaseModel):
+    reportId: str  # noqa: N815
+    markedAt: str  # noqa: N815
+    note: str
+    kind: str
+    metric: str
+    dimension: str | None
+    key: str | None
+    direction: int = Field(description="+1: the marked finding was a rise, -1 a fall")
+    gap: float = Field(description="Its distance from the baseline (log ratio or points)")
+
+
+class AnomalyOut(BaseModel):
+    kind: str
+    metric: str
+    dimension: str | None
+    key: str | None
+    observed: float
+    expected: float
+    lower: float | None = None
+    upper: float | None = None
+    score: float
+    method: str = ""
+    severity: Literal["info", "warning", "critical"]
+    since: str | None = None
+    message: str
+    history: list[float | None] = []
+    mark: MarkOut | None = None
+
+
+class MarkedFinding(BaseModel):
+    reportId: str  # noqa: N815
+    anomaly: AnomalyOut
 
 
 @router.get("", summary="Stored reports, newest period first")
@@ -59,6 +111,50 @@ async def run_report(request: Request, runtime: RuntimeDep, _admin: AdminDep) ->
     now = utcnow()
     period = service.parse_period(body.week, body.start, body.end, now=now)
     return await run_in_threadpool(service.run_report, runtime.storage, period, now)
+
+
+@router.put(
+    "/{report_id}/expected",
+    summary="Mark a finding of the report as expected",
+    description="The mark is kept on the report; the next weeks' reports withhold the same pattern "
+    "(same metric, key and direction) unless its gap from the baseline grows by more than 25 %.",
+    response_model=MarkedFinding,
+)
+async def mark_expected(
+    report_id: str, body: ExpectedFinding, runtime: RuntimeDep, _admin: AdminDep
+) -> MarkedFinding:
+    return await _marked(runtime, report_id, _finding(body.metric, body.dimension, body.key), body.note, True)
+
+
+@router.delete(
+    "/{report_id}/expected",
+    summary="Take this report's expected mark off a finding",
+    response_model=MarkedFinding,
+)
+async def unmark_expected(
+    report_id: str,
+    runtime: RuntimeDep,
+    _admin: AdminDep,
+    metric: Annotated[str, Query(min_length=1, max_length=64)],
+    dimension: Annotated[Dimension | None, Query()] = None,
+    key: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+) -> MarkedFinding:
+    return await _marked(runtime, report_id, _finding(metric, dimension, key), "", False)
+
+
+def _finding(metric: str, dimension: str | None, key: str | None) -> reports.FindingId:
+    if (dimension is None) != (key is None):
+        raise InvalidInput("Give both dimension and key for a per-key finding, or neither")
+    return reports.FindingId(metric, dimension, key)
+
+
+async def _marked(
+    runtime: RuntimeDep, report_id: str, finding: reports.FindingId, note: str, expected: bool
+) -> MarkedFinding:
+    changed = await run_in_threadpool(
+        service.mark_expected, runtime.storage, report_id, finding, note, utcnow(), expected=expected
+    )
+    return MarkedFinding(reportId=report_id, anomaly=AnomalyOut.model_validate(changed))
 
 
 async def _rendered(runtime: RuntimeDep, document: dict[str, Any], format: str) -> Response:  # noqa: A002

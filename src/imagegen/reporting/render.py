@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from imagegen.reporting.bands import band_chart
+
 Document = Mapping[str, Any]
 
 DIMENSIONS = (("model", "byModel"), ("style", "byStyle"), ("size", "bySize"), ("color", "byColor"))
@@ -189,7 +191,12 @@ def _is_rate(anomaly: Mapping[str, Any]) -> bool:
 
 def _measure(anomaly: Mapping[str, Any], field: str) -> str:
     value = anomaly.get(field)
-    return _percent(value) if _is_rate(anomaly) else _count(value)
+    if _is_rate(anomaly) or anomaly.get("metric") == "share":
+        return _percent(value)
+    if anomaly.get("metric") == "creditsPerRequest":
+        number = _number(value)
+        return NA if number is None else f"{number:.2f}"
+    return _count(value)
 
 
 def _score(anomaly: Mapping[str, Any]) -> str:
@@ -297,6 +304,10 @@ def _md_anomalies(report: Document) -> list[str]:
     else:
         lines = [f"## Anomalies ({len(anomalies)})", ""]
         lines += [f"- {_md_anomaly(a)}" for a in anomalies]
+    withheld = _expected(report)
+    if withheld:
+        lines += ["", "## Expected, not alarmed", ""]
+        lines += [f"- {_md_anomaly(a)}" for a in withheld]
     if notes:
         lines += ["", "## Notes", "", *(f"- {_md(note)}" for note in notes)]
     return lines
@@ -309,7 +320,25 @@ def _md_anomaly(anomaly: Mapping[str, Any]) -> str:
         f"observed {_measure(anomaly, 'observed')}, expected {_measure(anomaly, 'expected')}, "
         f"score {_score(anomaly)}"
     )
-    return f"{badge} {_md(anomaly.get('message'))} — {numbers}"
+    mark = anomaly.get("mark")
+    marked = ""
+    if isinstance(mark, Mapping):
+        note = f": {mark.get('note')}" if mark.get("note") else ""
+        marked = f" _(marked expected in {_md(mark.get('reportId'))}{_md(note)})_"
+    band = _band_text(anomaly)
+    band = f", ordinary {band}" if band else ""
+    return f"{badge} {_md(anomaly.get('message'))} — {numbers}{band}{marked}"
+
+
+def _band_text(anomaly: Mapping[str, Any]) -> str:
+    """ "up to 12.3%", "from 80.0%" or "1200 to 3400": the band of ordinary values."""
+    lower, upper = _number(anomaly.get("lower")), _number(anomaly.get("upper"))
+    shown = [None if v is None else _measure({**anomaly, "edge": v}, "edge") for v in (lower, upper)]
+    if shown[0] is not None and shown[1] is not None:
+        return f"{shown[0]} to {shown[1]}"
+    if shown[1] is not None:
+        return f"up to {shown[1]}"
+    return "" if shown[0] is None else f"from {shown[0]}"
 
 
 def _md_breakdown(report: Document, dimension: str, field: str) -> list[str]:
@@ -838,6 +867,10 @@ tr.jump td.rate { color: var(--red); font-weight: 700; }
 .none { margin: 0; color: var(--green); font-weight: 600; }
 ul.notes { margin: 0; padding-left: 20px; }
 figure { margin: 0; }
+.bands { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 460px), 1fr));
+  gap: 14px 24px; margin-top: 16px; }
+.bands figure + figure { margin-top: 0; }
+figure.band figcaption { font-weight: 400; font-size: 13px; }
 figure + figure { margin-top: 22px; }
 figcaption { margin-bottom: 4px; font-weight: 600; }
 svg.chart { display: block; width: 100%; height: auto; }
@@ -942,10 +975,45 @@ def _html_anomalies(report: Document) -> str:
         )
     else:
         content = '<p class="none">No anomalies.</p>'
+    content += _html_bands(report, anomalies, "finding")
+    withheld = _expected(report)
+    if withheld:
+        items = "".join(f"<li>{_esc(a.get('message'))}{_mark_note(a)}</li>" for a in withheld)
+        content += (
+            '\n<h3>Expected, not alarmed</h3>\n<p class="meta">Marked expected by an operator on an earlier '
+            f'report, and not grown since.</p>\n<ul class="notes expected">{items}</ul>'
+        )
+        content += _html_bands(report, withheld, "expected")
     if notes:
         items = "".join(f"<li>{_esc(note)}</li>" for note in notes)
         content += f'\n<h3>Notes</h3>\n<ul class="notes">{items}</ul>'
     return _html_section("Anomalies", content)
+
+
+def _html_bands(report: Document, findings: Sequence[Mapping[str, Any]], prefix: str) -> str:
+    """Each finding's recent weeks with the band of ordinary values it left."""
+    figures = []
+    for i, finding in enumerate(findings):
+        chart = band_chart(finding, report, f"{prefix}-{i}")
+        if chart:
+            caption = f"{_severity(finding) or 'unrated'} · {_text(finding.get('message'))}"
+            figures.append(
+                f'<figure class="band">\n<figcaption>{_esc(caption)}</figcaption>\n{chart}\n</figure>'
+            )
+    return f'\n<div class="bands">\n{"".join(figures)}\n</div>' if figures else ""
+
+
+def _expected(report: Document) -> list[Mapping[str, Any]]:
+    found = report.get("expectedAnomalies")
+    return [a for a in found if isinstance(a, Mapping)] if isinstance(found, list) else []
+
+
+def _mark_note(anomaly: Mapping[str, Any]) -> str:
+    mark = anomaly.get("mark")
+    if not isinstance(mark, Mapping):
+        return ""
+    note = f": {_text(mark.get('note'))}" if mark.get("note") else ""
+    return f' <span class="kind">(marked expected in {_esc(mark.get("reportId"))}{_esc(note)})</span>'
 
 
 def _html_anomaly_row(anomaly: Mapping[str, Any]) -> str:
@@ -956,7 +1024,8 @@ def _html_anomaly_row(anomaly: Mapping[str, Any]) -> str:
     )
     return (
         f'<tr><td><span class="badge {badge_class}">{_esc(severity or "unrated")}</span></td>'
-        f'<td class="message">{_esc(anomaly.get("message"))}<div class="kind">{_esc(kind)}</div></td>'
+        f'<td class="message">{_esc(anomaly.get("message"))}<div class="kind">{_esc(kind)}</div>'
+        f"{_mark_note(anomaly)}</td>"
         f'<td class="num">{_esc(_measure(anomaly, "observed"))}</td>'
         f'<td class="num">{_esc(_measure(anomaly, "expected"))}</td>'
         f'<td class="num">{_esc(_score(anomaly))}</td></tr>'
