@@ -119,10 +119,12 @@ async def run_report(request: Request, runtime: RuntimeDep, _admin: AdminDep) ->
     description="The mark is kept on the report; the next weeks' reports withhold the same pattern "
     "(same metric, key and direction) unless its gap from the baseline grows by more than 25 %.",
     response_model=MarkedFinding,
+    openapi_extra=body_schema(ExpectedFinding),
 )
 async def mark_expected(
-    report_id: str, body: ExpectedFinding, runtime: RuntimeDep, _admin: AdminDep
+    report_id: str, request: Request, runtime: RuntimeDep, _admin: AdminDep
 ) -> MarkedFinding:
+    body = await strict_body(request, ExpectedFinding)
     return await _marked(runtime, report_id, _finding(body.metric, body.dimension, body.key), body.note, True)
 
 
