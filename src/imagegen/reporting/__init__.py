@@ -1,5 +1,6 @@
 """Reports rendered for people: markdown and a self-contained HTML page with charts."""
 
-from imagegen.reporting.render import render_html, render_markdown
+from imagegen.reporting.markdown import render_markdown
+from imagegen.reporting.page import render_html
 
 __all__ = ["render_html", "render_markdown"]
