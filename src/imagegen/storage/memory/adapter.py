@@ -1,14 +1,16 @@
 """An in-memory storage adapter: the whole contract of `imagegen.ports.Storage`, in one process.
 
-For tests of the service layer without a database: nothing survives the process. Every method holds
-one lock for its whole run, so each is atomic and isolated as a transaction is on the other adapters.
+For tests of the service layer without a database: nothing survives the process. Every method runs
+directly on the caller's event loop (nothing in it waits) and holds one lock for its whole run, so
+each is atomic and isolated as a transaction is on the other adapters, even when several threads'
+event loops share one storage (a test client's server thread beside the test's own loop).
 """
 
 from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -19,6 +21,7 @@ from imagegen.domain.errors import (
     IdempotencyConflict,
     InsufficientCredits,
     InvalidInput,
+    StaleConfig,
     UserExists,
     UserNotFound,
 )
@@ -39,6 +42,7 @@ from imagegen.domain.paging import Page, after_seq, after_time, seq_cursor, time
 from imagegen.domain.reports import GroupCount
 from imagegen.domain.users import User
 from imagegen.domain.webhooks import WebhookDelivery, delivery_of
+from imagegen.ports import Lease
 from imagegen.storage.memory.audit import violations
 from imagegen.storage.memory.state import (
     OPTION_KINDS,
@@ -61,12 +65,15 @@ class MemoryStorage:
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._state = State()
+        # The configuration version: bumped by every catalog or model edit and key revocation, so
+        # that a create priced from a cached catalog is refused (StaleConfig) as on the other adapters.
+        self._config_version = 1
 
     # -- lifecycle --------------------------------------------------------------------------
-    def migrate(self) -> None:
+    async def migrate(self) -> None:
         """Nothing to create: the state is born with its collections."""
 
-    def load_initial_data(
+    async def load_initial_data(
         self,
         catalog: Catalog,
         users: dict[str, int],
@@ -88,38 +95,38 @@ class MemoryStorage:
             s.meta[INITIAL_DATA_MARKER] = now.isoformat()
             return True
 
-    def ping(self) -> None:
+    async def ping(self) -> None:
         """Always there."""
 
-    def listen(
-        self, on_job: Callable[[], None], on_done: Callable[[str], None], stop: threading.Event
-    ) -> None:
-        """No other process shares this storage: there is nothing to hear."""
+    async def listen(self, on_job: Callable[[], None], on_done: Callable[[str], None]) -> None:
+        """No other process shares this storage: there is nothing to hear (returns at once)."""
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Nothing to release."""
 
     # -- catalog ----------------------------------------------------------------------------
-    def catalog(self) -> Catalog:
+    async def catalog(self) -> Catalog:
         with self._lock:
-            s = self._state
-            enabled = {kind: {n: o for n, o in s.options[kind].items() if o.enabled} for kind in OPTION_KINDS}
-            return Catalog(
-                dict(s.models),
-                frozenset(enabled["styles"]),
-                frozenset(enabled["colors"]),
-                {name: int(option.cost or 0) for name, option in enabled["sizes"].items()},
-            )
+            return self._catalog()
 
-    def model_settings(self, name: str) -> ModelSettings | None:
+    async def config_version(self) -> str:
+        with self._lock:
+            return str(self._config_version)
+
+    async def config_snapshot(self) -> tuple[str, Catalog]:
+        with self._lock:
+            return str(self._config_version), self._catalog()
+
+    async def model_settings(self, name: str) -> ModelSettings | None:
         with self._lock:
             return self._state.models.get(name)
 
-    def put_model(self, model: ModelSettings) -> None:
+    async def put_model(self, model: ModelSettings) -> None:
         with self._lock:
             self._state.models[model.name] = model
+            self._config_version += 1
 
-    def put_option(self, kind: str, name: str, *, enabled: bool, cost: int | None = None) -> None:
+    async def put_option(self, kind: str, name: str, *, enabled: bool, cost: int | None = None) -> None:
         with self._lock:
             options = self._state.options[kind]
             current = options.get(name)
@@ -127,21 +134,22 @@ class MemoryStorage:
                 raise InvalidInput(f"A new size needs a cost: '{name}' is not in the catalog yet")
             keep = current.cost if current is not None else None
             options[name] = OptionRow(enabled, cost if cost is not None else keep)
+            self._config_version += 1
 
     # -- users and credits ------------------------------------------------------------------
-    def create_user(self, user_id: str, credits: int, now: datetime) -> User:
+    async def create_user(self, user_id: str, credits: int, now: datetime) -> User:
         with self._lock:
             if user_id in self._state.users:
                 raise UserExists(user_id)
             self._insert_user(user_id, credits, now, "opening balance")
             return User(user_id, credits, now)
 
-    def get_user(self, user_id: str) -> User | None:
+    async def get_user(self, user_id: str) -> User | None:
         with self._lock:
             user = self._state.users.get(user_id)
             return None if user is None else User(user.id, user.credits, user.created_at)
 
-    def move_credits(
+    async def move_credits(
         self,
         user_id: str,
         entry_type: EntryType,
@@ -161,7 +169,7 @@ class MemoryStorage:
             user.credits += delta
             return self._append(user, entry_type, delta, None, reason, now, idempotency_key=idempotency_key)
 
-    def ledger(
+    async def ledger(
         self, user_id: str, limit: int, cursor: str | None, where: LedgerFilter = NO_FILTER
     ) -> Page[LedgerEntry]:
         before = after_seq(cursor) if cursor is not None else None
@@ -176,7 +184,7 @@ class MemoryStorage:
         next_cursor = seq_cursor(page[-1].seq) if len(found) > limit else None
         return Page([stored.entry for stored in page], next_cursor)
 
-    def ledger_totals(self, user_id: str) -> dict[EntryType, int]:
+    async def ledger_totals(self, user_id: str) -> dict[EntryType, int]:
         totals: dict[EntryType, int] = {}
         with self._lock:
             for stored in self._state.ledger.get(user_id, []):
@@ -184,9 +192,13 @@ class MemoryStorage:
         return totals
 
     # -- generation requests and jobs -------------------------------------------------------
-    def debit_and_enqueue(self, new: NewGeneration) -> tuple[GenerationRequest, bool]:
+    async def debit_and_enqueue(
+        self, new: NewGeneration, config_version: str | None = None, claim: Lease | None = None
+    ) -> tuple[GenerationRequest, bool]:
         spec = new.spec
         with self._lock:
+            if config_version is not None and config_version != str(self._config_version):
+                raise StaleConfig
             if new.idempotency_key is not None:
                 existing = self._by_idempotency_key(spec.user_id, new.idempotency_key)
                 if existing is not None:
@@ -211,29 +223,33 @@ class MemoryStorage:
                 size=spec.size,
                 prompt=spec.prompt,
                 cost=new.cost,
-                status=Status.PENDING,
+                status=Status.PENDING if claim is None else Status.RUNNING,
                 image_url=None,
                 error=None,
-                attempts=0,
+                attempts=0 if claim is None else 1,
                 created_at=new.created_at,
-                started_at=None,
+                started_at=None if claim is None else new.created_at,
                 completed_at=None,
                 idempotency_key=new.idempotency_key,
                 webhook=new.webhook,
                 webhook_events=new.webhook_events,
             )
-            self._state.requests[new.id] = RequestRow(request, fingerprint=new.fingerprint)
+            stored = RequestRow(request, fingerprint=new.fingerprint)
+            self._state.requests[new.id] = stored
             user.credits -= new.cost
             user.in_flight += 1
             self._append(user, EntryType.DEDUCTION, -new.cost, new.id, None, new.created_at)
+            if claim is not None:  # created running under the lease: its creator runs the job
+                stored.lease_owner, stored.lease_expires_at = claim.worker_id, claim.until
+                self._enqueue_webhook(request, "start", new.created_at)
             return request, True
 
-    def get_request(self, request_id: str) -> GenerationRequest | None:
+    async def get_request(self, request_id: str) -> GenerationRequest | None:
         with self._lock:
             stored = self._state.requests.get(request_id)
             return None if stored is None else stored.request
 
-    def list_requests(
+    async def list_requests(
         self, user_id: str | None, status: Status | None, limit: int, cursor: str | None
     ) -> Page[GenerationRequest]:
         after = after_time(cursor) if cursor is not None else None
@@ -251,7 +267,7 @@ class MemoryStorage:
         next_cursor = time_cursor(page[-1].created_at, page[-1].id) if len(chosen) > limit else None
         return Page(page, next_cursor)
 
-    def claim_job(self, worker_id: str, now: datetime, lease_until: datetime) -> GenerationRequest | None:
+    async def claim_job(self, lease: Lease, now: datetime) -> GenerationRequest | None:
         with self._lock:
             pending = [s for s in self._state.requests.values() if Move.CLAIM.allows(s.request.status)]
             if not pending:
@@ -264,11 +280,11 @@ class MemoryStorage:
                 attempts=request.attempts + 1,
                 started_at=request.started_at or now,
             )
-            stored.lease_owner, stored.lease_expires_at = worker_id, lease_until
+            stored.lease_owner, stored.lease_expires_at = lease.worker_id, lease.until
             self._enqueue_webhook(stored.request, "start", now)
             return stored.request
 
-    def extend_leases(self, leases: dict[str, str], lease_until: datetime) -> int:
+    async def extend_leases(self, leases: dict[str, str], lease_until: datetime) -> int:
         extended = 0
         with self._lock:
             for request_id, worker_id in leases.items():
@@ -278,7 +294,7 @@ class MemoryStorage:
                     extended += 1
         return extended
 
-    def complete(self, request_id: str, worker_id: str, image_url: str, now: datetime) -> bool:
+    async def complete(self, request_id: str, worker_id: str, image_url: str, now: datetime) -> bool:
         with self._lock:
             stored = self._state.requests.get(request_id)
             if (
@@ -292,7 +308,7 @@ class MemoryStorage:
             self._enqueue_webhook(stored.request, "completed", now)
             return True
 
-    def fail_and_refund(
+    async def fail_and_refund(
         self,
         request_id: str,
         error: str,
@@ -312,7 +328,7 @@ class MemoryStorage:
             self._refund(stored, Move.FAIL, error, now)
             return True
 
-    def cancel_and_refund(self, request_id: str, now: datetime) -> bool:
+    async def cancel_and_refund(self, request_id: str, now: datetime) -> bool:
         with self._lock:
             stored = self._state.requests.get(request_id)
             if stored is None or not Move.CANCEL.allows(stored.request.status):
@@ -320,7 +336,7 @@ class MemoryStorage:
             self._refund(stored, Move.CANCEL, "canceled", now)
             return True
 
-    def expired_jobs(self, now: datetime) -> list[GenerationRequest]:
+    async def expired_jobs(self, now: datetime) -> list[GenerationRequest]:
         with self._lock:
             expired = [
                 s
@@ -332,7 +348,7 @@ class MemoryStorage:
             expired.sort(key=lambda s: s.lease_expires_at or now)
             return [s.request for s in expired[:100]]
 
-    def requeue(self, request_id: str, now: datetime) -> bool:
+    async def requeue(self, request_id: str, now: datetime) -> bool:
         with self._lock:
             stored = self._state.requests.get(request_id)
             if stored is None or not Move.REQUEUE.allows(stored.request.status):
@@ -344,21 +360,22 @@ class MemoryStorage:
             return True
 
     # -- api keys ---------------------------------------------------------------------------
-    def add_api_key(self, key_id: str, key_hash: str, user_id: str | None, now: datetime) -> ApiKey:
+    async def add_api_key(self, key_id: str, key_hash: str, user_id: str | None, now: datetime) -> ApiKey:
         key = ApiKey(key_id, user_id, now)
         with self._lock:
             self._state.keys[key_id] = KeyRow(key, key_hash)
         return key
 
-    def revoke_api_key(self, key_id: str, now: datetime) -> bool:
+    async def revoke_api_key(self, key_id: str, now: datetime) -> bool:
         with self._lock:
             stored = self._state.keys.get(key_id)
             if stored is None or stored.key.revoked_at is not None:
                 return False
             stored.key = replace(stored.key, revoked_at=now)
+            self._config_version += 1
             return True
 
-    def find_api_key(self, key_hash: str) -> ApiKey | None:
+    async def find_api_key(self, key_hash: str) -> ApiKey | None:
         with self._lock:
             for stored in self._state.keys.values():
                 if stored.key_hash == key_hash and stored.key.revoked_at is None:
@@ -366,7 +383,7 @@ class MemoryStorage:
         return None
 
     # -- idempotency keys -------------------------------------------------------------------
-    def begin_idempotent(
+    async def begin_idempotent(
         self, scope: str, key: str, fingerprint: str, now: datetime, lock_until: datetime
     ) -> Idempotency:
         with self._lock:
@@ -385,19 +402,19 @@ class MemoryStorage:
             stored.locked_until = lock_until  # the first attempt died mid-request: take over
             return Idempotency("new")
 
-    def finish_idempotent(self, scope: str, key: str, response: StoredResponse) -> None:
+    async def finish_idempotent(self, scope: str, key: str, response: StoredResponse) -> None:
         with self._lock:
             stored = self._state.idempotency.get((scope, key))
             if stored is not None:
                 stored.response, stored.locked_until = response, None
 
-    def release_idempotent(self, scope: str, key: str) -> None:
+    async def release_idempotent(self, scope: str, key: str) -> None:
         with self._lock:
             stored = self._state.idempotency.get((scope, key))
             if stored is not None and stored.response is None:
                 del self._state.idempotency[(scope, key)]
 
-    def purge_idempotency(self, created_before: datetime) -> int:
+    async def purge_idempotency(self, created_before: datetime) -> int:
         with self._lock:
             old = [k for k, stored in self._state.idempotency.items() if stored.created_at < created_before]
             for k in old:
@@ -405,7 +422,7 @@ class MemoryStorage:
             return len(old)
 
     # -- webhooks ---------------------------------------------------------------------------
-    def claim_webhooks(self, now: datetime, lease_until: datetime, limit: int) -> list[WebhookDelivery]:
+    async def claim_webhooks(self, now: datetime, lease_until: datetime, limit: int) -> list[WebhookDelivery]:
         with self._lock:
             due = [
                 d
@@ -422,13 +439,13 @@ class MemoryStorage:
                 claimed.append(stored.delivery)
             return claimed
 
-    def webhook_delivered(self, delivery_id: str, now: datetime) -> None:
+    async def webhook_delivered(self, delivery_id: str, now: datetime) -> None:
         with self._lock:
             stored = self._state.deliveries.get(delivery_id)
             if stored is not None:
                 stored.state, stored.lease_expires_at, stored.last_error = "delivered", None, None
 
-    def webhook_failed(self, delivery_id: str, error: str, retry_at: datetime | None) -> None:
+    async def webhook_failed(self, delivery_id: str, error: str, retry_at: datetime | None) -> None:
         with self._lock:
             stored = self._state.deliveries.get(delivery_id)
             if stored is None:
@@ -439,16 +456,16 @@ class MemoryStorage:
             else:
                 stored.next_attempt_at = retry_at
 
-    def get_meta(self, key: str) -> str | None:
+    async def get_meta(self, key: str) -> str | None:
         with self._lock:
             return self._state.meta.get(key)
 
-    def put_meta_once(self, key: str, value: str) -> str:
+    async def put_meta_once(self, key: str, value: str) -> str:
         with self._lock:
             return self._state.meta.setdefault(key, value)
 
     # -- reports ----------------------------------------------------------------------------
-    def group_counts(self, start: datetime, end: datetime) -> list[GroupCount]:
+    async def group_counts(self, start: datetime, end: datetime) -> list[GroupCount]:
         groups: dict[tuple[str, str, str, str, str], list[int]] = {}
         for request in self._requests_between(start, end):
             dims = (request.model, request.style, request.color, request.size, request.status.value)
@@ -457,21 +474,21 @@ class MemoryStorage:
             counted[1] += request.cost
         return [GroupCount(*dims, count, cost) for dims, (count, cost) in groups.items()]
 
-    def unique_users(self, start: datetime, end: datetime) -> int:
+    async def unique_users(self, start: datetime, end: datetime) -> int:
         return len({request.user_id for request in self._requests_between(start, end)})
 
-    def save_report(self, report_id: str, document: dict[str, Any], now: datetime) -> None:
+    async def save_report(self, report_id: str, document: dict[str, Any], now: datetime) -> None:
         start = datetime.fromisoformat(document["periodStart"])
         end = datetime.fromisoformat(document["periodEnd"])
         with self._lock:
             self._state.reports[report_id] = ReportRow(copy.deepcopy(document), start, end)
 
-    def get_report(self, report_id: str) -> dict[str, Any] | None:
+    async def get_report(self, report_id: str) -> dict[str, Any] | None:
         with self._lock:
             stored = self._state.reports.get(report_id)
             return None if stored is None else copy.deepcopy(stored.document)
 
-    def list_reports(self, limit: int, cursor: str | None) -> Page[dict[str, Any]]:
+    async def list_reports(self, limit: int, cursor: str | None) -> Page[dict[str, Any]]:
         after = after_time(cursor) if cursor is not None else None
         with self._lock:
             ordered = sorted(
@@ -488,7 +505,7 @@ class MemoryStorage:
         next_cursor = time_cursor(page[-1][0], page[-1][1]) if len(ordered) > limit else None
         return Page([copy.deepcopy(stored.document) for _, _, stored in page], next_cursor)
 
-    def generation_time_histogram(
+    async def generation_time_histogram(
         self, start: datetime, end: datetime, bucket_ms: int
     ) -> dict[str, list[tuple[int, int]]]:
         counts: dict[str, dict[int, int]] = {}
@@ -503,12 +520,14 @@ class MemoryStorage:
             by_bucket[bucket] = by_bucket.get(bucket, 0) + 1
         return {model: sorted(buckets.items()) for model, buckets in counts.items()}
 
-    def earliest_request_at(self) -> datetime | None:
+    async def earliest_request_at(self) -> datetime | None:
         with self._lock:
             return min((s.request.created_at for s in self._state.requests.values()), default=None)
 
     # -- the scheduler ----------------------------------------------------------------------
-    def claim_scheduled_run(self, period_id: str, owner: str, now: datetime, stale_before: datetime) -> bool:
+    async def claim_scheduled_run(
+        self, period_id: str, owner: str, now: datetime, stale_before: datetime
+    ) -> bool:
         with self._lock:
             run = self._state.runs.get(period_id)
             if run is not None and (run.finished_at is not None or run.claimed_at >= stale_before):
@@ -516,29 +535,29 @@ class MemoryStorage:
             self._state.runs[period_id] = RunRow(owner, now)  # new, or taken over from a dead claimer
             return True
 
-    def finish_scheduled_run(self, period_id: str, now: datetime) -> None:
+    async def finish_scheduled_run(self, period_id: str, now: datetime) -> None:
         with self._lock:
             run = self._state.runs.get(period_id)
             if run is not None:
                 run.finished_at = now
 
-    def last_scheduled_run(self) -> str | None:
+    async def last_scheduled_run(self) -> str | None:
         with self._lock:
             finished = [period for period, run in self._state.runs.items() if run.finished_at is not None]
             return max(finished, default=None)
 
     # -- audit, import and export -----------------------------------------------------------
-    def violations(self) -> Iterator[Violation]:
+    async def violations(self) -> list[Violation]:
         with self._lock:
-            found = list(violations(self._state))
-        yield from found
+            return list(violations(self._state))
 
-    def export_records(self) -> Iterator[dict[str, Any]]:
+    async def export_records(self) -> AsyncIterator[dict[str, Any]]:
         with self._lock:
             records = list(export_records(self._state))
-        yield from records
+        for record in records:
+            yield record
 
-    def import_records(self, records: Iterable[dict[str, Any]], now: datetime) -> dict[str, int]:
+    async def import_records(self, records: Iterable[dict[str, Any]], now: datetime) -> dict[str, int]:
         with self._lock:
             draft = copy.deepcopy(self._state)
             counts = Import(draft, now).run(records)
@@ -546,6 +565,16 @@ class MemoryStorage:
             return counts
 
     # -- helpers (each runs under the caller's lock) ----------------------------------------
+    def _catalog(self) -> Catalog:
+        s = self._state
+        enabled = {kind: {n: o for n, o in s.options[kind].items() if o.enabled} for kind in OPTION_KINDS}
+        return Catalog(
+            dict(s.models),
+            frozenset(enabled["styles"]),
+            frozenset(enabled["colors"]),
+            {name: int(option.cost or 0) for name, option in enabled["sizes"].items()},
+        )
+
     def _user(self, user_id: str) -> UserRow:
         user = self._state.users.get(user_id)
         if user is None:
