@@ -2,78 +2,91 @@
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
-from datetime import datetime
-from typing import Any
 
+from imagegen import service
+from imagegen.background.signal import JobSignal
+from imagegen.background.tasks import Tasks
+from imagegen.background.workers import WorkerPool
+from imagegen.domain.generation import GenerationRequest
+from imagegen.models.simulated import SimulatedModel
+from imagegen.ports import Lease
 from imagegen.settings import Settings
-from imagegen.worker import JobSignal, WorkerPool
+from imagegen.storage.memory import MemoryStorage
+from tests.integration.builders import T0
 
 
-def test_a_wait_returns_at_once_when_a_job_was_signalled_since_the_count_was_noted() -> None:
+async def test_a_wait_returns_at_once_when_a_job_was_signalled_since_the_count_was_noted() -> None:
     signal = JobSignal()
     seen = signal.count
     signal.enqueued()
 
     started = time.monotonic()
-    signal.wait(seen, timeout=5)
+    await signal.wait(seen, timeout=5)
 
     assert time.monotonic() - started < 1
 
 
-def test_a_wait_sleeps_until_the_next_signal() -> None:
+async def test_a_wait_sleeps_until_the_next_signal() -> None:
     signal = JobSignal()
     seen = signal.count
-    threading.Timer(0.2, signal.enqueued).start()
+    asyncio.get_running_loop().call_later(0.2, signal.enqueued)
 
     started = time.monotonic()
-    signal.wait(seen, timeout=5)
+    await signal.wait(seen, timeout=5)
 
     assert 0.15 < time.monotonic() - started < 2
 
 
-def test_signals_raised_while_every_worker_was_busy_are_not_a_backlog() -> None:
+async def test_one_signal_wakes_one_sleeper_and_wake_all_wakes_every_one() -> None:
+    signal = JobSignal()
+    seen = signal.count
+    sleepers = [asyncio.create_task(signal.wait(seen, timeout=5)) for _ in range(3)]
+    await asyncio.sleep(0.01)
+
+    signal.enqueued()
+    await asyncio.sleep(0.01)
+    assert sum(s.done() for s in sleepers) == 1
+
+    signal.wake_all()
+    await asyncio.wait_for(asyncio.gather(*sleepers), 1)
+
+
+async def test_signals_raised_while_every_worker_was_busy_are_not_a_backlog() -> None:
     signal = JobSignal()
     for _ in range(1000):
         signal.enqueued()
     seen = signal.count  # a worker looked after all of them and found nothing
 
     started = time.monotonic()
-    signal.wait(seen, timeout=0.3)
+    await signal.wait(seen, timeout=0.3)
 
     assert time.monotonic() - started >= 0.25
 
 
-class EmptyQueue:
-    """A storage with no job, counting the claims."""
+class CountedClaims(MemoryStorage):
+    """The in-memory storage, counting how often a job is looked for."""
 
-    def __init__(self) -> None:
-        self.claims = 0
+    claims = 0
 
-    def claim_job(self, worker_id: str, now: datetime, lease_until: datetime) -> None:
+    async def claim_job(self, lease: Lease, now: object) -> GenerationRequest | None:  # type: ignore[override]
         self.claims += 1
-
-    def expired_jobs(self, now: datetime) -> list[Any]:
-        return []
-
-    def purge_idempotency(self, before: datetime) -> int:
-        return 0
-
-    def extend_leases(self, leases: dict[str, str], lease_until: datetime) -> int:
-        return 0
+        return await super().claim_job(lease, now)  # type: ignore[arg-type]
 
 
-def test_idle_workers_look_once_per_signal_burst_then_wait_for_the_polling_interval() -> None:
-    storage, signal = EmptyQueue(), JobSignal()
+async def test_idle_workers_look_once_per_signal_burst_then_wait_for_the_polling_interval() -> None:
+    storage, signal = CountedClaims(), JobSignal()
+    await service.first_start(storage, T0)
     for _ in range(5000):  # a burst of creates, all of it claimed by workers elsewhere
         signal.enqueued()
     settings = Settings(workers=2, poll_interval_seconds=0.5)
-    pool = WorkerPool(storage, None, None, settings, signal)  # type: ignore[arg-type]
+    pool = WorkerPool(storage, SimulatedModel(), None, settings, signal)  # type: ignore[arg-type]
+    tasks = Tasks()
 
-    pool.start()
-    time.sleep(1.2)
-    pool.stop()
+    pool.start(tasks)
+    await asyncio.sleep(1.2)
+    await tasks.stop()
 
     # Each worker looks at start, then every 0.5 s: about 6 claims, never thousands.
     assert 2 <= storage.claims <= 12

@@ -38,12 +38,12 @@ class Tasks:
             task.cancel()
         if not tasks:
             return
-        try:
-            async with asyncio.timeout(timeout):
-                await asyncio.gather(*tasks, return_exceptions=True)
-        except TimeoutError:
-            late = [task.get_name() for task in tasks if not task.done()]
-            log.error("background tasks still running %.0f s after stop: %s", timeout, ", ".join(late))
+        # asyncio.wait, not gather under a timeout: a gather canceled by the timeout would still wait
+        # for a task that ignores its cancel.
+        _, late = await asyncio.wait(tasks, timeout=timeout)
+        if late:
+            names = ", ".join(task.get_name() for task in late)
+            log.error("background tasks still running %.0f s after stop: %s", timeout, names)
 
 
 def _log_crash(task: asyncio.Task[Any]) -> None:
