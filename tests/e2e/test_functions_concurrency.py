@@ -23,12 +23,13 @@ import pytest
 pytest.importorskip("google.cloud.firestore", reason="the Cloud Functions tests need google-cloud-firestore")
 pytest.importorskip("functions_framework", reason="the Cloud Functions tests need functions-framework")
 
+from imagegen.http import FAILED_MESSAGE
+
 from imagegen import service
 from imagegen.clock import utcnow
 from imagegen.domain.errors import TooManyRequests
 from imagegen.domain.generation import NewGeneration, Status
 from imagegen.domain.ledger import EntryType
-from imagegen.http import FAILED_MESSAGE
 from imagegen.storage.firestore import FirestoreStorage
 from tests.e2e.functions_support import PREFIX, Function, function_env
 from tests.firestore_emulator import PROJECT

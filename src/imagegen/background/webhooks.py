@@ -4,7 +4,8 @@ Deliveries are rows that the storage wrote in the same transaction as the state 
 so none is lost if a process dies; a dispatcher task claims due rows with a short lease, POSTs
 them (several at once, on the event loop), and records the outcome. Each attempt resolves the
 receiver's host once, checks every address it got (domain.webhooks.address_problem) and connects
-to a checked one, the Host header and the TLS name staying the receiver's: no second lookup, which DNS rebinding could change.
+to a checked one, the Host header and the TLS name staying the receiver's: no second lookup,
+which DNS rebinding could change.
 The deployment's signing secret is `IMAGEGEN_WEBHOOK_SECRET`, or one generated at first use and
 kept in the database so that every process signs with the same key.
 """
