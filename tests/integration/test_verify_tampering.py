@@ -1,4 +1,5 @@
-"""The audit (`await violations()`, what `imagegen verify` reports) finds writes that went around the port, and the schema refuses the worst ones.
+"""The audit (`violations()`, what `imagegen verify` reports) finds writes that went around the
+port, and the schema refuses the worst ones.
 
 These tests tamper with the SQL tables directly through `storage.engine` (the only tests that do),
 as a careless operator or a buggy migration would, then expect a violation naming the invariant.
