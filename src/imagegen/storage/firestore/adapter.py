@@ -47,6 +47,7 @@ class FirestoreStorage:
     def __init__(self, project: str, database: str = "(default)") -> None:
         self.project = project
         self.database = FirestoreDatabase(project, database)
+        self.db = self.database.db  # the client, for tools and tests that look at the documents
         self._pool = ThreadPoolExecutor(THREADS, thread_name_prefix="imagegen-firestore")
 
     @classmethod
