@@ -8,7 +8,6 @@ SQLite runs in the process: several small statements cost nothing, and processes
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -30,9 +29,6 @@ from imagegen.storage.sql.transactions import Transactions
 if TYPE_CHECKING:
     from imagegen.storage.sql.loop_pipeline import LoopPipeline
 
-if TYPE_CHECKING:
-    pass
-
 NO_LIMIT = 2**31 - 1  # an in-flight limit that never binds (the column is a 32-bit integer)
 
 
@@ -47,14 +43,10 @@ class Dialect:
     def notify(self, conn: Connection, channel: str, payload: str = "") -> None:
         """Wakes other processes at commit; SQLite's processes poll instead."""
 
-    def listen(
-        self,
-        engine: Engine,
-        on_job: Callable[[], None],
-        on_done: Callable[[str], None],
-        stop: threading.Event,
+    async def listen(
+        self, engine: Engine, on_job: Callable[[], None], on_done: Callable[[str], None]
     ) -> None:
-        """Hears other processes until `stop` is set; SQLite has nothing to hear."""
+        """Hears other processes until canceled; SQLite has nothing to hear (returns at once)."""
 
     def loop_pipeline(
         self, engine: Engine, hand_over: Callable[[list[QueuedCall[Any]]], None], max_batch: int
