@@ -180,6 +180,21 @@ async def test_the_in_flight_limit_refuses_with_429_once_reached_and_frees_a_pla
     assert (await create(storage, max_in_flight=2))[1]
 
 
+async def test_a_user_both_out_of_credits_and_at_the_in_flight_limit_is_told_to_retry_later(
+    storage: MemoryStorage,
+) -> None:
+    await create(storage, {**BODY, "userId": "testUser2", "size": "1024x1024"}, max_in_flight=2)
+    await create(storage, {**BODY, "userId": "testUser2", "size": "1024x1792"}, max_in_flight=2)
+    assert await balance(storage, "testUser2") == 3  # less than the next create's 4
+
+    with pytest.raises(TooManyRequests):  # the limit first: a job that ends may refund as well
+        await create(storage, {**BODY, "userId": "testUser2", "size": "1024x1792"}, max_in_flight=2)
+    with pytest.raises(InsufficientCredits):  # without the limit, the balance refuses it
+        await create(storage, {**BODY, "userId": "testUser2", "size": "1024x1792"})
+
+    assert await balance(storage, "testUser2") == 3
+
+
 async def test_a_retried_create_with_its_idempotency_key_returns_the_first_and_debits_once(
     storage: MemoryStorage,
 ) -> None:

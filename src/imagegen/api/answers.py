@@ -36,6 +36,7 @@ TITLES = {
     413: "Request body too large",
     422: "Invalid request",
     429: "Too many requests",
+    431: "Request header fields too large",
     500: "Internal error",
     503: "Service unavailable",
 }

@@ -1,20 +1,25 @@
-"""How idle workers wait for jobs: woken by a signal, never spinning on a backlog of old ones."""
+"""The workers: how idle ones wait for jobs (woken by a signal, never spinning on a backlog), and a
+job run to its image."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 from imagegen import service
+from imagegen.background.completions import Completions
 from imagegen.background.signal import JobSignal
 from imagegen.background.tasks import Tasks
 from imagegen.background.workers import WorkerPool
-from imagegen.domain.generation import GenerationRequest
+from imagegen.clock import utcnow
+from imagegen.domain.generation import GenerationRequest, Status
 from imagegen.models.simulated import SimulatedModel
 from imagegen.ports import Lease
 from imagegen.settings import Settings
+from imagegen.storage.folder_images import FolderImageStore
 from imagegen.storage.memory import MemoryStorage
-from tests.integration.builders import T0
+from tests.integration.builders import BODY, T0
 
 
 async def test_a_wait_returns_at_once_when_a_job_was_signalled_since_the_count_was_noted() -> None:
@@ -90,3 +95,26 @@ async def test_idle_workers_look_once_per_signal_burst_then_wait_for_the_polling
 
     # Each worker looks at start, then every 0.5 s: about 6 claims, never thousands.
     assert 2 <= storage.claims <= 12
+
+
+async def test_a_worker_runs_a_queued_job_to_its_image_and_reports_its_end(tmp_path: Path) -> None:
+    storage, signal, completions = MemoryStorage(), JobSignal(), Completions()
+    await service.first_start(storage, T0)
+    request, _ = await service.create_generation(storage, BODY, max_prompt_length=100, now=utcnow())
+    images = FolderImageStore(tmp_path)
+    settings = Settings(workers=1, poll_interval_seconds=5, data_dir=tmp_path)
+    pool = WorkerPool(
+        storage, SimulatedModel(failure_rate=0, latency_ms=0), images, settings, signal, completions.finished
+    )
+    tasks = Tasks()
+
+    pool.start(tasks)
+    signal.enqueued()
+    try:
+        assert await completions.wait(request.id, timeout=10)
+    finally:
+        await tasks.stop()
+
+    done = await storage.get_request(request.id)
+    assert done is not None and done.status is Status.COMPLETED
+    assert (await images.open(request.id) or b"").startswith(b"\x89PNG")
