@@ -118,3 +118,20 @@ async def test_a_worker_runs_a_queued_job_to_its_image_and_reports_its_end(tmp_p
     done = await storage.get_request(request.id)
     assert done is not None and done.status is Status.COMPLETED
     assert (await images.open(request.id) or b"").startswith(b"\x89PNG")
+
+
+async def test_a_worker_stopped_during_a_job_finishes_it_first(tmp_path: Path) -> None:
+    storage, signal = MemoryStorage(), JobSignal()
+    await service.first_start(storage, T0)
+    request, _ = await service.create_generation(storage, BODY, max_prompt_length=100, now=utcnow())
+    settings = Settings(workers=1, poll_interval_seconds=5, data_dir=tmp_path)
+    model = SimulatedModel(failure_rate=0, latency_ms=300, jitter=0)
+    pool = WorkerPool(storage, model, FolderImageStore(tmp_path), settings, signal)
+    tasks = Tasks()
+    pool.start(tasks)
+    await asyncio.sleep(0.1)  # the worker is drawing
+
+    await tasks.stop()
+
+    done = await storage.get_request(request.id)
+    assert done is not None and done.status is Status.COMPLETED

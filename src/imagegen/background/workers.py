@@ -81,8 +81,14 @@ class WorkerPool:
         if job is None:
             return False
         self._running[job.id] = worker_id
+        running = asyncio.ensure_future(run_job(self.storage, self.model, self.images, job, worker_id))
         try:
-            await run_job(self.storage, self.model, self.images, job, worker_id)
+            await asyncio.shield(running)
+        except asyncio.CancelledError:
+            # Stopping: the job this worker holds is finished first (the stop waits for it, up to
+            # its timeout), rather than left running until its lease runs out and it is retried.
+            await running
+            raise
         finally:
             if self._running.get(job.id) == worker_id:  # not if another worker took it over
                 del self._running[job.id]
