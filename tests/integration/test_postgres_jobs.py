@@ -9,7 +9,7 @@ writes its delivery.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from sqlalchemy import event, select
 
+from imagegen.ports import Lease
 from imagegen.storage.sql import statements as sql
 from imagegen.storage.sql.adapter import SqlStorage
 from tests.integration.builders import LEASE, T0, claim, new_generation
@@ -24,8 +25,9 @@ from tests.support import migrated_sql
 
 
 @pytest.fixture
-def pg(postgres_url: str) -> Iterator[SqlStorage]:
-    yield from migrated_sql(postgres_url)
+async def pg(postgres_url: str) -> AsyncIterator[SqlStorage]:
+    async for storage in migrated_sql(postgres_url):
+        yield storage
 
 
 @pytest.fixture
@@ -58,56 +60,58 @@ def in_transaction(pg: SqlStorage) -> list[bool]:
 
 
 @pytest.mark.parametrize("webhook", [None, "https://hooks.example.com/x"], ids=["plain", "webhook"])
-def test_a_completed_job_is_announced_once_with_its_id_and_leaves_the_in_flight_count(
+async def test_a_completed_job_is_announced_once_with_its_id_and_leaves_the_in_flight_count(
     pg: SqlStorage, done_channel: psycopg.Connection, webhook: str | None
 ) -> None:
     new = replace(new_generation(), webhook=webhook, webhook_events=frozenset({"completed"}))
-    request, _ = pg.debit_and_enqueue(new)
-    job = claim(pg, "w-1")
+    request, _ = await pg.debit_and_enqueue(new)
+    job = await claim(pg, "w-1")
     assert in_flight(pg) == 1
 
-    assert pg.complete(job.id, "w-1", "/images/x.png", T0)
+    assert await pg.complete(job.id, "w-1", "/images/x.png", T0)
 
     assert heard(done_channel) == [request.id]
     assert in_flight(pg) == 0
-    assert not pg.complete(job.id, "w-1", "/images/y.png", T0)  # once: nothing more changes
+    assert not await pg.complete(job.id, "w-1", "/images/y.png", T0)  # once: nothing more changes
     assert heard(done_channel) == []
 
 
-def test_a_plain_complete_and_single_reads_are_one_statement_each_outside_any_transaction(
+async def test_a_plain_complete_and_single_reads_are_one_statement_each_outside_any_transaction(
     pg: SqlStorage,
 ) -> None:
-    request, _ = pg.debit_and_enqueue(new_generation())
+    request, _ = await pg.debit_and_enqueue(new_generation())
     statements = in_transaction(pg)
 
-    job = claim(pg, "w-1")
-    assert pg.complete(job.id, "w-1", "/images/x.png", T0)
-    assert pg.get_request(request.id) is not None
-    assert pg.model_settings("model-a") is not None
-    assert pg.claim_job("w-1", T0, T0 + LEASE) is None  # an idle worker's poll: one statement too
+    job = await claim(pg, "w-1")
+    assert await pg.complete(job.id, "w-1", "/images/x.png", T0)
+    assert await pg.get_request(request.id) is not None
+    assert await pg.model_settings("model-a") is not None
+    assert (
+        await pg.claim_job(Lease("w-1", T0 + LEASE), T0) is None
+    )  # an idle worker's poll: one statement too
 
     assert statements == [False] * 5
 
 
-def test_jobs_are_claimed_oldest_first_whether_or_not_they_have_a_webhook(pg: SqlStorage) -> None:
+async def test_jobs_are_claimed_oldest_first_whether_or_not_they_have_a_webhook(pg: SqlStorage) -> None:
     hooked = replace(new_generation(created_at=T0), webhook="https://hooks.example.com/x")
-    first, _ = pg.debit_and_enqueue(replace(hooked, webhook_events=frozenset({"start"})))
-    second, _ = pg.debit_and_enqueue(new_generation(created_at=T0 + LEASE))
-    third, _ = pg.debit_and_enqueue(replace(hooked, id="third", created_at=T0 + 2 * LEASE))
+    first, _ = await pg.debit_and_enqueue(replace(hooked, webhook_events=frozenset({"start"})))
+    second, _ = await pg.debit_and_enqueue(new_generation(created_at=T0 + LEASE))
+    third, _ = await pg.debit_and_enqueue(replace(hooked, id="third", created_at=T0 + 2 * LEASE))
 
-    assert [claim(pg, "w-1").id for _ in range(3)] == [first.id, second.id, third.id]
-    assert pg.claim_job("w-1", T0, T0 + LEASE) is None
-    assert [d.generation_request_id for d in pg.claim_webhooks(T0, T0 + LEASE, 10)] == [first.id]
+    assert [(await claim(pg, "w-1")).id for _ in range(3)] == [first.id, second.id, third.id]
+    assert await pg.claim_job(Lease("w-1", T0 + LEASE), T0) is None
+    assert [d.generation_request_id for d in await pg.claim_webhooks(T0, T0 + LEASE, 10)] == [first.id]
 
 
-def test_a_complete_by_another_worker_changes_nothing_and_announces_nothing(
+async def test_a_complete_by_another_worker_changes_nothing_and_announces_nothing(
     pg: SqlStorage, done_channel: psycopg.Connection
 ) -> None:
-    pg.debit_and_enqueue(new_generation())
-    job = claim(pg, "w-1")
+    await pg.debit_and_enqueue(new_generation())
+    job = await claim(pg, "w-1")
 
-    assert not pg.complete(job.id, "w-2", "/images/x.png", T0)
+    assert not await pg.complete(job.id, "w-2", "/images/x.png", T0)
 
     assert heard(done_channel) == []
-    current = pg.get_request(job.id)
+    current = await pg.get_request(job.id)
     assert current is not None and current.status.value == "running" and current.image_url is None
