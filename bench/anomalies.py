@@ -76,8 +76,8 @@ from rich.table import Table
 from bench.loop import run as on_loop
 from imagegen import service
 from imagegen.domain.reports import MAD_SCALE, Breakdown, Metrics, Period, week_of
+from imagegen.service.transfer import parse_lines
 from imagegen.storage.sql.adapter import SqlStorage
-from imagegen.transfer import parse_lines
 
 # ---------------------------------------------------------------------------------------------
 # The normal traffic

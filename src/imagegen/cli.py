@@ -24,13 +24,14 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from imagegen import service, transfer
+from imagegen import service
 from imagegen.clock import utcnow
 from imagegen.domain import reports
 from imagegen.domain.errors import ImagegenError
 from imagegen.ports import Storage
 from imagegen.reporting import render_html, render_markdown
 from imagegen.runtime import Runtime, open_storage
+from imagegen.service import transfer
 from imagegen.settings import Settings
 
 app = typer.Typer(

@@ -20,8 +20,8 @@ from imagegen.domain.errors import InvalidInput
 from imagegen.domain.generation import Status
 from imagegen.domain.ledger import EntryType
 from imagegen.ports import Storage
+from imagegen.service.transfer import parse_lines, to_case_study
 from imagegen.storage.sql.adapter import SqlStorage
-from imagegen.transfer import parse_lines, to_case_study
 from tests.integration.builders import (
     LEASE,
     T0,
