@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -82,6 +83,16 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'imagegen.db'}"
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file; each test's database is a copy, which is faster than migrating."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+    database = SqlDatabase(f"sqlite:///{path}")
+    database.migrate()
+    database.close()  # the last connection closing checkpoints the WAL into the file copied
+    return path
+
+
 @pytest.fixture(params=["memory", "sqlite", "postgres", "firestore"])
 async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
     """A migrated database with the initial data set (testUser1: 100, testUser2: 10).
@@ -95,7 +106,9 @@ async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     elif request.param == "memory":
         opened = memory_storage()
     elif request.param == "sqlite":
-        opened = migrated_sql(f"sqlite:///{tmp_path / 'imagegen.db'}")
+        path = tmp_path / "imagegen.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        opened = migrated_sql(f"sqlite:///{path}", migrate=False)
     else:
         opened = migrated_sql(str(request.getfixturevalue("postgres_url")))
     async for storage in opened:

@@ -141,10 +141,14 @@ async def load_initial_data(storage: Storage) -> bool:
     return await storage.load_initial_data(catalog, dict(data.users), keys, utcnow())
 
 
-async def migrated_sql(url: str) -> AsyncIterator[SqlStorage]:
-    """A migrated SQL database with the initial data set (testUser1: 100, testUser2: 10), closed after."""
+async def migrated_sql(url: str, *, migrate: bool = True) -> AsyncIterator[SqlStorage]:
+    """A migrated SQL database with the initial data set (testUser1: 100, testUser2: 10), closed after.
+
+    `migrate=False`: the database is a copy of a migrated one already (see tests/conftest.py).
+    """
     storage = SqlStorage(url)
-    await storage.migrate()
+    if migrate:
+        await storage.migrate()
     await load_initial_data(storage)
     yield storage
     await storage.close()

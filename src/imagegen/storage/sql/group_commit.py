@@ -89,6 +89,10 @@ class GroupCommit:
         self._closed = False
         self._on_loop: list[QueuedCall[Any]] = []  # submitted on the event loop, flushed after its turn
         self._loop_pipeline = dialect.loop_pipeline(tx.engine, self._hand_over, max_batch)
+        # Decided once: SQLite's loop runs its batches in place, PostgreSQL's sends them (or hands
+        # them to this writer), and only PostgreSQL pipelines the writer's batches.
+        self._from_loop = self._submit_to_loop_batch if tx.dialect == "sqlite" else self._submit_to_pipeline
+        self._can_pipeline = tx.dialect == "postgresql"
 
     def submit(self, run: Callable[[Connection, Batch], R], order: str = "") -> Future[R]:
         future: Future[R] = Future()
@@ -110,11 +114,15 @@ class GroupCommit:
         writing, or another process is), the batch goes to the writer thread instead: the loop
         never waits on a lock.
         """
-        if self._tx.dialect != "sqlite":
-            # (Not isinstance(run, LoopPipelined): a runtime protocol check costs ~10 µs a create.)
-            if self._loop_pipeline is not None and hasattr(run, "on_loop") and run.pipelines:  # type: ignore[attr-defined]
-                return self._loop_pipeline.submit(cast(LoopPipelined[R], run), order)  # see LoopPipeline
-            return asyncio.wrap_future(self.submit(run, order))
+        return self._from_loop(run, order)
+
+    def _submit_to_pipeline(self, run: Callable[[Connection, Batch], R], order: str) -> Awaitable[R]:
+        # (Not isinstance(run, LoopPipelined): a runtime protocol check costs ~10 µs a create.)
+        if self._loop_pipeline is not None and hasattr(run, "on_loop") and run.pipelines:  # type: ignore[attr-defined]
+            return self._loop_pipeline.submit(cast(LoopPipelined[R], run), order)  # see LoopPipeline
+        return asyncio.wrap_future(self.submit(run, order))
+
+    def _submit_to_loop_batch(self, run: Callable[[Connection, Batch], R], order: str) -> Awaitable[R]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         if self._closed:
@@ -227,7 +235,7 @@ class GroupCommit:
 
     def _pipelines(self, batch: list[QueuedCall[Any]]) -> bool:
         return (
-            self._tx.dialect == "postgresql"
+            self._can_pipeline
             and len(batch) > 1
             and all(isinstance(work.run, Pipelined) and work.run.pipelines for work in batch)
         )
