@@ -67,6 +67,7 @@ class SimulatedModel:
         self._sleep = sleep
         # Several workers share one instance, and random.Random promises nothing about threads.
         self._lock = threading.Lock()
+        self._drawing = threading.Lock()
 
     def generate(self, spec: GenerationSpec, settings: ModelSettings) -> bytes:
         delay, fails = self.roll(settings)
@@ -74,7 +75,11 @@ class SimulatedModel:
             self._sleep(delay)
         if fails:
             raise ModelFailure(f"{spec.model} failed to generate the image (simulated)")
-        return draw_png(spec)
+        # One drawing at a time: a drawing is Python holding the GIL, so two at once only take
+        # turns, and every turn is also taken from the event loop and the database's threads; one
+        # waiting on this lock holds no GIL. (The simulated wait above stays concurrent.)
+        with self._drawing:
+            return draw_png(spec)
 
     def roll(self, settings: ModelSettings) -> tuple[float, bool]:
         """Seconds to wait and whether this attempt fails."""
