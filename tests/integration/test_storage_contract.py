@@ -8,6 +8,7 @@ credits, testUser2: 10; 512x512 costs 1, 1024x1024 3, 1024x1792 4).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import timedelta
 
@@ -310,6 +311,19 @@ async def test_a_users_requests_page_newest_first_and_filter_by_status(storage: 
     assert [r.created_at for r in walked] == sorted((r.created_at for r in made), reverse=True)
     canceled = await storage.list_requests("testUser1", Status.CANCELED, 10, None)
     assert [r.id for r in canceled.items] == [made[0].id]
+
+
+# -- the database ---------------------------------------------------------------------------------
+async def test_listen_returns_at_once_where_no_other_process_can_be_heard(storage: Storage) -> None:
+    if getattr(getattr(storage, "dialect", None), "name", None) == "postgresql":
+        pytest.skip("PostgreSQL hears other processes (test_postgres_jobs.py)")
+
+    async with asyncio.timeout(5):
+        assert await storage.listen(lambda: None, lambda _: None) is None
+
+
+async def test_ping_answers(storage: Storage) -> None:
+    assert await storage.ping() is None
 
 
 # -- the refusal order, decided in the domain (domain.ledger.debit_refusal) -----------------------
