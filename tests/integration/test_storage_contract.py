@@ -752,6 +752,52 @@ async def test_an_empty_period_has_no_groups_and_no_users(storage: Storage) -> N
 LOOSE = reports.Thresholds(min_requests=1, min_key_requests=1)
 
 
+async def test_the_generation_time_histogram_counts_completed_jobs_per_model_and_bucket(
+    storage: Storage,
+) -> None:
+    for seconds, model in ((0.2, "model-a"), (0.4, "model-a"), (1.7, "model-a"), (0.3, "model-b")):
+        request = await enqueue(storage, model=model, created_at=W47.start)
+        job = await claim(storage, "w-1", W47.start)
+        assert job.id == request.id
+        assert await storage.complete(job.id, "w-1", "/images/x.png", W47.start + timedelta(seconds=seconds))
+    await finished(storage, Status.FAILED, W47.start)  # only completed jobs count
+    await finished(storage, Status.COMPLETED, W47.end)  # outside the period
+
+    histogram = await storage.generation_time_histogram(W47.start, W47.end, 500)
+
+    assert histogram == {"model-a": [(0, 2), (3, 1)], "model-b": [(0, 1)]}
+
+
+# -- the scheduler ---------------------------------------------------------------------------------
+async def test_a_scheduled_period_is_claimed_once_taken_over_when_stale_and_finished(
+    storage: Storage,
+) -> None:
+    assert await storage.last_scheduled_run() is None
+    assert await storage.claim_scheduled_run("2026-W46", "a", T0, stale_before=T0 - MINUTE)
+    assert not await storage.claim_scheduled_run("2026-W46", "b", T0, stale_before=T0 - MINUTE)
+    assert await storage.last_scheduled_run() is None  # claimed, not finished
+
+    later = T0 + 10 * MINUTE  # "a" died: its claim is older than stale_before
+    assert await storage.claim_scheduled_run("2026-W46", "b", later, stale_before=later - MINUTE)
+    await storage.finish_scheduled_run("2026-W46", later)
+
+    assert not await storage.claim_scheduled_run("2026-W46", "c", later + LEASE, stale_before=later + LEASE)
+    assert await storage.last_scheduled_run() == "2026-W46"
+    assert await storage.claim_scheduled_run("2026-W47", "c", later, stale_before=later - MINUTE)
+    assert await storage.last_scheduled_run() == "2026-W46"
+
+
+# -- the initial data ------------------------------------------------------------------------------
+async def test_the_initial_data_is_loaded_once(storage: Storage) -> None:
+    catalog = await storage.catalog()
+
+    again = await storage.load_initial_data(catalog, {"testUser1": 5, "newcomer": 7}, [], T0)
+
+    assert again is False
+    assert await balance(storage, "testUser1") == 100
+    assert await storage.get_user("newcomer") is None
+
+
 # -- text every backend stores alike (domain.validation.text_problem) -----------------------------
 # Every kind of character the domain lets through: controls, DEL, the last BMP and astral code
 # points, combining marks, right-to-left text, emoji with joiners, quotes and backslashes.
