@@ -9,6 +9,8 @@ writes its delivery.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from typing import Any
@@ -20,6 +22,7 @@ from sqlalchemy import event, select
 from imagegen.ports import Lease
 from imagegen.storage.sql import statements as sql
 from imagegen.storage.sql.adapter import SqlStorage
+from imagegen.storage.sql.postgres import LISTEN_APPLICATION_NAME
 from tests.integration.builders import LEASE, T0, claim, new_generation
 from tests.support import migrated_sql
 
@@ -115,3 +118,62 @@ async def test_a_complete_by_another_worker_changes_nothing_and_announces_nothin
     assert heard(done_channel) == []
     current = await pg.get_request(job.id)
     assert current is not None and current.status.value == "running" and current.image_url is None
+
+
+async def test_listen_hears_queued_and_ended_jobs_until_canceled(pg: SqlStorage) -> None:
+    jobs: list[str] = []
+    done: list[str] = []
+    heard = asyncio.Event()
+
+    def on_job() -> None:
+        jobs.append("job")
+        heard.set()
+
+    def on_done(request_id: str) -> None:
+        done.append(request_id)
+        heard.set()
+
+    async def next_note() -> None:
+        async with asyncio.timeout(10):
+            await heard.wait()
+        heard.clear()
+
+    listening = asyncio.create_task(pg.listen(on_job, on_done))
+    await next_note()  # once listening: anything queued while it was not
+    request, _ = await pg.debit_and_enqueue(new_generation())  # NOTIFYs reach every connection
+    await next_note()
+    job = await claim(pg, "w-1")
+    assert await pg.complete(job.id, "w-1", "/images/x.png", T0)
+    await next_note()
+
+    assert jobs == ["job", "job"] and done == [request.id]
+    listening.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await listening
+
+
+async def test_listen_reconnects_when_its_connection_is_killed(pg: SqlStorage) -> None:
+    heard = asyncio.Event()
+    listening = asyncio.create_task(pg.listen(heard.set, lambda _: heard.set()))
+    try:
+        async with asyncio.timeout(10):
+            await heard.wait()  # listening
+        heard.clear()
+        url = pg.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
+            killed = await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name = %s",
+                (LISTEN_APPLICATION_NAME,),
+            )
+            assert len(await killed.fetchall()) == 1
+        async with asyncio.timeout(10):
+            await heard.wait()  # listening again: it looks for what was queued meanwhile
+        heard.clear()
+        await pg.debit_and_enqueue(new_generation())
+        async with asyncio.timeout(10):
+            await heard.wait()
+    finally:
+        listening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listening

@@ -8,6 +8,7 @@ credits, testUser2: 10; 512x512 costs 1, 1024x1024 3, 1024x1792 4).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import timedelta
 
@@ -310,6 +311,19 @@ async def test_a_users_requests_page_newest_first_and_filter_by_status(storage: 
     assert [r.created_at for r in walked] == sorted((r.created_at for r in made), reverse=True)
     canceled = await storage.list_requests("testUser1", Status.CANCELED, 10, None)
     assert [r.id for r in canceled.items] == [made[0].id]
+
+
+# -- the database ---------------------------------------------------------------------------------
+async def test_listen_returns_at_once_where_no_other_process_can_be_heard(storage: Storage) -> None:
+    if getattr(getattr(storage, "dialect", None), "name", None) == "postgresql":
+        pytest.skip("PostgreSQL hears other processes (test_postgres_jobs.py)")
+
+    async with asyncio.timeout(5):
+        assert await storage.listen(lambda: None, lambda _: None) is None
+
+
+async def test_ping_answers(storage: Storage) -> None:
+    assert await storage.ping() is None
 
 
 # -- the refusal order, decided in the domain (domain.ledger.debit_refusal) -----------------------
@@ -736,6 +750,52 @@ async def test_an_empty_period_has_no_groups_and_no_users(storage: Storage) -> N
 
 
 LOOSE = reports.Thresholds(min_requests=1, min_key_requests=1)
+
+
+async def test_the_generation_time_histogram_counts_completed_jobs_per_model_and_bucket(
+    storage: Storage,
+) -> None:
+    for seconds, model in ((0.2, "model-a"), (0.4, "model-a"), (1.7, "model-a"), (0.3, "model-b")):
+        request = await enqueue(storage, model=model, created_at=W47.start)
+        job = await claim(storage, "w-1", W47.start)
+        assert job.id == request.id
+        assert await storage.complete(job.id, "w-1", "/images/x.png", W47.start + timedelta(seconds=seconds))
+    await finished(storage, Status.FAILED, W47.start)  # only completed jobs count
+    await finished(storage, Status.COMPLETED, W47.end)  # outside the period
+
+    histogram = await storage.generation_time_histogram(W47.start, W47.end, 500)
+
+    assert histogram == {"model-a": [(0, 2), (3, 1)], "model-b": [(0, 1)]}
+
+
+# -- the scheduler ---------------------------------------------------------------------------------
+async def test_a_scheduled_period_is_claimed_once_taken_over_when_stale_and_finished(
+    storage: Storage,
+) -> None:
+    assert await storage.last_scheduled_run() is None
+    assert await storage.claim_scheduled_run("2026-W46", "a", T0, stale_before=T0 - MINUTE)
+    assert not await storage.claim_scheduled_run("2026-W46", "b", T0, stale_before=T0 - MINUTE)
+    assert await storage.last_scheduled_run() is None  # claimed, not finished
+
+    later = T0 + 10 * MINUTE  # "a" died: its claim is older than stale_before
+    assert await storage.claim_scheduled_run("2026-W46", "b", later, stale_before=later - MINUTE)
+    await storage.finish_scheduled_run("2026-W46", later)
+
+    assert not await storage.claim_scheduled_run("2026-W46", "c", later + LEASE, stale_before=later + LEASE)
+    assert await storage.last_scheduled_run() == "2026-W46"
+    assert await storage.claim_scheduled_run("2026-W47", "c", later, stale_before=later - MINUTE)
+    assert await storage.last_scheduled_run() == "2026-W46"
+
+
+# -- the initial data ------------------------------------------------------------------------------
+async def test_the_initial_data_is_loaded_once(storage: Storage) -> None:
+    catalog = await storage.catalog()
+
+    again = await storage.load_initial_data(catalog, {"testUser1": 5, "newcomer": 7}, [], T0)
+
+    assert again is False
+    assert await balance(storage, "testUser1") == 100
+    assert await storage.get_user("newcomer") is None
 
 
 # -- text every backend stores alike (domain.validation.text_problem) -----------------------------

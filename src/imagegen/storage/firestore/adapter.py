@@ -12,13 +12,9 @@ and locks here are written for the sync one: one hop to a thread per call is the
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import itertools
-from collections.abc import AsyncIterator, Callable, Generator, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from imagegen.domain.audit import Violation
 from imagegen.domain.catalog import Catalog, ModelSettings
@@ -33,12 +29,9 @@ from imagegen.domain.users import User
 from imagegen.domain.webhooks import WebhookDelivery
 from imagegen.ports import Lease
 from imagegen.storage.firestore.database import FirestoreDatabase
-from imagegen.storage.firestore.errors import translate_errors
+from imagegen.storage.threads import Threads
 
-P = ParamSpec("P")
-R = TypeVar("R")
 THREADS = 32  # at most this many calls at once on threads
-EXPORT_CHUNK = 500  # records an export reads per hop to its thread
 
 
 class FirestoreStorage:
@@ -48,7 +41,8 @@ class FirestoreStorage:
         self.project = project
         self.database = FirestoreDatabase(project, database)
         self.db = self.database.db  # the client, for tools and tests that look at the documents
-        self._pool = ThreadPoolExecutor(THREADS, thread_name_prefix="imagegen-firestore")
+        self._threads = Threads(THREADS, "imagegen-firestore")
+        self._on_thread = self._threads.run
 
     @classmethod
     def from_url(cls, url: str) -> FirestoreStorage:
@@ -58,10 +52,6 @@ class FirestoreStorage:
         if not project or "/" in database:
             raise InvalidInput(f"Invalid Firestore URL '{url}': use firestore://PROJECT[/DATABASE]")
         return cls(project, database or "(default)")
-
-    async def _on_thread(self, call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(call, *args, **kwargs))
 
     # -- the database -----------------------------------------------------------------------
     async def migrate(self) -> None:
@@ -84,7 +74,7 @@ class FirestoreStorage:
 
     async def close(self) -> None:
         await self._on_thread(self.database.close)
-        self._pool.shutdown(wait=False)
+        self._threads.close()
 
     # -- catalog ----------------------------------------------------------------------------
     async def catalog(self) -> Catalog:
@@ -262,18 +252,8 @@ class FirestoreStorage:
 
     async def export_records(self) -> AsyncIterator[dict[str, Any]]:
         """The records, read on a thread a chunk at a time."""
-        records = self.database.export_records()
-        try:
-            while chunk := await self._on_thread(_next_chunk, records):
-                for record in chunk:
-                    yield record
-        finally:
-            await self._on_thread(records.close)
+        async for record in self._threads.iterate(self.database.export_records()):
+            yield record
 
     async def import_records(self, records: Iterable[dict[str, Any]], now: datetime) -> dict[str, int]:
         return await self._on_thread(self.database.import_records, records, now)
-
-
-def _next_chunk(records: Generator[dict[str, Any], None, None]) -> list[dict[str, Any]]:
-    with translate_errors():
-        return list(itertools.islice(records, EXPORT_CHUNK))

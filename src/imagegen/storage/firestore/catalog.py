@@ -9,17 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from imagegen.domain.catalog import Catalog, ModelSettings
-from imagegen.domain.errors import (
-    InvalidInput,
-)
+from imagegen.domain.errors import InvalidInput
 from imagegen.storage.firestore import docs as d
 from imagegen.storage.firestore.errors import run_transaction, translated
-from imagegen.storage.firestore.parts import (
-    CONFIG_VERSION,
-    FirestoreParts,
-    Transaction,
-    version_of,
-)
+from imagegen.storage.firestore.parts import CONFIG_VERSION, FirestoreParts, Transaction, version_of
 
 
 class FirestoreCatalog(FirestoreParts):

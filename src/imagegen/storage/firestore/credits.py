@@ -11,29 +11,14 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
-from imagegen.domain.errors import (
-    InsufficientCredits,
-    UserExists,
-    UserNotFound,
-)
+from imagegen.domain.errors import InsufficientCredits, UserExists, UserNotFound
 from imagegen.domain.ids import random_id
-from imagegen.domain.ledger import (
-    NO_FILTER,
-    EntryType,
-    LedgerEntry,
-    LedgerFilter,
-    same_move,
-)
+from imagegen.domain.ledger import NO_FILTER, EntryType, LedgerEntry, LedgerFilter, same_move
 from imagegen.domain.paging import Page, after_seq, seq_cursor
 from imagegen.domain.users import User
 from imagegen.storage.firestore import docs as d
 from imagegen.storage.firestore.errors import run_transaction, translated
-from imagegen.storage.firestore.parts import (
-    DESC,
-    FirestoreParts,
-    Transaction,
-    cond,
-)
+from imagegen.storage.firestore.parts import DESC, FirestoreParts, Transaction, cond
 
 
 class FirestoreCredits(FirestoreParts):

@@ -24,17 +24,12 @@ from imagegen.storage.firestore import docs as d
 from imagegen.storage.firestore.catalog import FirestoreCatalog, model_doc
 from imagegen.storage.firestore.credits import FirestoreCredits
 from imagegen.storage.firestore.errors import run_transaction, translate_errors, translated
-from imagegen.storage.firestore.generations import (
-    FirestoreGenerations,
-    generation_key_doc,
-)
+from imagegen.storage.firestore.generations import FirestoreGenerations, generation_key_doc
 from imagegen.storage.firestore.idempotency import FirestoreIdempotency
 from imagegen.storage.firestore.jobs import FirestoreJobs
 from imagegen.storage.firestore.keys import FirestoreKeys, key_doc
 from imagegen.storage.firestore.outbox import FirestoreOutbox
-from imagegen.storage.firestore.parts import (
-    Transaction,
-)
+from imagegen.storage.firestore.parts import Transaction
 from imagegen.storage.firestore.reports import FirestoreReports
 from imagegen.storage.firestore.schedule import FirestoreSchedule
 

@@ -12,29 +12,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from imagegen.domain.errors import (
-    IdempotencyConflict,
-    StaleConfig,
-    TooManyRequests,
-)
+from imagegen.domain.errors import IdempotencyConflict, StaleConfig, TooManyRequests
 from imagegen.domain.generation import GenerationRequest, Move, NewGeneration, Status, valid_id
-from imagegen.domain.ledger import (
-    EntryType,
-    debit_refusal,
-    debit_refused,
-)
+from imagegen.domain.ledger import EntryType, debit_refusal, debit_refused
 from imagegen.domain.paging import Page, after_time, time_cursor
 from imagegen.ports import Lease
 from imagegen.storage.firestore import docs as d
 from imagegen.storage.firestore.conditional import Reads, Writes, commit_unchanged
 from imagegen.storage.firestore.credits import CreditMove, user_state
 from imagegen.storage.firestore.errors import Contention, translated
-from imagegen.storage.firestore.parts import (
-    CONFIG_VERSION,
-    DESC,
-    cond,
-    version_of,
-)
+from imagegen.storage.firestore.parts import CONFIG_VERSION, DESC, cond, version_of
 from imagegen.storage.firestore.refunds import FirestoreRefunds
 
 

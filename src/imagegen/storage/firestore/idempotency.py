@@ -11,17 +11,11 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from imagegen.domain.errors import (
-    IdempotencyConflict,
-)
+from imagegen.domain.errors import IdempotencyConflict
 from imagegen.domain.idempotency import Idempotency, StoredResponse
 from imagegen.storage.firestore import docs as d
 from imagegen.storage.firestore.errors import run_transaction, translated
-from imagegen.storage.firestore.parts import (
-    FirestoreParts,
-    Transaction,
-    cond,
-)
+from imagegen.storage.firestore.parts import FirestoreParts, Transaction, cond
 
 
 class FirestoreIdempotency(FirestoreParts):

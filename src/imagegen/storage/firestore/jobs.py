@@ -20,10 +20,7 @@ from imagegen.ports import Lease
 from imagegen.storage.firestore import docs as d
 from imagegen.storage.firestore.conditional import Reads, Writes, commit_unchanged
 from imagegen.storage.firestore.errors import translated
-from imagegen.storage.firestore.parts import (
-    Known,
-    cond,
-)
+from imagegen.storage.firestore.parts import Known, cond
 from imagegen.storage.firestore.refunds import FirestoreRefunds
 
 CLAIM_CANDIDATES = 10  # a claim tries the oldest pending job first, then others at random

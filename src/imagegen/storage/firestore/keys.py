@@ -9,11 +9,7 @@ from imagegen.domain.generation import valid_id
 from imagegen.domain.keys import ApiKey
 from imagegen.storage.firestore import docs as d
 from imagegen.storage.firestore.errors import run_transaction, translated
-from imagegen.storage.firestore.parts import (
-    FirestoreParts,
-    Transaction,
-    cond,
-)
+from imagegen.storage.firestore.parts import FirestoreParts, Transaction, cond
 
 
 class FirestoreKeys(FirestoreParts):

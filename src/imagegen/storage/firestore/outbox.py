@@ -11,11 +11,7 @@ from typing import Any
 from imagegen.domain.webhooks import WebhookDelivery
 from imagegen.storage.firestore import docs as d
 from imagegen.storage.firestore.errors import run_transaction, translated
-from imagegen.storage.firestore.parts import (
-    FirestoreParts,
-    Transaction,
-    cond,
-)
+from imagegen.storage.firestore.parts import FirestoreParts, Transaction, cond
 
 
 class FirestoreOutbox(FirestoreParts):

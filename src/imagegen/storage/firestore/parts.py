@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import threading
 import zlib
 from collections import OrderedDict
@@ -26,7 +25,6 @@ from imagegen.domain.ids import random_id
 from imagegen.domain.webhooks import delivery_of
 from imagegen.storage.firestore import docs as d
 
-log = logging.getLogger("imagegen.storage")
 Transaction = firestore.Transaction
 DESC = firestore.Query.DESCENDING
 ASC = firestore.Query.ASCENDING

@@ -12,15 +12,11 @@ from datetime import datetime
 from typing import Any
 
 from imagegen.domain.generation import Move, valid_id
-from imagegen.domain.ledger import (
-    EntryType,
-)
+from imagegen.domain.ledger import EntryType
 from imagegen.storage.firestore import docs as d
 from imagegen.storage.firestore.conditional import Reads, Writes, commit_unchanged
 from imagegen.storage.firestore.credits import CreditMove, user_state
-from imagegen.storage.firestore.parts import (
-    FirestoreParts,
-)
+from imagegen.storage.firestore.parts import FirestoreParts
 
 
 class FirestoreRefunds(FirestoreParts):

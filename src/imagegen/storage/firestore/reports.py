@@ -12,11 +12,7 @@ from imagegen.domain.paging import Page, after_time, time_cursor
 from imagegen.domain.reports import GroupCount
 from imagegen.storage.firestore import docs as d
 from imagegen.storage.firestore.errors import translated
-from imagegen.storage.firestore.parts import (
-    DESC,
-    FirestoreParts,
-    cond,
-)
+from imagegen.storage.firestore.parts import DESC, FirestoreParts, cond
 
 
 class FirestoreReports(FirestoreParts):

@@ -6,12 +6,7 @@ from datetime import datetime
 
 from imagegen.storage.firestore import docs as d
 from imagegen.storage.firestore.errors import run_transaction, translated
-from imagegen.storage.firestore.parts import (
-    DESC,
-    FirestoreParts,
-    Transaction,
-    cond,
-)
+from imagegen.storage.firestore.parts import DESC, FirestoreParts, Transaction, cond
 
 
 class FirestoreSchedule(FirestoreParts):

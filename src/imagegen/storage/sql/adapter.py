@@ -19,9 +19,7 @@ built, how each port call runs, so that no caller ever asks:
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import AsyncIterator, Callable, Generator, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
@@ -38,11 +36,11 @@ from imagegen.domain.users import User
 from imagegen.domain.webhooks import WebhookDelivery
 from imagegen.ports import Lease
 from imagegen.storage.sql.database import SqlDatabase
+from imagegen.storage.threads import Threads
 
 P = ParamSpec("P")
 R = TypeVar("R")
 THREADS = 32  # at most this many calls at once on threads (each holds one pooled connection)
-EXPORT_CHUNK = 500  # records an export reads per hop to its thread
 
 
 class SqlStorage:
@@ -50,12 +48,9 @@ class SqlStorage:
         self.database = db = SqlDatabase(url)
         # The database's parts, for tools that work on it in SQL (bench/, tests that count rows).
         self.engine, self.tx, self.writes, self.dialect = db.engine, db.tx, db.writes, db.dialect
-        self._pool = ThreadPoolExecutor(THREADS, thread_name_prefix="imagegen-sql")
+        self._threads = Threads(THREADS, "imagegen-sql")
+        self._on_thread = self._threads.run
         self._read = self._read_on_loop if db.tx.reads_on_loop else self._on_thread
-
-    async def _on_thread(self, call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(call, *args, **kwargs))
 
     async def _read_on_loop(self, call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         try:
@@ -86,7 +81,7 @@ class SqlStorage:
     async def close(self) -> None:
         # The writer thread finishes its batch first: joined off the loop.
         await asyncio.to_thread(self.database.close)
-        self._pool.shutdown(wait=False)
+        self._threads.close()
 
     # -- catalog ----------------------------------------------------------------------------
     async def catalog(self) -> Catalog:
@@ -264,22 +259,8 @@ class SqlStorage:
 
     async def export_records(self) -> AsyncIterator[dict[str, Any]]:
         """The records of one read transaction, read on a thread a chunk at a time."""
-        records = self.database.export_records()
-        try:
-            while chunk := await self._on_thread(_next_chunk, records):
-                for record in chunk:
-                    yield record
-        finally:
-            await self._on_thread(records.close)
+        async for record in self._threads.iterate(self.database.export_records()):
+            yield record
 
     async def import_records(self, records: Iterable[dict[str, Any]], now: datetime) -> dict[str, int]:
         return await self._on_thread(self.database.import_records, records, now)
-
-
-def _next_chunk(records: Generator[dict[str, Any], None, None]) -> list[dict[str, Any]]:
-    chunk = []
-    for record in records:
-        chunk.append(record)
-        if len(chunk) == EXPORT_CHUNK:
-            break
-    return chunk

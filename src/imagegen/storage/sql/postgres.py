@@ -23,6 +23,7 @@ from imagegen.storage.sql.rows import request_from
 from imagegen.storage.sql.transactions import Transactions
 
 log = logging.getLogger("imagegen.storage")
+LISTEN_APPLICATION_NAME = "imagegen-listen"  # how its connection shows in pg_stat_activity
 MIGRATION_LOCK = 7236451  # an advisory lock id: one process migrates, the others wait for it
 
 
@@ -43,7 +44,10 @@ class Postgres(Dialect):
         url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                connecting = psycopg.AsyncConnection.connect(
+                    url, autocommit=True, application_name=LISTEN_APPLICATION_NAME
+                )
+                async with await connecting as conn:
                     await conn.execute(f"LISTEN {sql.JOBS_CHANNEL}")
                     await conn.execute(f"LISTEN {sql.DONE_CHANNEL}")
                     on_job()  # anything queued while we were not listening

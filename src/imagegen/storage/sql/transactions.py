@@ -20,7 +20,7 @@ class Transactions:
     """Opens read and write transactions; on SQLite, one writer at a time per process.
 
     SQLite makes waiting writers sleep and retry rather than queue: serialising them here keeps the
-    worst wait short (see PERFORMANCE.md). Other processes still wait on the busy timeout.
+    worst wait short (see docs/performance.md). Other processes still wait on the busy timeout.
     """
 
     def __init__(self, engine: Engine, checkpoint_interval: float = CHECKPOINT_INTERVAL) -> None:
@@ -56,11 +56,11 @@ class Transactions:
         """The `read()` transactions this thread opens inside the block run on one connection kept
         for the event loop, with no busy timeout: if SQLite cannot be read at once, or another
         thread is using that connection, they raise ReaderBusy (nothing was done) instead of
-        waiting, and the caller runs the same work on a thread.
+        waiting, and the adapter (adapter.py) runs the same work on a thread.
 
         A thread pool costs more than such a read: each SQLite call releases the GIL and takes it
         back, and handing it between the pool's threads and the busy event loop is where
-        getUserCredits spent its time (futex waits and wake-ups; see bench/README.md).
+        getUserCredits spent its time (futex waits and wake-ups; see docs/performance.md).
         """
         assert self.reads_on_loop, "reading on the event loop is for SQLite"
         self._here.on_loop = True
