@@ -19,7 +19,6 @@ from imagegen.domain.audit import Violation
 from imagegen.domain.catalog import Catalog, ModelSettings
 from imagegen.domain.errors import (
     IdempotencyConflict,
-    InsufficientCredits,
     InvalidInput,
     StaleConfig,
     UserExists,
@@ -164,8 +163,11 @@ class MemoryStorage:
                     if stored.idempotency_key == idempotency_key:
                         return same_move(stored.entry, entry_type, delta)
             user = self._user(user_id)
-            if user.credits + delta < 0:
-                raise InsufficientCredits("Insufficient credits", userId=user_id, required=-delta)
+            refusal = debit_refusal(user.credits, user.in_flight, -delta, None)  # the domain's rule
+            if refusal is not None:
+                raise debit_refused(
+                    refusal, user_id, cost=-delta, in_flight=user.in_flight, max_in_flight=None
+                )
             user.credits += delta
             return self._append(user, entry_type, delta, None, reason, now, idempotency_key=idempotency_key)
 
