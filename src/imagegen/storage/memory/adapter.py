@@ -216,34 +216,15 @@ class MemoryStorage:
                 raise debit_refused(
                     refusal, user.id, cost=new.cost, in_flight=user.in_flight, max_in_flight=new.max_in_flight
                 )
-            request = GenerationRequest(
-                id=new.id,
-                user_id=spec.user_id,
-                model=spec.model,
-                style=spec.style,
-                color=spec.color,
-                size=spec.size,
-                prompt=spec.prompt,
-                cost=new.cost,
-                status=Status.PENDING if claim is None else Status.RUNNING,
-                image_url=None,
-                error=None,
-                attempts=0 if claim is None else 1,
-                created_at=new.created_at,
-                started_at=None if claim is None else new.created_at,
-                completed_at=None,
-                idempotency_key=new.idempotency_key,
-                webhook=new.webhook,
-                webhook_events=new.webhook_events,
-            )
-            stored = RequestRow(request, fingerprint=new.fingerprint)
-            self._state.requests[new.id] = stored
+            request, owner, until = new.queued(), None, None
+            if claim is not None:  # its creator runs it: started at once, under the lease
+                request = replace(request, status=Move.CLAIM.target, attempts=1, started_at=new.created_at)
+                owner, until = claim.worker_id, claim.until
+                self._enqueue_webhook(request, "start", new.created_at)
+            self._state.requests[new.id] = RequestRow(request, new.fingerprint, owner, until)
             user.credits -= new.cost
             user.in_flight += 1
             self._append(user, EntryType.DEDUCTION, -new.cost, new.id, None, new.created_at)
-            if claim is not None:  # created running under the lease: its creator runs the job
-                stored.lease_owner, stored.lease_expires_at = claim.worker_id, claim.until
-                self._enqueue_webhook(request, "start", new.created_at)
             return request, True
 
     async def get_request(self, request_id: str) -> GenerationRequest | None:
