@@ -133,18 +133,8 @@ def emulated_storage(project: str) -> FirestoreStorage:
     return EmulatedStorage(project)
 
 
-SQL_BUG_WORDS = ("sqlstorage", "sqlalchemy", "_import.")
-
-
 async def firestore_storage(request: pytest.FixtureRequest) -> AsyncIterator[FirestoreStorage]:
     """The `storage` fixture's Firestore case: an emptied emulator with the initial data set."""
-    marker = request.node.get_closest_marker("xfail")
-    reason = str(marker.kwargs.get("reason", "")).lower() if marker else ""
-    if any(word in reason for word in SQL_BUG_WORDS):
-        # A strict xfail that pins a bug of the SQL adapter would "unexpectedly pass" here.
-        pytest.skip(
-            "documents a bug of the SQL adapter; tests/integration/test_firestore_*.py covers Firestore"
-        )
     request.getfixturevalue("firestore_clean")
     storage = emulated_storage(PROJECT)
     await storage.migrate()

@@ -149,7 +149,7 @@ async def test_a_second_refund_for_a_request_cannot_be_written(firestore: Firest
         refund.create({"type": "refund", "delta": 1})
 
 
-# -- what the SQL adapter gets wrong today (its tests are strict xfails there) -----------------------------
+# -- leases and imports ---------------------------------------------------------------------------------
 async def test_a_heartbeat_extends_only_the_request_and_worker_pairs_it_names(
     firestore: FirestoreStorage,
 ) -> None:

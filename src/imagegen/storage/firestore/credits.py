@@ -11,9 +11,17 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
-from imagegen.domain.errors import InsufficientCredits, UserExists, UserNotFound
+from imagegen.domain.errors import UserExists, UserNotFound
 from imagegen.domain.ids import random_id
-from imagegen.domain.ledger import NO_FILTER, EntryType, LedgerEntry, LedgerFilter, same_move
+from imagegen.domain.ledger import (
+    NO_FILTER,
+    EntryType,
+    LedgerEntry,
+    LedgerFilter,
+    debit_refusal,
+    debit_refused,
+    same_move,
+)
 from imagegen.domain.paging import Page, after_seq, seq_cursor
 from imagegen.domain.users import User
 from imagegen.storage.firestore import docs as d
@@ -143,9 +151,10 @@ class CreditMove:
         entry_id: str,
         idempotency_key: str | None = None,
     ) -> None:
+        refusal = debit_refusal(user.credits, user.in_flight, -delta, None)  # the domain's rule
+        if refusal is not None:
+            raise debit_refused(refusal, user.id, cost=-delta, in_flight=user.in_flight, max_in_flight=None)
         balance = user.credits + delta
-        if balance < 0:
-            raise InsufficientCredits("Insufficient credits", userId=user.id, required=-delta)
         self.user = user
         self.seq = user.seq + 1
         self.entry = LedgerEntry(entry_id, user.id, entry_type, delta, balance, request_id, reason, now)

@@ -23,7 +23,6 @@ from imagegen.storage.sql import statements as sql
 from imagegen.storage.sql.calls import QueuedCall
 from imagegen.storage.sql.credits import add_credits, append_entry, refuse
 from imagegen.storage.sql.jobs import claim_in_transaction, complete_in_transaction
-from imagegen.storage.sql.rows import new_request
 from imagegen.storage.sql.transactions import Transactions
 
 if TYPE_CHECKING:
@@ -62,7 +61,7 @@ class Dialect:
         balance = add_credits(conn, user, -new.cost, in_flight=1, max_in_flight=new.max_in_flight)
         sql.INSERT_REQUEST_FAST.execute(conn, values)
         append_entry(conn, user, EntryType.DEDUCTION, -new.cost, balance, new.id, None, new.created_at)
-        return new_request(values), True
+        return new.queued(), True
 
     def claim_job(self, tx: Transactions, params: dict[str, Any], now: datetime) -> GenerationRequest | None:
         with tx.write() as conn:
@@ -118,4 +117,4 @@ def debited(
         refuse(conn, new.spec.user_id, -new.cost, new.max_in_flight)
         # The row, now locked, allows the debit (a job ended since the UPDATE looked): run it again.
         assert debit_alone(conn, new, values).fetchone() is not None, "a locked row refused the debit"
-    return new_request(values), True
+    return new.queued(), True

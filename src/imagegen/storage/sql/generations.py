@@ -28,7 +28,7 @@ from imagegen.storage.sql.errors import retrying
 from imagegen.storage.sql.jobs import finish_with_refund
 from imagegen.storage.sql.outbox import enqueue_webhook
 from imagegen.storage.sql.parts import SqlParts
-from imagegen.storage.sql.rows import new_request, request_from, request_values
+from imagegen.storage.sql.rows import request_from, request_values
 
 gr = t.generation_requests
 
@@ -146,7 +146,7 @@ class Debit:
         def answer(applied: bool) -> tuple[GenerationRequest, bool] | HandOver:
             # Not applied: the debit moved nothing (short of credits, at the in-flight limit, or
             # priced with a stale configuration). The writer thread runs it again, to say why.
-            return (new_request(values), True) if applied else HAND_OVER
+            return (self.new.queued(), True) if applied else HAND_OVER
 
         row = debit_row(self.new, values, self.config_version)
         return LoopStatement(sql.DEBIT_ROWS, row, self.new.spec.user_id, answer)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -36,6 +36,7 @@ class Transactions:
         self._loop_conn: Connection | None = None
         # PostgreSQL: the same pool, each statement its own transaction (see `statement`).
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._statement = self.read if self.dialect == "sqlite" else self._without_transaction
 
     def close(self) -> None:
         if self._checkpointer is not None:
@@ -78,8 +79,7 @@ class Transactions:
         if self._checkpointer is not None:
             self._checkpointer.written()
 
-    @contextmanager
-    def statement(self) -> Iterator[Connection]:
+    def statement(self) -> AbstractContextManager[Connection]:
         """For work that is one statement, atomic on its own: on PostgreSQL a connection without a
         transaction around it, which spares the BEGIN and the COMMIT (two round trips of three);
         on SQLite, where they cost no round trip, a read transaction as `read()` gives.
@@ -87,10 +87,10 @@ class Transactions:
         Only for a single read, or a single write whose statement does all of it (and is safe to
         run again when `retrying` repeats it).
         """
-        if self.dialect == "sqlite":
-            with self.read() as conn:
-                yield conn
-            return
+        return self._statement()
+
+    @contextmanager
+    def _without_transaction(self) -> Iterator[Connection]:
         with translate_errors(), self._autocommit.connect() as conn:
             yield conn
 
