@@ -38,8 +38,10 @@ $(DEV_STAMP): pyproject.toml | $(BIN)/python
 run: $(RUN_STAMP)
 	$(BIN)/imagegen serve
 
+# Two workers, each taking whole files (module fixtures such as one server per file stay together).
+TEST_WORKERS ?= 2
 test: $(DEV_STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests bench functions
