@@ -9,6 +9,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from imagegen.domain import reports
 from imagegen.domain.generation import GenerationRequest, GenerationSpec, NewGeneration, Status
 from imagegen.domain.ids import new_id
 from imagegen.domain.ledger import EntryType, LedgerEntry
@@ -116,3 +117,18 @@ async def records_by_collection(storage: Storage) -> Counter[str]:
 
 async def exported(storage: Storage) -> list[dict[str, Any]]:
     return [record async for record in storage.export_records()]
+
+
+W47 = reports.iso_week("2026-W47")  # [2026-11-16 00:00, 2026-11-23 00:00) UTC
+TICK = timedelta(microseconds=1)
+
+
+async def requests_around_week_47(storage: Storage) -> None:
+    """Finished requests on both sides of week 47's edges: what a report of that week must count."""
+    await finished(storage, Status.COMPLETED, W47.start - TICK)  # outside: just before the start
+    await finished(storage, Status.COMPLETED, W47.start, size="1024x1024")
+    await finished(storage, Status.FAILED, W47.start + timedelta(days=2), model="model-b")
+    await finished(storage, Status.COMPLETED, W47.start + timedelta(days=3), user_id="testUser2")
+    await finished(storage, Status.CANCELED, W47.start + timedelta(days=4), style="sketch")
+    await finished(storage, Status.COMPLETED, W47.end, size="1024x1792")  # outside: the end is open
+    await finished(storage, Status.PENDING, W47.end - TICK, color="neon")  # inside: the last instant

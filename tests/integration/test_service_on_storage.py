@@ -18,11 +18,20 @@ from imagegen.domain.errors import InvalidInput, InvalidState, NotFound
 from imagegen.domain.generation import Status
 from imagegen.domain.ledger import EntryType
 from imagegen.ports import Storage
-from tests.integration.builders import LEASE, T0, balance, claim, enqueue, entries_for, finished, whole_ledger
+from tests.integration.builders import (
+    LEASE,
+    T0,
+    W47,
+    balance,
+    claim,
+    enqueue,
+    entries_for,
+    finished,
+    requests_around_week_47,
+    whole_ledger,
+)
 
 MINUTE = timedelta(minutes=1)
-W47 = reports.iso_week("2026-W47")  # [2026-11-16 00:00, 2026-11-23 00:00) UTC
-TICK = timedelta(microseconds=1)
 LOOSE = reports.Thresholds(min_requests=1, min_key_requests=1)  # a handful of requests a week will do
 
 
@@ -102,18 +111,8 @@ async def test_recovery_requeues_below_max_attempts_and_fails_and_refunds_at_max
     assert await storage.violations() == []
 
 
-async def _requests_around_week_47(storage: Storage) -> None:
-    await finished(storage, Status.COMPLETED, W47.start - TICK)  # outside: just before the start
-    await finished(storage, Status.COMPLETED, W47.start, size="1024x1024")
-    await finished(storage, Status.FAILED, W47.start + timedelta(days=2), model="model-b")
-    await finished(storage, Status.COMPLETED, W47.start + timedelta(days=3), user_id="testUser2")
-    await finished(storage, Status.CANCELED, W47.start + timedelta(days=4), style="sketch")
-    await finished(storage, Status.COMPLETED, W47.end, size="1024x1792")  # outside: the end is open
-    await finished(storage, Status.PENDING, W47.end - TICK, color="neon")  # inside: the last instant
-
-
 async def test_run_report_stores_a_report_that_can_be_read_back(storage: Storage) -> None:
-    await _requests_around_week_47(storage)
+    await requests_around_week_47(storage)
     assert await storage.get_report("2026-W47") is None
 
     document = await service.run_report(storage, W47, W47.end + timedelta(hours=1))
@@ -171,7 +170,7 @@ async def test_a_finding_marked_expected_stays_on_its_report_and_is_withheld_the
 
 
 async def test_marking_a_finding_a_report_does_not_have_is_not_found(storage: Storage) -> None:
-    await _requests_around_week_47(storage)
+    await requests_around_week_47(storage)
     await service.run_report(storage, W47, W47.end)
 
     share = reports.FindingId("share", "style", "anime")
@@ -182,7 +181,7 @@ async def test_marking_a_finding_a_report_does_not_have_is_not_found(storage: St
 
 
 async def test_running_a_report_again_gives_the_same_numbers(storage: Storage) -> None:
-    await _requests_around_week_47(storage)
+    await requests_around_week_47(storage)
     first = await service.run_report(storage, W47, W47.end + timedelta(hours=1))
 
     again = await service.run_report(storage, W47, W47.end + timedelta(days=1))

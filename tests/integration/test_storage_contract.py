@@ -33,12 +33,14 @@ from imagegen.ports import Lease, Storage
 from tests.integration.builders import (
     LEASE,
     T0,
+    W47,
     balance,
     claim,
     enqueue,
     entries_for,
     finished,
     new_generation,
+    requests_around_week_47,
     whole_ledger,
 )
 
@@ -704,22 +706,10 @@ async def test_a_late_complete_after_the_expired_job_failed_returns_false(storag
 
 
 # -- reports ------------------------------------------------------------------------------------
-W47 = reports.iso_week("2026-W47")  # [2026-11-16 00:00, 2026-11-23 00:00) UTC
-TICK = timedelta(microseconds=1)
-
-
-async def _requests_around_week_47(storage: Storage) -> None:
-    await finished(storage, Status.COMPLETED, W47.start - TICK)  # outside: just before the start
-    await finished(storage, Status.COMPLETED, W47.start, size="1024x1024")
-    await finished(storage, Status.FAILED, W47.start + timedelta(days=2), model="model-b")
-    await finished(storage, Status.COMPLETED, W47.start + timedelta(days=3), user_id="testUser2")
-    await finished(storage, Status.CANCELED, W47.start + timedelta(days=4), style="sketch")
-    await finished(storage, Status.COMPLETED, W47.end, size="1024x1792")  # outside: the end is open
-    await finished(storage, Status.PENDING, W47.end - TICK, color="neon")  # inside: the last instant
 
 
 async def test_group_counts_cover_the_half_open_period(storage: Storage) -> None:
-    await _requests_around_week_47(storage)
+    await requests_around_week_47(storage)
 
     groups = await storage.group_counts(W47.start, W47.end)
 
@@ -735,7 +725,7 @@ async def test_group_counts_cover_the_half_open_period(storage: Storage) -> None
 
 
 async def test_a_period_ending_where_the_next_starts_shares_no_request(storage: Storage) -> None:
-    await _requests_around_week_47(storage)
+    await requests_around_week_47(storage)
     before = (W47.start - timedelta(days=7), W47.start)
     after = (W47.end, W47.end + timedelta(days=7))
 
