@@ -60,7 +60,7 @@ QUEUE_BATCH = 64
 def enqueue(storage: SqlStorage, users: list[str], jobs: int) -> None:
     async def create(n: int) -> None:
         body = {**BODY, "userId": users[n % len(users)]}
-        await service.create_generation(storage, body, max_prompt_length=1000, now=utcnow())
+        await service.create_generation(storage, body, now=utcnow())
 
     async def queue(bar: Any, task: Any) -> None:
         for start in range(0, jobs, QUEUE_BATCH):  # a batch at a time: the debits are group-committed

@@ -198,12 +198,10 @@ async def createGenerationRequest(request: https_fn.Request) -> https_fn.Respons
     created, fresh = await service.create_generation(
         dep.storage,
         body,
-        max_prompt_length=settings.max_prompt_length,
+        inputs.create_rules(settings),
         now=utcnow(),
         idempotency_key=key,
         authorize=inputs.create_guard(dep.limiter, principal),
-        allow_private_webhooks=settings.webhook_allow_private,
-        max_in_flight=settings.max_in_flight_per_user,
         config=dep.config,
         key_hash=principal.key_hash,
         claim=dep.lease(),

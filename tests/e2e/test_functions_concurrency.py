@@ -201,9 +201,7 @@ async def test_a_create_that_cannot_finish_in_time_answers_202_with_its_request(
     body = {**GENERATION, "userId": "patient"}
     now = utcnow()
     # The first create of this key is running in an instance that is still at it (its lease holds).
-    new = service.prepare_generation(
-        await firestore.catalog(), body, max_prompt_length=1000, now=now, idempotency_key="k-2"
-    )
+    new = service.prepare_generation(await firestore.catalog(), body, now=now, idempotency_key="k-2")
     first, _ = await firestore.debit_and_enqueue(
         new, claim=Lease("busy-instance", now + timedelta(minutes=5))
     )

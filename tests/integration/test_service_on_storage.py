@@ -53,7 +53,9 @@ async def test_service_create_generation_prices_the_size_from_the_catalog(storag
         "size": "1024x1792",
     }
 
-    request, created = await service.create_generation(storage, body, max_prompt_length=1000, now=T0)
+    request, created = await service.create_generation(
+        storage, body, service.CreateRules(max_prompt_length=1000), now=T0
+    )
 
     assert created and request.cost == 4
     assert await balance(storage, "testUser1") == 96
@@ -69,7 +71,7 @@ async def test_a_nul_character_is_refused_before_any_backend_sees_it(storage: St
     }
     body["prompt"] = "a\x00cat"
     with pytest.raises(InvalidInput, match="NUL"):
-        await service.create_generation(storage, body, max_prompt_length=100, now=T0)
+        await service.create_generation(storage, body, service.CreateRules(max_prompt_length=100), now=T0)
     with pytest.raises(InvalidInput, match="NUL"):
         await service.move_credits(storage, "testUser2", 3, "promo\x00", T0)
     assert await balance(storage, "testUser1") == 100 and await balance(storage, "testUser2") == 10

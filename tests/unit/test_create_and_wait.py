@@ -28,7 +28,9 @@ async def storage() -> MemoryStorage:
 
 async def create(storage: MemoryStorage, **options: Any) -> tuple[GenerationRequest, bool]:
     body = options.pop("body", BODY)
-    return await service.create_generation(storage, body, max_prompt_length=100, now=T0, **options)
+    return await service.create_generation(
+        storage, body, service.CreateRules(max_prompt_length=100), now=T0, **options
+    )
 
 
 async def credits(storage: MemoryStorage, user_id: str = "testUser1") -> int:

@@ -42,9 +42,10 @@ async def storage() -> MemoryStorage:
 
 
 async def create(
-    storage: MemoryStorage, body: object = BODY, **options: Any
+    storage: MemoryStorage, body: object = BODY, *, max_in_flight: int | None = None, **options: Any
 ) -> tuple[GenerationRequest, bool]:
-    return await service.create_generation(storage, body, **{"max_prompt_length": 100, "now": T0, **options})
+    rules = service.CreateRules(max_prompt_length=100, max_in_flight=max_in_flight)
+    return await service.create_generation(storage, body, rules, **{"now": T0, **options})
 
 
 async def balance(storage: MemoryStorage, user_id: str) -> int:
@@ -91,7 +92,7 @@ async def test_the_initial_keys_authenticate_as_admin_and_as_their_users() -> No
 # -- creating generations ---------------------------------------------------------------------
 async def test_a_create_is_priced_from_the_catalog_and_debits_at_once(storage: MemoryStorage) -> None:
     request, created = await service.create_generation(
-        storage, {**BODY, "size": "1024x1792"}, max_prompt_length=100, now=T0
+        storage, {**BODY, "size": "1024x1792"}, service.CreateRules(max_prompt_length=100), now=T0
     )
 
     assert created and (request.cost, request.status) == (4, Status.PENDING)
@@ -101,7 +102,9 @@ async def test_a_create_is_priced_from_the_catalog_and_debits_at_once(storage: M
 async def test_a_price_change_applies_to_the_next_create(storage: MemoryStorage) -> None:
     await service.set_option(storage, "sizes", "512x512", enabled=True, cost=7)
 
-    request, _ = await service.create_generation(storage, BODY, max_prompt_length=100, now=T0)
+    request, _ = await service.create_generation(
+        storage, BODY, service.CreateRules(max_prompt_length=100), now=T0
+    )
 
     assert request.cost == 7
 

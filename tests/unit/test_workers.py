@@ -100,7 +100,9 @@ async def test_idle_workers_look_once_per_signal_burst_then_wait_for_the_polling
 async def test_a_worker_runs_a_queued_job_to_its_image_and_reports_its_end(tmp_path: Path) -> None:
     storage, signal, completions = MemoryStorage(), JobSignal(), Completions()
     await service.first_start(storage, T0)
-    request, _ = await service.create_generation(storage, BODY, max_prompt_length=100, now=utcnow())
+    request, _ = await service.create_generation(
+        storage, BODY, service.CreateRules(max_prompt_length=100), now=utcnow()
+    )
     images = FolderImageStore(tmp_path)
     settings = Settings(workers=1, poll_interval_seconds=5, data_dir=tmp_path)
     pool = WorkerPool(
@@ -123,7 +125,9 @@ async def test_a_worker_runs_a_queued_job_to_its_image_and_reports_its_end(tmp_p
 async def test_a_worker_stopped_during_a_job_finishes_it_first(tmp_path: Path) -> None:
     storage, signal = MemoryStorage(), JobSignal()
     await service.first_start(storage, T0)
-    request, _ = await service.create_generation(storage, BODY, max_prompt_length=100, now=utcnow())
+    request, _ = await service.create_generation(
+        storage, BODY, service.CreateRules(max_prompt_length=100), now=utcnow()
+    )
     settings = Settings(workers=1, poll_interval_seconds=5, data_dir=tmp_path)
     model = SimulatedModel(failure_rate=0, latency_ms=300, jitter=0)
     pool = WorkerPool(storage, model, FolderImageStore(tmp_path), settings, signal)

@@ -63,12 +63,10 @@ async def create_and_enqueue(
     created, fresh = await service.create_generation(
         runtime.storage,
         body,
-        max_prompt_length=settings.max_prompt_length,
+        inputs.create_rules(settings),
         now=utcnow(),
         idempotency_key=idempotency_key,
         authorize=inputs.create_guard(runtime.limiter, principal),
-        allow_private_webhooks=settings.webhook_allow_private,
-        max_in_flight=settings.max_in_flight_per_user,
         config=runtime.config,
         key_hash=principal.key_hash,
     )

@@ -67,6 +67,15 @@ def create_guard(limiter: RateLimiter, principal: Principal) -> Callable[[str], 
     return guard
 
 
+def create_rules(settings: Settings) -> service.CreateRules:
+    """The create's rules as the settings give them (the same for the server and the functions)."""
+    return service.CreateRules(
+        max_prompt_length=settings.max_prompt_length,
+        allow_private_webhooks=settings.webhook_allow_private,
+        max_in_flight=settings.max_in_flight_per_user,
+    )
+
+
 def parse_json(raw: bytes) -> Any:
     try:
         body = json.loads(raw) if raw else None

@@ -19,6 +19,7 @@ from imagegen.service.credits import (
 )
 from imagegen.service.first_start import FirstStart, first_start
 from imagegen.service.generations import (
+    CreateRules,
     cancel_generation,
     create_generation,
     fingerprint,
@@ -52,6 +53,7 @@ __all__ = [
     "check_cursor",
     "check_idempotency_key",
     "check_user_id",
+    "CreateRules",
     "create_generation",
     "create_user",
     "fingerprint",

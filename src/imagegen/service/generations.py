@@ -15,7 +15,7 @@ import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -51,16 +51,23 @@ def anyone(user_id: str) -> None:
     """No check (the service's own callers: the CLI, tests)."""
 
 
+@dataclass(frozen=True)
+class CreateRules:
+    """What a deployment allows in a create, from its settings (api/inputs.py `create_rules`)."""
+
+    max_prompt_length: int = 1000
+    allow_private_webhooks: bool = False  # webhooks to loopback or private addresses (local use)
+    max_in_flight: int | None = None  # a user's queued and running requests at most (429 past it)
+
+
 async def create_generation(
     storage: CreateStorage,
     body: object,
+    rules: CreateRules = CreateRules(),
     *,
-    max_prompt_length: int,
     now: datetime,
     idempotency_key: str | None = None,
     authorize: Callable[[str], None] = anyone,
-    allow_private_webhooks: bool = False,
-    max_in_flight: int | None = None,
     config: ConfigCache | None = None,
     key_hash: str | None = None,
     claim: Lease | None = None,
@@ -79,14 +86,7 @@ async def create_generation(
         version, catalog = await cache.current()
         try:
             new = prepare_generation(
-                catalog,
-                body,
-                max_prompt_length=max_prompt_length,
-                now=now,
-                idempotency_key=idempotency_key,
-                authorize=authorize,
-                allow_private_webhooks=allow_private_webhooks,
-                max_in_flight=max_in_flight,
+                catalog, body, rules, now=now, idempotency_key=idempotency_key, authorize=authorize
             )
         except InvalidInput:
             # Refused by the cached catalog: an option added or enabled since would only show in a
@@ -107,20 +107,18 @@ async def create_generation(
 def prepare_generation(
     catalog: Catalog,
     body: object,
+    rules: CreateRules = CreateRules(),
     *,
-    max_prompt_length: int,
     now: datetime,
     idempotency_key: str | None = None,
     authorize: Callable[[str], None] = anyone,
-    allow_private_webhooks: bool = False,
-    max_in_flight: int | None = None,
 ) -> NewGeneration:
     """A create validated and priced against `catalog`, ready to debit (no I/O)."""
     check_idempotency_key(idempotency_key)
     try:
-        spec = parse_generation(body, catalog, max_prompt_length=max_prompt_length)
+        spec = parse_generation(body, catalog, max_prompt_length=rules.max_prompt_length)
         assert isinstance(body, Mapping)
-        webhook, events = parse_webhook(body, allow_private=allow_private_webhooks)
+        webhook, events = parse_webhook(body, allow_private=rules.allow_private_webhooks)
     except InvalidGeneration as exc:
         raise InvalidInput(str(exc), problems=exc.problems) from exc
     authorize(spec.user_id)
@@ -135,7 +133,7 @@ def prepare_generation(
         else None,
         webhook=webhook,
         webhook_events=events,
-        max_in_flight=max_in_flight,
+        max_in_flight=rules.max_in_flight,
     )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
@@ -18,6 +17,7 @@ from imagegen.domain.errors import StorageUnavailable
 from imagegen.storage.sql.calls import BEFORE_COMMIT, Batch, LoopPipelined, QueuedCall, call_order
 from imagegen.storage.sql.driver import driver_connection
 from imagegen.storage.sql.errors import MAX_ATTEMPTS, Retryable, translate
+from imagegen.storage.sql.lazy_thread import LazyThread
 from imagegen.storage.sql.transactions import Transactions, WriterBusy
 
 if TYPE_CHECKING:
@@ -84,8 +84,7 @@ class GroupCommit:
         self._tx = tx
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[QueuedCall[Any] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._started = threading.Lock()
+        self._thread = LazyThread(self._loop, "imagegen-writer")
         self._closed = False
         self._on_loop: list[QueuedCall[Any]] = []  # submitted on the event loop, flushed after its turn
         self._loop_pipeline = dialect.loop_pipeline(tx.engine, self._hand_over, max_batch)
@@ -161,16 +160,12 @@ class GroupCommit:
         self._closed = True
         if self._loop_pipeline is not None:
             self._loop_pipeline.close()
-        if self._thread is not None:
+        if self._thread.started:
             self._queue.put(None)
-            self._thread.join(10)
+            self._thread.join()
 
     def _start(self) -> None:
-        if self._thread is None:
-            with self._started:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._loop, name="imagegen-writer", daemon=True)
-                    self._thread.start()
+        self._thread.start()
 
     def _loop(self) -> None:
         while True:
