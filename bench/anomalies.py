@@ -73,10 +73,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from bench.loop import run as on_loop
 from imagegen import service
 from imagegen.domain.reports import MAD_SCALE, Breakdown, Metrics, Period, week_of
+from imagegen.service.transfer import parse_lines
 from imagegen.storage.sql.adapter import SqlStorage
-from imagegen.transfer import parse_lines
 
 # ---------------------------------------------------------------------------------------------
 # The normal traffic
@@ -504,12 +505,12 @@ def run_scenario(scenario: Scenario, directory: Path, bar: Bar) -> ScenarioResul
         out.writelines(traffic_lines(scenario))
     storage = SqlStorage(f"sqlite:///{database}")
     try:
-        storage.migrate()
+        on_loop(storage.migrate())
         with traffic.open(encoding="utf-8") as lines:
-            storage.import_records(parse_lines(bar.lines(lines)), scenario.end)
+            on_loop(storage.import_records(parse_lines(bar.lines(lines)), scenario.end))
         return _run_reports(storage, scenario, bar)
     finally:
-        storage.close()
+        on_loop(storage.close())
         traffic.unlink()
         database.unlink()
 
@@ -521,9 +522,9 @@ def _run_reports(storage: SqlStorage, scenario: Scenario, bar: Bar) -> ScenarioR
     recent: deque[Metrics] = deque(maxlen=service.BASELINE_WEEKS + 1)
     for week in range(scenario.weeks):
         period = scenario.period(week)
-        document = service.run_report(storage, period, period.end)
+        document = on_loop(service.run_report(storage, period, period.end))
         current = Metrics.from_dict(document)
-        stored = storage.get_report(scenario.period(week - 1).id) if week else None
+        stored = on_loop(storage.get_report(scenario.period(week - 1).id)) if week else None
         previous = None if stored is None else Metrics.from_dict(stored)
         recent.append(current)
         if week >= scenario.warmup:

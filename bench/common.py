@@ -33,6 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy import func, insert, select, update
 
+from bench.loop import run as on_loop
 from imagegen import service
 from imagegen.clock import utcnow
 from imagegen.domain.generation import Status
@@ -166,7 +167,7 @@ def _copy_keys_file(source: Path, target: Path) -> None:
 
 def open_db(database: Database) -> SqlStorage:
     """Migrates and loads the initial data set (its keys go to <data dir>/initial-keys.txt)."""
-    storage = open_storage(Settings(database_url=database.url, data_dir=database.data_dir))
+    storage = on_loop(open_storage(Settings(database_url=database.url, data_dir=database.data_dir)))
     assert isinstance(storage, SqlStorage)
     return storage
 
@@ -200,7 +201,7 @@ def drain(server: Server, timeout: float = 600.0) -> tuple[int, float]:
                 bar.update(task, completed=at_start - left)
         return at_start, time.monotonic() - started
     finally:
-        storage.close()
+        on_loop(storage.close())
 
 
 def prepare_template(space: Workspace, users: int = SPREAD_USERS) -> tuple[Database, Keys]:
@@ -218,7 +219,7 @@ def prepare_template(space: Workspace, users: int = SPREAD_USERS) -> tuple[Datab
     # The opening grant plus 9,999 more: 10,000 ledger entries.
     _fill_ledger(storage, LEDGER_USER, LEDGER_ENTRIES - 1, now)
     _checkpoint(storage)
-    storage.close()
+    on_loop(storage.close())
     keys = Keys(
         spread=_write_keys(space.root / "keys-spread.txt", spread_keys),
         hot=_write_keys(space.root / "keys-hot.txt", hot_keys),
@@ -252,7 +253,7 @@ def create_users(
 
 def _fill_ledger(storage: SqlStorage, user_id: str, entries: int, now: datetime) -> None:
     """`entries` grants of 1 credit after the opening balance, newest last, the balance kept in step."""
-    opening = storage.get_user(user_id)
+    opening = on_loop(storage.get_user(user_id))
     assert opening is not None
     rows = [_grant(user_id, 1, opening.credits + n, f"bench grant {n}", now) for n in range(1, entries + 1)]
     with storage.tx.write() as conn:

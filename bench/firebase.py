@@ -44,6 +44,7 @@ import httpx
 from rich.table import Table
 
 from bench.common import UNLIMITED, console, free_port, machine_load
+from bench.loop import run as on_loop
 from imagegen import service
 from imagegen.clock import utcnow
 from imagegen.domain.ids import new_id
@@ -355,9 +356,9 @@ def verified(host: str) -> str:
     os.environ["FIRESTORE_EMULATOR_HOST"] = host
     storage = FirestoreStorage(PROJECT)
     try:
-        problems = list(service.verify(storage))
+        problems = on_loop(service.verify(storage))
     finally:
-        storage.close()
+        on_loop(storage.close())
     return "clean" if not problems else f"{len(problems)} violations: {problems[:3]}"
 
 
@@ -368,14 +369,14 @@ def prepare(host: str, clients: int) -> tuple[list[tuple[str, str]], list[str]]:
     os.environ["FIRESTORE_EMULATOR_HOST"] = host
     storage = FirestoreStorage(PROJECT)
     try:
-        storage.migrate()
-        service.first_start(storage, utcnow())
+        on_loop(storage.migrate())
+        on_loop(service.first_start(storage, utcnow()))
         keys = []
         for n in range(clients):
-            _, key = service.create_user(storage, f"bench-{n}", CREDITS, utcnow())
+            _, key = on_loop(service.create_user(storage, f"bench-{n}", CREDITS, utcnow()))
             keys.append((f"bench-{n}", key))
     finally:
-        storage.close()
+        on_loop(storage.close())
     from google.cloud import firestore
 
     case_study = firestore.Client(project=CASE_STUDY_PROJECT)

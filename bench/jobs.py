@@ -15,10 +15,11 @@ workers' time is left for the model once claiming, storing the image and complet
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -37,6 +38,7 @@ from bench.common import (
     unfinished,
     workspace,
 )
+from bench.loop import run as on_loop
 from imagegen import service
 from imagegen.clock import utcnow
 from imagegen.domain.generation import GenerationSpec, Status
@@ -52,17 +54,22 @@ BODY = {
     "prompt": "A cat sitting on a futuristic throne",
 }
 gr = t.generation_requests
+QUEUE_BATCH = 64
 
 
 def enqueue(storage: SqlStorage, users: list[str], jobs: int) -> None:
-    def create(n: int) -> None:
+    async def create(n: int) -> None:
         body = {**BODY, "userId": users[n % len(users)]}
-        service.create_generation(storage, body, max_prompt_length=1000, now=utcnow())
+        await service.create_generation(storage, body, now=utcnow())
 
-    with progress() as bar, ThreadPoolExecutor(8) as pool:
-        task = bar.add_task(f"queueing {jobs:,} jobs", total=jobs)
-        for _ in pool.map(create, range(jobs)):
-            bar.advance(task)
+    async def queue(bar: Any, task: Any) -> None:
+        for start in range(0, jobs, QUEUE_BATCH):  # a batch at a time: the debits are group-committed
+            batch = range(start, min(start + QUEUE_BATCH, jobs))
+            await asyncio.gather(*(create(n) for n in batch))
+            bar.advance(task, len(batch))
+
+    with progress() as bar:
+        on_loop(queue(bar, bar.add_task(f"queueing {jobs:,} jobs", total=jobs)))
 
 
 def span(storage: SqlStorage) -> tuple[float, dict[str, int]]:
@@ -123,7 +130,7 @@ def run(backend: str, jobs: int, workers: int, rows_out: Path | None = None) -> 
         finally:
             server.stop()
         seconds, statuses = span(storage)
-        storage.close()
+        on_loop(storage.close())
     rate = jobs / seconds
     what = "1 process" if backend == "sqlite" else "1 worker process"
     row = Row(

@@ -50,6 +50,7 @@ from bench.common import (
     save_rows,
     workspace,
 )
+from bench.loop import run as on_loop
 from imagegen import service
 from imagegen.clock import utcnow
 from imagegen.domain import reports
@@ -143,15 +144,15 @@ def measure(url: str, week: str, runs: int) -> dict[str, Any]:
     times = []
     for _ in range(runs):
         started = time.perf_counter()
-        service.run_report(storage, period, now)
+        on_loop(service.run_report(storage, period, now))
         times.append(time.perf_counter() - started)
     peak_rss = own_memory("VmHWM:") - rss_before
     tracemalloc.start()
-    service.run_report(storage, period, now)
+    on_loop(service.run_report(storage, period, now))
     _, peak_python = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     phases = _phases(storage, period)
-    storage.close()
+    on_loop(storage.close())
     return {
         "times": times,
         "phases": phases,
@@ -164,10 +165,10 @@ def measure(url: str, week: str, runs: int) -> dict[str, Any]:
 def _phases(storage: SqlStorage, period: reports.Period) -> dict[str, float]:
     """Seconds of each of the report's queries over the week, to show where the time goes."""
     calls = {
-        "group_counts": lambda: storage.group_counts(period.start, period.end),
-        "unique_users": lambda: storage.unique_users(period.start, period.end),
-        "histogram": lambda: storage.generation_time_histogram(
-            period.start, period.end, reports.TIME_BUCKET_MS
+        "group_counts": lambda: on_loop(storage.group_counts(period.start, period.end)),
+        "unique_users": lambda: on_loop(storage.unique_users(period.start, period.end)),
+        "histogram": lambda: on_loop(
+            storage.generation_time_histogram(period.start, period.end, reports.TIME_BUCKET_MS)
         ),
     }
     seconds = {}

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from imagegen.ports import Storage
-from imagegen.storage.sql.adapter import SqlStorage
+from imagegen.storage.sql.database import SqlDatabase
 from tests.firestore_emulator import firestore_clean, firestore_emulator, firestore_storage  # noqa: F401
 from tests.support import ServerFactory, memory_storage, migrated_sql
 
@@ -32,9 +33,11 @@ def postgres_template() -> Iterator[str]:
         require_or_skip(f"PostgreSQL tests need {POSTGRES_ENV}")
     name = f"imagegen_template_{os.getpid()}"
     _admin(url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}")
-    storage = SqlStorage(_with_database(url, name))
-    storage.migrate()
-    storage.close()
+    # The synchronous database under the adapter: this fixture may first be asked for by an async
+    # one (`storage`), on a running event loop.
+    database = SqlDatabase(_with_database(url, name))
+    database.migrate()
+    database.close()
     yield name
     _admin(url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
@@ -80,24 +83,36 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'imagegen.db'}"
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file; each test's database is a copy, which is faster than migrating."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+    database = SqlDatabase(f"sqlite:///{path}")
+    database.migrate()
+    database.close()  # the last connection closing checkpoints the WAL into the file copied
+    return path
+
+
 @pytest.fixture(params=["memory", "sqlite", "postgres", "firestore"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
+async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
     """A migrated database with the initial data set (testUser1: 100, testUser2: 10).
 
     In memory, on SQLite, PostgreSQL and Firestore (the emulator, see tests/firestore_emulator.py:
     there, and in memory, a test that uses `storage.engine` is SQL-only and skips).
     """
+    opened: AsyncIterator[Storage]
     if request.param == "firestore":
-        yield from firestore_storage(request)
-        return
-    if request.param == "memory":
-        yield from memory_storage()
-        return
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'imagegen.db'}"
+        opened = firestore_storage(request)
+    elif request.param == "memory":
+        opened = memory_storage()
+    elif request.param == "sqlite":
+        path = tmp_path / "imagegen.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        opened = migrated_sql(f"sqlite:///{path}", migrate=False)
     else:
-        url = str(request.getfixturevalue("postgres_url"))
-    yield from migrated_sql(url)
+        opened = migrated_sql(str(request.getfixturevalue("postgres_url")))
+    async for storage in opened:
+        yield storage
 
 
 @pytest.fixture

@@ -12,16 +12,14 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import httpx
 import pytest
 
-from imagegen import service
-from imagegen.clock import utcnow
-from tests.support import free_port
+from tests.support import free_port, load_initial_data
 
 if TYPE_CHECKING:
     from imagegen.storage.firestore import FirestoreStorage
@@ -135,21 +133,11 @@ def emulated_storage(project: str) -> FirestoreStorage:
     return EmulatedStorage(project)
 
 
-SQL_BUG_WORDS = ("sqlstorage", "sqlalchemy", "_import.")
-
-
-def firestore_storage(request: pytest.FixtureRequest) -> Iterator[FirestoreStorage]:
+async def firestore_storage(request: pytest.FixtureRequest) -> AsyncIterator[FirestoreStorage]:
     """The `storage` fixture's Firestore case: an emptied emulator with the initial data set."""
-    marker = request.node.get_closest_marker("xfail")
-    reason = str(marker.kwargs.get("reason", "")).lower() if marker else ""
-    if any(word in reason for word in SQL_BUG_WORDS):
-        # A strict xfail that pins a bug of the SQL adapter would "unexpectedly pass" here.
-        pytest.skip(
-            "documents a bug of the SQL adapter; tests/integration/test_firestore_*.py covers Firestore"
-        )
     request.getfixturevalue("firestore_clean")
     storage = emulated_storage(PROJECT)
-    storage.migrate()
-    service.first_start(storage, utcnow())
+    await storage.migrate()
+    await load_initial_data(storage)
     yield storage
-    storage.close()
+    await storage.close()

@@ -1,23 +1,27 @@
-"""Test support: run the installed `imagegen` command as a real server or a CLI call."""
+"""Test support: run the installed `imagegen` command as a real server or a CLI call; open storages."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from imagegen import service
 from imagegen.clock import utcnow
+from imagegen.domain.catalog import INITIAL_DATA, Catalog
+from imagegen.domain.ids import new_id
+from imagegen.ports import Storage
 from imagegen.storage.memory import MemoryStorage
 from imagegen.storage.sql.adapter import SqlStorage
 
@@ -122,16 +126,35 @@ class ServerFactory:
             server.stop()
 
 
-def migrated_sql(url: str) -> Iterator[SqlStorage]:
-    """A migrated SQL database with the initial data set (testUser1: 100, testUser2: 10), closed after."""
+async def load_initial_data(storage: Storage) -> bool:
+    """The initial data set through the port alone (what `imagegen serve` loads on its first start:
+    the catalog, testUser1: 100, testUser2: 10, an admin key and one key per user)."""
+    data = INITIAL_DATA
+    catalog = Catalog(
+        models={m.name: m for m in data.models},
+        styles=frozenset(data.styles),
+        colors=frozenset(data.colors),
+        sizes=dict(data.sizes),
+    )
+    owners: list[str | None] = [None, *data.users]
+    keys = [(new_id(), hashlib.sha256(secrets.token_bytes(32)).hexdigest(), owner) for owner in owners]
+    return await storage.load_initial_data(catalog, dict(data.users), keys, utcnow())
+
+
+async def migrated_sql(url: str, *, migrate: bool = True) -> AsyncIterator[SqlStorage]:
+    """A migrated SQL database with the initial data set (testUser1: 100, testUser2: 10), closed after.
+
+    `migrate=False`: the database is a copy of a migrated one already (see tests/conftest.py).
+    """
     storage = SqlStorage(url)
-    storage.migrate()
-    service.first_start(storage, utcnow())
+    if migrate:
+        await storage.migrate()
+    await load_initial_data(storage)
     yield storage
-    storage.close()
+    await storage.close()
 
 
-def memory_storage() -> Iterator[MemoryStorage]:
+async def memory_storage() -> AsyncIterator[MemoryStorage]:
     """The in-memory adapter with the initial data set; a test that needs a SQL engine skips."""
 
     class InMemory(MemoryStorage):
@@ -141,5 +164,5 @@ def memory_storage() -> Iterator[MemoryStorage]:
             raise AttributeError(name)
 
     storage = InMemory()
-    service.first_start(storage, utcnow())
+    await load_initial_data(storage)
     yield storage

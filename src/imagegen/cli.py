@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -23,13 +24,14 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from imagegen import service, transfer
+from imagegen import service
 from imagegen.clock import utcnow
 from imagegen.domain import reports
 from imagegen.domain.errors import ImagegenError
 from imagegen.ports import Storage
 from imagegen.reporting import render_html, render_markdown
 from imagegen.runtime import Runtime, open_storage
+from imagegen.service import transfer
 from imagegen.settings import Settings
 
 app = typer.Typer(
@@ -61,8 +63,26 @@ def _settings(**overrides: Any) -> Settings:
         _fail(f"invalid settings: {messages}")
 
 
-def _storage(database_url: str | None, data_dir: Path | None) -> Storage:
-    return open_storage(_settings(database_url=database_url, data_dir=data_dir))
+T = TypeVar("T")
+
+
+def _with_storage(
+    database_url: str | None, data_dir: Path | None, use: Callable[[Storage], Awaitable[T]]
+) -> T:
+    """Runs one command on its own event loop: opens the storage, `use`s it, closes it."""
+    settings = _settings(database_url=database_url, data_dir=data_dir)
+
+    async def command() -> T:
+        storage = await open_storage(settings)
+        try:
+            return await use(storage)
+        finally:
+            await storage.close()
+
+    try:
+        return asyncio.run(command())
+    except ImagegenError as exc:
+        _fail(exc.message, code=1)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -110,7 +130,7 @@ def serve(
     # httpx logs each request's whole URL at INFO: a webhook's query may carry the receiver's token.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     # Migrate and load the initial data once, before any child process or thread races to do it.
-    open_storage(settings).close()
+    asyncio.run(_prepare(settings))
     if not settings.serves_http:
         _run_background(settings)
         return
@@ -135,18 +155,32 @@ def serve(
     )
 
 
+async def _prepare(settings: Settings) -> None:
+    storage = await open_storage(settings)
+    await storage.close()
+
+
 def _run_background(settings: Settings) -> None:
     """A worker or scheduler process: no HTTP, runs until SIGTERM or SIGINT."""
-    runtime = Runtime.build(settings)
-    # Block the signals before any thread starts (threads inherit the mask), then wait for one
-    # with sigwait: no handler runs inside a lock the main thread holds.
-    stop_signals = {signal.SIGTERM, signal.SIGINT}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-    runtime.start()
-    logging.getLogger("imagegen").info("%s process running; stop with SIGTERM", settings.role)
-    received = signal.sigwait(stop_signals)
-    logging.getLogger("imagegen").info("%s: stopping", signal.Signals(received).name)
-    runtime.stop()
+    asyncio.run(_background(settings))
+
+
+async def _background(settings: Settings) -> None:
+    log = logging.getLogger("imagegen")
+    runtime = await Runtime.build(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for received in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(received, _stopping, received, stop)
+    await runtime.start()
+    log.info("%s process running; stop with SIGTERM", settings.role)
+    await stop.wait()
+    await runtime.stop()
+
+
+def _stopping(received: signal.Signals, stop: asyncio.Event) -> None:
+    logging.getLogger("imagegen").info("%s: stopping", received.name)
+    stop.set()
 
 
 @users_app.command("create")
@@ -157,8 +191,9 @@ def users_create(
     data_dir: DataDir = None,
 ) -> None:
     """Create a user; the new API key is printed alone on the last line."""
-    storage = _storage(database_url, data_dir)
-    user, key = _run(service.create_user, storage, user_id, credits, utcnow())
+    user, key = _with_storage(
+        database_url, data_dir, lambda storage: service.create_user(storage, user_id, credits, utcnow())
+    )
     typer.echo(f"created user {user.id} with {user.credits} credits; API key:", err=True)
     typer.echo(key)
 
@@ -172,8 +207,11 @@ def credits_grant(
     data_dir: DataDir = None,
 ) -> None:
     """Grant credits to a user (or adjust them down), with a reason kept in the ledger."""
-    storage = _storage(database_url, data_dir)
-    entry = _run(service.move_credits, storage, user_id, amount, reason, utcnow())
+    entry = _with_storage(
+        database_url,
+        data_dir,
+        lambda storage: service.move_credits(storage, user_id, amount, reason, utcnow()),
+    )
     typer.echo(f"{entry.type.value} of {entry.credits} to {user_id}: balance {entry.balance_after}")
 
 
@@ -184,13 +222,16 @@ def export(
     data_dir: DataDir = None,
 ) -> None:
     """Export users, requests, ledger entries and reports as JSONL in the case study's field names."""
-    storage = _storage(database_url, data_dir)
     out = sys.stdout if str(file) == "-" else file.open("w", encoding="utf-8")
     counts: dict[str, int] = {}
-    with out:
-        for record in storage.export_records():
+
+    async def write(storage: Storage) -> None:
+        async for record in storage.export_records():
             out.write(json.dumps(transfer.to_case_study(record), ensure_ascii=False) + "\n")
             counts[record["collection"]] = counts.get(record["collection"], 0) + 1
+
+    with out:
+        _with_storage(database_url, data_dir, write)
     typer.echo(f"exported {_counts(counts)}", err=True)
 
 
@@ -201,22 +242,23 @@ def import_(
     data_dir: DataDir = None,
 ) -> None:
     """Import JSONL (idempotent by id); a bad line aborts the whole import, which then writes nothing."""
-    storage = _storage(database_url, data_dir)
     with _progress(file) as lines:
-        counts = _run(storage.import_records, transfer.parse_lines(lines), utcnow())
+        counts = _with_storage(
+            database_url,
+            data_dir,
+            lambda storage: storage.import_records(transfer.parse_lines(lines), utcnow()),
+        )
     typer.echo(f"imported {_counts(counts)}")
 
 
 @app.command()
 def verify(database_url: DatabaseUrl = None, data_dir: DataDir = None) -> None:
     """Audit invariants 1-3 over the whole database; exit 1 if anything is wrong."""
-    storage = _storage(database_url, data_dir)
-    found = 0
-    for violation in service.verify(storage):
-        found += 1
+    violations = _with_storage(database_url, data_dir, service.verify)
+    for violation in violations:
         typer.echo(f"invariant {violation.invariant}: {violation.message}")
-    if found:
-        _fail(f"{found} violation(s)", code=1)
+    if violations:
+        _fail(f"{len(violations)} violation(s)", code=1)
     typer.echo("ok: every balance matches its ledger and every request its deduction and refunds")
 
 
@@ -240,11 +282,14 @@ def report(
     """Run (or re-run) the usage report for a week or the last 7 days, store it, and print it."""
     if week and last_7_days:
         _fail("give --week or --last-7-days, not both")
-    storage = _storage(database_url, data_dir)
     now = utcnow()
     period = _run(service.parse_period, week, now=now)
-    document = _run(service.run_report, storage, period, now)
-    text = _render(storage, document, period, format)
+
+    async def run(storage: Storage) -> tuple[dict[str, Any], str]:
+        document = await service.run_report(storage, period, now)
+        return document, await _render(storage, document, period, format)
+
+    document, text = _with_storage(database_url, data_dir, run)
     if output is None:
         typer.echo(text)
     else:
@@ -252,11 +297,11 @@ def report(
         typer.echo(f"report {document['id']} written to {output}", err=True)
 
 
-def _render(storage: Storage, document: dict[str, Any], period: reports.Period, format: Format) -> str:  # noqa: A002
+async def _render(storage: Storage, document: dict[str, Any], period: reports.Period, format: Format) -> str:  # noqa: A002
     if format is Format.md:
         return render_markdown(document)
     if format is Format.html:
-        return render_html(document, service.report_history(storage, period))
+        return render_html(document, await service.report_history(storage, period))
     return json.dumps(document, indent=2)
 
 
@@ -278,9 +323,12 @@ def expect(
         _fail("give both --dimension and --key for a per-key finding, or neither")
     if dimension is not None and dimension not in reports.DIMENSIONS:
         _fail(f"--dimension must be one of {', '.join(reports.DIMENSIONS)}")
-    storage = _storage(database_url, data_dir)
     finding = reports.FindingId(metric, dimension, key)
-    changed = _run(service.mark_expected, storage, report_id, finding, note, utcnow(), expected=not undo)
+    changed = _with_storage(
+        database_url,
+        data_dir,
+        lambda storage: service.mark_expected(storage, report_id, finding, note, utcnow(), expected=not undo),
+    )
     typer.echo(json.dumps(changed, indent=2))
 
 
@@ -292,7 +340,6 @@ def backfill(
     data_dir: DataDir = None,
 ) -> None:
     """Run the weekly report for every ISO week in a range, oldest first (after an import)."""
-    storage = _storage(database_url, data_dir)
     try:
         weeks = reports.weeks_from(reports.iso_week(from_week), reports.iso_week(to_week))
     except ValueError as exc:
@@ -303,11 +350,16 @@ def backfill(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
     ) as bar:
         task = bar.add_task("backfilling reports", total=len(weeks))
-        anomalies = 0
-        for week in weeks:
-            document = _run(service.run_report, storage, week, utcnow())
-            anomalies += len(document["anomalies"])
-            bar.update(task, advance=1, description=f"report {week.id}")
+
+        async def run(storage: Storage) -> int:
+            anomalies = 0
+            for week in weeks:
+                document = await service.run_report(storage, week, utcnow())
+                anomalies += len(document["anomalies"])
+                bar.update(task, advance=1, description=f"report {week.id}")
+            return anomalies
+
+        anomalies = _with_storage(database_url, data_dir, run)
     typer.echo(f"reported {len(weeks)} weeks ({weeks[0].id} to {weeks[-1].id}); {anomalies} anomalies")
 
 

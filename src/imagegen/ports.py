@@ -1,17 +1,22 @@
-"""The ports the service layer is written against: small Protocols in the domain's words.
+"""The ports the service layer is written against: small async Protocols in the domain's words.
 
-An adapter (SQL today; Firestore next) implements `Storage`; each method is one atomic use of the
-database, so that a document store without multi-statement SQL can keep the same guarantees.
+Each port is one concern (credits, generations, jobs, keys, ...); a use case asks for the ports it
+uses, and an adapter (SQL, Firestore, memory) implements them all, usually in one class. Every
+method is one atomic use of the database, so that a document store without multi-statement SQL
+keeps the same guarantees.
+
+The service layer runs on an event loop and awaits these methods. How a call really runs (on the
+loop itself, batched for a writer thread, pipelined on a connection, on a thread pool) is decided
+inside the adapter, once, when it is built: nothing here names a thread, a future or a lock, and
+no caller asks which kind of storage it holds.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Awaitable, Callable, Iterable, Iterator
-from concurrent.futures import Future
-from contextlib import AbstractContextManager
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from imagegen.domain.audit import Violation
 from imagegen.domain.catalog import Catalog, ModelSettings
@@ -25,34 +30,57 @@ from imagegen.domain.users import User
 from imagegen.domain.webhooks import WebhookDelivery
 
 
-class Storage(Protocol):
-    # lifecycle
-    def migrate(self) -> None: ...
-    def load_initial_data(
+@dataclass(frozen=True)
+class Lease:
+    """Who runs a job, and until when, unless the lease is extended (a worker's claim)."""
+
+    worker_id: str
+    until: datetime
+
+
+class Database(Protocol):
+    """The database as a whole: its schema, its first data, whether it answers, its wake-ups."""
+
+    async def migrate(self) -> None: ...
+    async def load_initial_data(
         self,
         catalog: Catalog,
         users: dict[str, int],
         keys: list[tuple[str, str, str | None]],
         now: datetime,
-    ) -> bool: ...
-    def ping(self) -> None: ...
-    def listen(
-        self, on_job: Callable[[], None], on_done: Callable[[str], None], stop: threading.Event
-    ) -> None: ...
-    def close(self) -> None: ...
+    ) -> bool:
+        """Loads the initial data set once per database; False if it was loaded before."""
 
-    # catalog
-    def catalog(self) -> Catalog: ...
-    def model_settings(self, name: str) -> ModelSettings | None:
+    async def ping(self) -> None: ...
+    async def listen(self, on_job: Callable[[], None], on_done: Callable[[str], None]) -> None:
+        """Calls `on_job()` when another process queued a job and `on_done(request_id)` when one
+        ended, until canceled; returns at once where other processes cannot be heard."""
+
+    async def close(self) -> None: ...
+
+
+class CatalogStore(Protocol):
+    """The models, styles, colors and sizes, and the version that changes with every edit of them
+    or of the keys (a create priced from an older version is refused with StaleConfig)."""
+
+    async def catalog(self) -> Catalog: ...
+    async def config_snapshot(self) -> tuple[str, Catalog]:
+        """The configuration version and the catalog, read together."""
+
+    async def config_version(self) -> str: ...
+    async def model_settings(self, name: str) -> ModelSettings | None:
         """One model's settings as stored now (what a job reads before it generates)."""
 
-    def put_model(self, model: ModelSettings) -> None: ...
-    def put_option(self, kind: str, name: str, *, enabled: bool, cost: int | None = None) -> None: ...
+    async def put_model(self, model: ModelSettings) -> None: ...
+    async def put_option(self, kind: str, name: str, *, enabled: bool, cost: int | None = None) -> None: ...
 
-    # users and credits
-    def create_user(self, user_id: str, credits: int, now: datetime) -> User: ...
-    def get_user(self, user_id: str) -> User | None: ...
-    def move_credits(
+
+class Credits(Protocol):
+    """Users, their balances and the ledger every credit move writes."""
+
+    async def create_user(self, user_id: str, credits: int, now: datetime) -> User: ...
+    async def get_user(self, user_id: str) -> User | None: ...
+    async def move_credits(
         self,
         user_id: str,
         entry_type: EntryType,
@@ -61,21 +89,41 @@ class Storage(Protocol):
         now: datetime,
         idempotency_key: str | None = None,
     ) -> LedgerEntry: ...
-    def ledger(
+    async def ledger(
         self, user_id: str, limit: int, cursor: str | None, where: LedgerFilter = NO_FILTER
     ) -> Page[LedgerEntry]: ...
-    def ledger_totals(self, user_id: str) -> dict[EntryType, int]: ...
+    async def ledger_totals(self, user_id: str) -> dict[EntryType, int]: ...
 
-    # generation requests and jobs
-    def debit_and_enqueue(self, new: NewGeneration) -> tuple[GenerationRequest, bool]: ...
-    def get_request(self, request_id: str) -> GenerationRequest | None: ...
-    def list_requests(
+
+class Generations(Protocol):
+    """Generation requests as their users see them: created with their debit, read, canceled."""
+
+    async def debit_and_enqueue(
+        self, new: NewGeneration, config_version: str | None = None, claim: Lease | None = None
+    ) -> tuple[GenerationRequest, bool]:
+        """Debits the cost and queues the request in one transaction: (request, True); for a
+        replayed Idempotency-Key (the first request, False). Refuses with the domain's debit
+        refusal (decided by `domain.credits.debit_refusal`), StaleConfig if `config_version` is
+        given and no longer current, IdempotencyConflict for a reused key. With `claim` the request
+        is created already running under that lease (a Cloud Function runs the job it creates)."""
+
+    async def get_request(self, request_id: str) -> GenerationRequest | None: ...
+    async def list_requests(
         self, user_id: str | None, status: Status | None, limit: int, cursor: str | None
     ) -> Page[GenerationRequest]: ...
-    def claim_job(self, worker_id: str, now: datetime, lease_until: datetime) -> GenerationRequest | None: ...
-    def extend_leases(self, leases: dict[str, str], lease_until: datetime) -> int: ...
-    def complete(self, request_id: str, worker_id: str, image_url: str, now: datetime) -> bool: ...
-    def fail_and_refund(
+    async def cancel_and_refund(self, request_id: str, now: datetime) -> bool:
+        """Cancels a pending request and refunds it; False if it was not pending."""
+
+
+class Jobs(Protocol):
+    """The queue workers take jobs from, and the moves that end a job (a refund at most once)."""
+
+    async def claim_job(self, lease: Lease, now: datetime) -> GenerationRequest | None: ...
+    async def extend_leases(self, leases: dict[str, str], lease_until: datetime) -> int:
+        """Extends the leases of {request id: worker id} still held; how many were."""
+
+    async def complete(self, request_id: str, worker_id: str, image_url: str, now: datetime) -> bool: ...
+    async def fail_and_refund(
         self,
         request_id: str,
         error: str,
@@ -84,110 +132,93 @@ class Storage(Protocol):
         worker_id: str | None = None,
         lease_expired: bool = False,
     ) -> bool: ...
-    def cancel_and_refund(self, request_id: str, now: datetime) -> bool: ...
-    def expired_jobs(self, now: datetime) -> list[GenerationRequest]: ...
-    def requeue(self, request_id: str, now: datetime) -> bool: ...
+    async def expired_jobs(self, now: datetime) -> list[GenerationRequest]: ...
+    async def requeue(self, request_id: str, now: datetime) -> bool: ...
 
-    # api keys
-    def add_api_key(self, key_id: str, key_hash: str, user_id: str | None, now: datetime) -> ApiKey: ...
-    def revoke_api_key(self, key_id: str, now: datetime) -> bool: ...
-    def find_api_key(self, key_hash: str) -> ApiKey | None: ...
 
-    # idempotency keys (responses kept for replay; see api/idempotency.py)
-    def begin_idempotent(
+class Keys(Protocol):
+    """API keys, stored hashed; a revocation changes the configuration version."""
+
+    async def add_api_key(self, key_id: str, key_hash: str, user_id: str | None, now: datetime) -> ApiKey: ...
+    async def revoke_api_key(self, key_id: str, now: datetime) -> bool: ...
+    async def find_api_key(self, key_hash: str) -> ApiKey | None: ...
+
+
+class IdempotencyStore(Protocol):
+    """Responses kept for replay under a client's Idempotency-Key (see api/idempotency.py)."""
+
+    async def begin_idempotent(
         self, scope: str, key: str, fingerprint: str, now: datetime, lock_until: datetime
     ) -> Idempotency: ...
-    def finish_idempotent(self, scope: str, key: str, response: StoredResponse) -> None: ...
-    def release_idempotent(self, scope: str, key: str) -> None: ...
-    def purge_idempotency(self, created_before: datetime) -> int: ...
+    async def finish_idempotent(self, scope: str, key: str, response: StoredResponse) -> None: ...
+    async def release_idempotent(self, scope: str, key: str) -> None: ...
+    async def purge_idempotency(self, created_before: datetime) -> int: ...
 
-    # webhooks (an outbox written in the same transaction as the state change it reports)
-    def claim_webhooks(self, now: datetime, lease_until: datetime, limit: int) -> list[WebhookDelivery]: ...
-    def webhook_delivered(self, delivery_id: str, now: datetime) -> None: ...
-    def webhook_failed(self, delivery_id: str, error: str, retry_at: datetime | None) -> None: ...
-    def get_meta(self, key: str) -> str | None: ...
-    def put_meta_once(self, key: str, value: str) -> str: ...
 
-    # reports
-    def group_counts(self, start: datetime, end: datetime) -> list[GroupCount]: ...
-    def unique_users(self, start: datetime, end: datetime) -> int: ...
-    def save_report(self, report_id: str, document: dict[str, Any], now: datetime) -> None: ...
-    def get_report(self, report_id: str) -> dict[str, Any] | None: ...
-    def list_reports(self, limit: int, cursor: str | None) -> Page[dict[str, Any]]: ...
-    def generation_time_histogram(
+class Outbox(Protocol):
+    """Webhook deliveries, written in the same transaction as the state change they report."""
+
+    async def claim_webhooks(
+        self, now: datetime, lease_until: datetime, limit: int
+    ) -> list[WebhookDelivery]: ...
+    async def webhook_delivered(self, delivery_id: str, now: datetime) -> None: ...
+    async def webhook_failed(self, delivery_id: str, error: str, retry_at: datetime | None) -> None: ...
+    async def get_meta(self, key: str) -> str | None: ...
+    async def put_meta_once(self, key: str, value: str) -> str:
+        """Stores `value` under `key` unless one is there; the value that is kept."""
+
+
+class Reports(Protocol):
+    """The aggregations a weekly report is made of, and the reports themselves."""
+
+    async def group_counts(self, start: datetime, end: datetime) -> list[GroupCount]: ...
+    async def unique_users(self, start: datetime, end: datetime) -> int: ...
+    async def generation_time_histogram(
         self, start: datetime, end: datetime, bucket_ms: int
     ) -> dict[str, list[tuple[int, int]]]: ...
-    def earliest_request_at(self) -> datetime | None: ...
+    async def earliest_request_at(self) -> datetime | None: ...
+    async def save_report(self, report_id: str, document: dict[str, Any], now: datetime) -> None: ...
+    async def get_report(self, report_id: str) -> dict[str, Any] | None: ...
+    async def list_reports(self, limit: int, cursor: str | None) -> Page[dict[str, Any]]: ...
 
-    # the scheduler: each scheduled period is claimed once, by one process
-    def claim_scheduled_run(
+
+class Schedule(Protocol):
+    """Each scheduled period is claimed once, by one process."""
+
+    async def claim_scheduled_run(
         self, period_id: str, owner: str, now: datetime, stale_before: datetime
     ) -> bool: ...
-    def finish_scheduled_run(self, period_id: str, now: datetime) -> None: ...
-    def last_scheduled_run(self) -> str | None: ...
+    async def finish_scheduled_run(self, period_id: str, now: datetime) -> None: ...
+    async def last_scheduled_run(self) -> str | None: ...
 
-    # audit, import and export
-    def violations(self) -> Iterator[Violation]: ...
-    def export_records(self) -> Iterator[dict[str, Any]]: ...
-    def import_records(self, records: Iterable[dict[str, Any]], now: datetime) -> dict[str, int]: ...
+
+class Transfer(Protocol):
+    """Audit, export and import: the whole ledger checked, written out, read back in."""
+
+    async def violations(self) -> list[Violation]: ...
+    def export_records(self) -> AsyncIterator[dict[str, Any]]: ...
+    async def import_records(self, records: Iterable[dict[str, Any]], now: datetime) -> dict[str, int]: ...
+
+
+class Storage(
+    Database,
+    CatalogStore,
+    Credits,
+    Generations,
+    Jobs,
+    Keys,
+    IdempotencyStore,
+    Outbox,
+    Reports,
+    Schedule,
+    Transfer,
+    Protocol,
+):
+    """Every port at once: what an adapter builds and the composition root hands out."""
 
 
 class ImageStore(Protocol):
-    def put(self, image_id: str, png: bytes) -> str: ...
-    def open(self, image_id: str) -> bytes | None: ...
+    """Where finished images are kept (a folder, S3, Cloud Storage)."""
 
-
-@runtime_checkable
-class ReadsOnLoop(Protocol):
-    """A storage whose reads an event loop may run itself (the SQL adapter, on SQLite).
-
-    Inside `reading_on_loop()`, the calling thread's reads either run at once or raise ReaderBusy
-    (having done nothing); `reads_on_loop` says whether this storage does it at all.
-    """
-
-    @property
-    def reads_on_loop(self) -> bool: ...
-    def reading_on_loop(self) -> AbstractContextManager[None]: ...
-
-
-class ConfigSource(Protocol):
-    """Where a process's cache of the catalog and the keys reads them (see imagegen.config_cache).
-
-    The version changes with every edit of the catalog or the models and every key revocation.
-    """
-
-    def config_version(self) -> str: ...
-    def config_snapshot(self) -> tuple[str, Catalog]: ...
-    def find_api_key(self, key_hash: str) -> ApiKey | None: ...
-
-
-@runtime_checkable
-class GroupCommitted(ConfigSource, Protocol):
-    """A storage whose creates can be queued for a group-committing writer (the SQL adapter).
-
-    The HTTP create path then runs without a thread of its own: it prices and authorizes from a
-    process-wide cache (`config_snapshot`) and awaits the debit's future. The version it passes
-    makes the debit refuse (StaleConfig) if the catalog or the keys changed since the cache was read.
-    """
-
-    def submit_debit(
-        self, new: NewGeneration, config_version: str | None = None
-    ) -> Future[tuple[GenerationRequest, bool]]: ...
-    def debit_from_loop(
-        self, new: NewGeneration, config_version: str | None = None
-    ) -> Awaitable[tuple[GenerationRequest, bool]]: ...
-
-
-@runtime_checkable
-class ClaimsOnCreate(ConfigSource, Protocol):
-    """A storage whose create can hand the new job straight to its creator (the Firestore adapter).
-
-    A Cloud Function keeps no worker after it answers, so the invocation that creates a request
-    runs its job: created already running under `worker_id`'s lease, it needs no claim. A replay of
-    an Idempotency-Key returns (the first request, False), claimed by whoever created it. With
-    `config_version` the debit refuses (StaleConfig) if the catalog or the keys changed since.
-    """
-
-    def debit_and_claim(
-        self, new: NewGeneration, worker_id: str, lease_until: datetime, config_version: str | None = None
-    ) -> tuple[GenerationRequest, bool]: ...
+    async def put(self, image_id: str, png: bytes) -> str: ...
+    async def open(self, image_id: str) -> bytes | None: ...

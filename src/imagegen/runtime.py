@@ -5,36 +5,37 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from sqlalchemy.engine import make_url
 
 from imagegen import service
+from imagegen.background.completions import Completions
+from imagegen.background.listener import listen
+from imagegen.background.scheduler import Scheduler
+from imagegen.background.signal import JobSignal
+from imagegen.background.tasks import Tasks
+from imagegen.background.webhooks import Dispatcher, signing_secret
+from imagegen.background.workers import WorkerPool
 from imagegen.clock import utcnow
-from imagegen.completions import Completions
-from imagegen.config_cache import ConfigCache
 from imagegen.models.simulated import SimulatedModel
-from imagegen.ports import GroupCommitted, ImageStore, Storage
+from imagegen.ports import ImageStore, Storage
 from imagegen.ratelimit import RateLimiter
-from imagegen.scheduler import Scheduler
+from imagegen.service.config_cache import ConfigCache
 from imagegen.settings import Settings
 from imagegen.storage import open_storage_adapter
 from imagegen.storage.s3_images import open_image_store
-from imagegen.webhooks import Dispatcher, signing_secret
-from imagegen.worker import JobSignal, WorkerPool
 
 log = logging.getLogger("imagegen")
 
 
-def open_storage(settings: Settings) -> Storage:
+async def open_storage(settings: Settings) -> Storage:
     """Connects, applies migrations and, on a new database, loads the initial data set."""
     prepare_files(settings)
     storage = open_storage_adapter(settings.sql_url)
-    storage.migrate()
-    first = service.first_start(storage, utcnow())
+    await storage.migrate()
+    first = await service.first_start(storage, utcnow())
     if first is not None:
         write_initial_keys(settings, first)
     return storage
@@ -93,74 +94,52 @@ def write_initial_keys(settings: Settings, first: service.FirstStart) -> Path:
     raise RuntimeError(f"could not create a keys file beside {settings.keys_file}")
 
 
-class Background(Protocol):
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
-
-
-class Listener:
-    """Turns other processes' NOTIFYs (PostgreSQL) into local wake-ups; a no-op on SQLite."""
-
-    def __init__(self, storage: Storage, signal: JobSignal, completions: Completions) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=storage.listen,
-            args=(signal.enqueued, completions.finished, self._stop),
-            name="imagegen-listen",
-            daemon=True,
-        )
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-
 @dataclass
 class Runtime:
-    """Everything one imagegen process runs, chosen by its role (all, api, worker, scheduler)."""
+    """Everything one imagegen process runs, chosen by its role (all, api, worker, scheduler).
+
+    Built and started on the process's event loop: the background work is tasks on that loop
+    (imagegen.background), started and stopped together through `tasks`.
+    """
 
     settings: Settings
     storage: Storage
     images: ImageStore
     signal: JobSignal = field(default_factory=JobSignal)
     completions: Completions = field(default_factory=Completions)
-    background: list[Background] = field(default_factory=list)
+    tasks: Tasks = field(default_factory=Tasks)
     limiter: RateLimiter = field(init=False)
-    config: ConfigCache | None = field(init=False)  # the create path's cache (SQL storage only)
+    config: ConfigCache = field(init=False)  # the create path's catalog and keys
 
     def __post_init__(self) -> None:
         self.limiter = RateLimiter(self.settings.rate_per_user_per_second, self.settings.rate_burst_per_user)
-        self.config = ConfigCache(self.storage) if isinstance(self.storage, GroupCommitted) else None
+        self.config = ConfigCache(self.storage)
 
     @classmethod
-    def build(cls, settings: Settings) -> Runtime:
+    async def build(cls, settings: Settings) -> Runtime:
         images = open_image_store(settings.image_store_url, settings.images_dir)
-        runtime = cls(settings, open_storage(settings), images)
-        runtime.background.append(Listener(runtime.storage, runtime.signal, runtime.completions))
+        return cls(settings, await open_storage(settings), images)
+
+    async def start(self) -> None:
+        settings = self.settings
+        self.tasks.start("imagegen-listen", listen(self.storage, self.signal, self.completions))
         if settings.runs_jobs:
-            runtime.background += [runtime._workers(), runtime._dispatcher()]
+            self._workers().start(self.tasks)
+            self.tasks.start("imagegen-webhooks", (await self._dispatcher()).run())
         if settings.runs_scheduler:
-            runtime.background.append(Scheduler(runtime.storage, settings))
-        return runtime
+            self.tasks.start("imagegen-scheduler", Scheduler(self.storage, settings).run())
 
     def _workers(self) -> WorkerPool:
         settings = self.settings
         model = SimulatedModel(failure_rate=settings.ai_failure_rate, latency_ms=settings.model_latency_ms)
         return WorkerPool(self.storage, model, self.images, settings, self.signal, self.completions.finished)
 
-    def _dispatcher(self) -> Dispatcher:
-        secret = signing_secret(self.storage, self.settings)
+    async def _dispatcher(self) -> Dispatcher:
+        secret = await signing_secret(self.storage, self.settings)
         base_url = self.settings.public_url or f"http://{self.settings.host}:{self.settings.port}"
         return Dispatcher(self.storage, self.settings, secret, base_url)
 
-    def start(self) -> None:
-        for part in self.background:
-            part.start()
-
-    def stop(self) -> None:
-        for part in reversed(self.background):
-            part.stop()
-        self.storage.close()
+    async def stop(self) -> None:
+        self.signal.wake_all()
+        await self.tasks.stop()
+        await self.storage.close()

@@ -21,6 +21,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from imagegen.api import answers
 from imagegen.settings import Settings
 
 PROTOCOL = "imagegen.serving:LimitedHttpToolsProtocol"  # what `serve` hands uvicorn (by name)
@@ -175,17 +176,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _write_refusal(self, status: int, code: str, detail: str) -> None:
         self._header_deadline = None
-        body = json.dumps(
-            {
-                "type": f"https://imagegen.dev/problems/{code}",
-                "status": status,
-                "detail": detail,
-                "code": code,
-            }
-        ).encode()
+        answer = answers.problem(status, code, detail)
+        body = json.dumps(answer.body).encode()
         head = [
             STATUS_LINE[status],
-            b"content-type: application/problem+json\r\n",
+            b"content-type: " + answer.media_type.encode() + b"\r\n",
             b"content-length: " + str(len(body)).encode() + b"\r\n",
             b"connection: close\r\n\r\n",
         ]

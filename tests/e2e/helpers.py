@@ -5,14 +5,15 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import pytest
 
-from tests.support import Server, run_cli
+from tests.support import Server, ServerFactory, run_cli
 
 T = TypeVar("T")
 
@@ -76,3 +77,12 @@ def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def started(tmp_path_factory: pytest.TempPathFactory, name: str, **env: str) -> Iterator[Server]:
+    """A server with its own data folder, stopped when the fixture that yields from this ends."""
+    factory = ServerFactory(tmp_path_factory.mktemp(name))
+    try:
+        yield factory.start(**env)
+    finally:
+        factory.stop_all()

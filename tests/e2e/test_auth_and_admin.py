@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -13,22 +12,6 @@ import pytest
 
 from tests.e2e.helpers import credits_of, query_db
 from tests.support import GENERATION, IMAGEGEN, Server, ServerFactory, free_port
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One server for the module: each test uses users of its own, so they do not meet."""
-    factory = ServerFactory(tmp_path_factory.mktemp("auth"))
-    try:
-        yield factory.start()
-    finally:
-        factory.stop_all()
-
-
-@pytest.fixture
-def admin(server: Server) -> Iterator[httpx.Client]:
-    with server.client(server.keys()["admin"]) as client:
-        yield client
 
 
 # -- initial keys ------------------------------------------------------------------------------

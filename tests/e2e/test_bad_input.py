@@ -26,15 +26,6 @@ JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    factory = ServerFactory(tmp_path_factory.mktemp("bad-input"))
-    try:
-        yield factory.start()
-    finally:
-        factory.stop_all()
-
-
-@pytest.fixture(scope="module")
 def keys(server: Server) -> dict[str, str]:
     return server.keys()
 

@@ -7,13 +7,14 @@ once, `imagegen verify` is clean, and a report over the period has the right tot
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import subprocess
 import threading
 import time
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -137,15 +138,7 @@ def test_a_cluster_loses_nothing_when_a_worker_is_killed_under_load(
             client.join()
         ended = utcnow()
 
-        storage = SqlStorage(postgres_url)
-        drain_started = time.monotonic()
-        wait_all_terminal(storage, list(load.accepted), timeout=60)
-        print(
-            f"accepted {len(load.accepted)}, refused {dict(load.refused)}, "
-            f"drained in {time.monotonic() - drain_started:.1f} s"
-        )
-        check_outcome(storage, load, keys, started, ended)
-        storage.close()
+        asyncio.run(drain_and_check(postgres_url, load, keys, started, ended))
         run_cli("verify", env=env)
     finally:
         for process in processes:
@@ -162,24 +155,39 @@ def create_users(url: str, admin_key: str, credits: dict[str, int]) -> dict[str,
     return keys
 
 
-def wait_all_terminal(storage: SqlStorage, ids: list[str], timeout: float) -> None:
+async def drain_and_check(
+    url: str, load: Load, keys: dict[str, str], started: datetime, ended: datetime
+) -> None:
+    storage = SqlStorage(url)
+    drain_started = time.monotonic()
+    await wait_all_terminal(storage, list(load.accepted), timeout=60)
+    print(
+        f"accepted {len(load.accepted)}, refused {dict(load.refused)}, "
+        f"drained in {time.monotonic() - drain_started:.1f} s"
+    )
+    await check_outcome(storage, load, keys, started, ended)
+    await storage.close()
+
+
+async def wait_all_terminal(storage: SqlStorage, ids: list[str], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        open_ids = [i for i in ids if not storage.get_request(i).status.terminal]  # type: ignore[union-attr]
+        found = [(i, await storage.get_request(i)) for i in ids]
+        open_ids = [i for i, request in found if request is None or not request.status.terminal]
         if not open_ids:
             return
         assert time.monotonic() < deadline, f"{len(open_ids)} requests never finished, e.g. {open_ids[:3]}"
         ids = open_ids
-        time.sleep(0.5)
+        await asyncio.sleep(0.5)
 
 
-def check_outcome(
-    storage: SqlStorage, load: Load, keys: dict[str, str], started: object, ended: object
+async def check_outcome(
+    storage: SqlStorage, load: Load, keys: dict[str, str], started: datetime, ended: datetime
 ) -> None:
     assert len(load.accepted) > 150, "the load was too light to mean anything"
     assert load.refused[402] > 0, "the small users never ran out of credits"
     assert set(load.refused) <= {402}, f"unexpected refusals: {load.refused}"
-    requests = [storage.get_request(i) for i in load.accepted]
+    requests = [await storage.get_request(i) for i in load.accepted]
     statuses = Counter(r.status for r in requests if r is not None)
     assert set(statuses) <= {Status.COMPLETED, Status.FAILED}, statuses
     assert statuses[Status.FAILED] > 0  # 10 % simulated failures, plus any retries exhausted
@@ -190,10 +198,10 @@ def check_outcome(
             spent[request.user_id] += request.cost
     for user in keys:
         opening = 1_000_000 if user == "hot" else 12
-        assert storage.get_user(user).credits == opening - spent[user]  # type: ignore[union-attr]
-    assert list(service.verify(storage)) == []
-    period = reports.between(started - timedelta(seconds=1), ended + timedelta(seconds=1))  # type: ignore[operator]
-    report = service.run_report(storage, period, utcnow())
+        assert (await storage.get_user(user)).credits == opening - spent[user]  # type: ignore[union-attr]
+    assert await service.verify(storage) == []
+    period = reports.between(started - timedelta(seconds=1), ended + timedelta(seconds=1))
+    report = await service.run_report(storage, period, utcnow())
     assert report["totalRequests"] == len(load.accepted)
     assert report["completedRequests"] == statuses[Status.COMPLETED]
     assert report["failedRequests"] == statuses[Status.FAILED]

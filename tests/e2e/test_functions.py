@@ -8,7 +8,7 @@ and loaded with the initial data set before each test.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -23,6 +23,7 @@ from imagegen import service
 from imagegen.clock import utcnow
 from imagegen.domain import reports
 from imagegen.domain.generation import Status
+from imagegen.ports import Lease
 from imagegen.storage.firestore import FirestoreStorage
 from tests.e2e.functions_support import PREFIX, Function, function_env
 from tests.firestore_emulator import PROJECT
@@ -63,16 +64,16 @@ def functions(firestore_emulator: str, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture
-def firestore(firestore_clean: str) -> Iterator[FirestoreStorage]:
+async def firestore(firestore_clean: str) -> AsyncIterator[FirestoreStorage]:
     storage = FirestoreStorage(PROJECT)
-    storage.migrate()
+    await storage.migrate()
     yield storage
-    storage.close()
+    await storage.close()
 
 
 @pytest.fixture
-def keys(firestore: FirestoreStorage) -> dict[str, str]:
-    first = service.first_start(firestore, utcnow())
+async def keys(firestore: FirestoreStorage) -> dict[str, str]:
+    first = await service.first_start(firestore, utcnow())
     assert first is not None
     return {"admin": first.admin_key, **first.user_keys}
 
@@ -95,7 +96,7 @@ def credits(functions: dict[str, str], key: str | None, user_id: str, **params: 
 
 
 # -- the case study's flow ----------------------------------------------------------------------------
-def test_a_generation_is_debited_run_inline_and_listed_in_the_ledger(
+async def test_a_generation_is_debited_run_inline_and_listed_in_the_ledger(
     functions: dict[str, str], keys: dict[str, str], firestore: FirestoreStorage
 ) -> None:
     created = create(functions, keys["testUser1"], GENERATION)
@@ -117,10 +118,10 @@ def test_a_generation_is_debited_run_inline_and_listed_in_the_ledger(
         body["generationRequestId"],
     )
     assert (grant["type"], grant["credits"]) == ("grant", 100)
-    assert list(service.verify(firestore)) == []
+    assert await service.verify(firestore) == []
 
 
-def test_deployed_the_image_url_is_the_images_functions_own_url(
+async def test_deployed_the_image_url_is_the_images_functions_own_url(
     functions: dict[str, str], keys: dict[str, str]
 ) -> None:
     created = call(
@@ -138,7 +139,7 @@ def test_deployed_the_image_url_is_the_images_functions_own_url(
     assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
 
 
-def test_a_failed_generation_answers_500_and_is_refunded_once(
+async def test_a_failed_generation_answers_500_and_is_refunded_once(
     functions: dict[str, str], keys: dict[str, str], firestore: FirestoreStorage
 ) -> None:
     failed = create(functions, keys["testUser1"], {**GENERATION, "size": "1024x1024"}, failing=True)
@@ -154,12 +155,12 @@ def test_a_failed_generation_answers_500_and_is_refunded_once(
         ("deduction", 3),
         ("grant", 100),
     ]
-    request = firestore.get_request(body["generationRequestId"])
+    request = await firestore.get_request(body["generationRequestId"])
     assert request is not None and request.status is Status.FAILED
-    assert list(service.verify(firestore)) == []
+    assert await service.verify(firestore) == []
 
 
-def test_a_retry_with_the_same_idempotency_key_replays_and_debits_once(
+async def test_a_retry_with_the_same_idempotency_key_replays_and_debits_once(
     functions: dict[str, str], keys: dict[str, str]
 ) -> None:
     headers = {"Idempotency-Key": "double-click"}
@@ -171,7 +172,7 @@ def test_a_retry_with_the_same_idempotency_key_replays_and_debits_once(
     assert credits(functions, keys["testUser1"], "testUser1").json()["currentCredits"] == 99
 
 
-def test_the_ledger_pages_with_a_cursor(functions: dict[str, str], keys: dict[str, str]) -> None:
+async def test_the_ledger_pages_with_a_cursor(functions: dict[str, str], keys: dict[str, str]) -> None:
     for _ in range(2):
         assert create(functions, keys["testUser2"], {**GENERATION, "userId": "testUser2"}).status_code == 200
 
@@ -207,7 +208,7 @@ def sql_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[s
 
 
 @pytest.mark.parametrize(("case", "who", "body"), ERROR_CASES, ids=[c[0] for c in ERROR_CASES])
-def test_create_errors_are_the_sql_deployments(
+async def test_create_errors_are_the_sql_deployments(
     functions: dict[str, str],
     keys: dict[str, str],
     sql_deployment: tuple[str, dict[str, str]],
@@ -232,7 +233,7 @@ def test_create_errors_are_the_sql_deployments(
     assert on_functions.json() == on_sql.json()
 
 
-def test_insufficient_credits_is_a_400_and_debits_nothing(
+async def test_insufficient_credits_is_a_400_and_debits_nothing(
     functions: dict[str, str], keys: dict[str, str]
 ) -> None:
     body = {**GENERATION, "userId": "testUser2", "size": "1024x1792"}  # 4 credits of 10
@@ -245,7 +246,7 @@ def test_insufficient_credits_is_a_400_and_debits_nothing(
     assert credits(functions, keys["testUser2"], "testUser2").json()["currentCredits"] == 2
 
 
-def test_get_user_credits_errors(functions: dict[str, str], keys: dict[str, str]) -> None:
+async def test_get_user_credits_errors(functions: dict[str, str], keys: dict[str, str]) -> None:
     base = functions["getUserCredits"]
     assert call(base, "getUserCredits", keys["testUser1"]).status_code == 400
     assert credits(functions, keys["admin"], "nobody").json()["error"] == "User not found"
@@ -255,7 +256,7 @@ def test_get_user_credits_errors(functions: dict[str, str], keys: dict[str, str]
 
 
 # -- reports: the scheduled function, triggered as Cloud Scheduler does (an HTTP POST), and the curl -------
-def test_the_scheduled_weekly_report_triggered_by_post_reports_the_week(
+async def test_the_scheduled_weekly_report_triggered_by_post_reports_the_week(
     functions: dict[str, str], keys: dict[str, str], firestore: FirestoreStorage
 ) -> None:
     assert create(functions, keys["testUser1"], GENERATION).status_code == 200
@@ -270,7 +271,7 @@ def test_the_scheduled_weekly_report_triggered_by_post_reports_the_week(
     )
 
     assert fired.status_code == 200, fired.text
-    stored = firestore.get_report(week.id)
+    stored = await firestore.get_report(week.id)
     assert stored is not None
     assert {k: stored[k] for k in ("totalRequests", "completedRequests", "failedRequests")} == {
         "totalRequests": 2,
@@ -288,7 +289,7 @@ def test_the_scheduled_weekly_report_triggered_by_post_reports_the_week(
         timeout=60,
     )
     assert again.status_code == 200
-    assert firestore.get_report(week.id) == stored  # claimed once: a duplicate trigger changes nothing
+    assert await firestore.get_report(week.id) == stored  # claimed once: a duplicate trigger changes nothing
 
     manual = call(
         functions["scheduleWeeklyReport"], "scheduleWeeklyReport", keys["admin"], params={"week": week.id}
@@ -301,37 +302,37 @@ def test_the_scheduled_weekly_report_triggered_by_post_reports_the_week(
 
 
 # -- the sweeper: invariant 4 without background workers -------------------------------------------------
-def test_the_sweeper_finishes_jobs_whose_invocation_died(
+async def test_the_sweeper_finishes_jobs_whose_invocation_died(
     functions: dict[str, str], keys: dict[str, str], firestore: FirestoreStorage
 ) -> None:
     long_ago = utcnow() - timedelta(hours=1)
-    crashed, _ = firestore.debit_and_enqueue(new_generation(created_at=long_ago))
-    assert firestore.claim_job("dead-invocation", long_ago, long_ago + LEASE) is not None
-    queued, _ = firestore.debit_and_enqueue(new_generation(created_at=utcnow()))
+    crashed, _ = await firestore.debit_and_enqueue(new_generation(created_at=long_ago))
+    assert await firestore.claim_job(Lease("dead-invocation", long_ago + LEASE), long_ago) is not None
+    queued, _ = await firestore.debit_and_enqueue(new_generation(created_at=utcnow()))
 
     swept = httpx.post(f"{functions['sweepGenerationJobs']}/", timeout=60)
 
     assert swept.status_code == 200, swept.text
     for request_id in (crashed.id, queued.id):
-        request = firestore.get_request(request_id)
+        request = await firestore.get_request(request_id)
         assert request is not None and request.status is Status.COMPLETED
-    assert firestore.get_request(crashed.id).attempts == 2  # type: ignore[union-attr]
-    assert list(service.verify(firestore)) == []
+    assert (await firestore.get_request(crashed.id)).attempts == 2  # type: ignore[union-attr]
+    assert await service.verify(firestore) == []
 
 
 # -- the instance's cache of the catalog and the keys: edits made elsewhere apply to the next create ------
-def test_a_warm_instance_prices_refuses_and_revokes_as_the_database_says_on_the_next_create(
+async def test_a_warm_instance_prices_refuses_and_revokes_as_the_database_says_on_the_next_create(
     functions: dict[str, str], keys: dict[str, str], firestore: FirestoreStorage
 ) -> None:
-    key_id, key = service.issue_key(firestore, "testUser1", utcnow())
+    key_id, key = await service.issue_key(firestore, "testUser1", utcnow())
     before = create(functions, key, GENERATION)  # the instance now holds the catalog and the key
-    service.set_option(firestore, "sizes", "512x512", enabled=True, cost=7)
+    await service.set_option(firestore, "sizes", "512x512", enabled=True, cost=7)
     repriced = create(functions, key, GENERATION)
-    service.set_option(firestore, "styles", "anime", enabled=False, cost=None)
+    await service.set_option(firestore, "styles", "anime", enabled=False, cost=None)
     disabled = create(functions, key, GENERATION)
-    service.set_option(firestore, "styles", "pixel art", enabled=True, cost=None)
+    await service.set_option(firestore, "styles", "pixel art", enabled=True, cost=None)
     added = create(functions, key, {**GENERATION, "style": "pixel art"})
-    firestore.revoke_api_key(key_id, utcnow())
+    await firestore.revoke_api_key(key_id, utcnow())
     revoked = create(functions, key, {**GENERATION, "style": "pixel art"})
 
     assert (before.status_code, before.json()["deductedCredits"]) == (200, 1)
@@ -340,4 +341,4 @@ def test_a_warm_instance_prices_refuses_and_revokes_as_the_database_says_on_the_
     assert (added.status_code, added.json()["deductedCredits"]) == (200, 7)
     assert revoked.status_code == 401
     assert credits(functions, keys["testUser1"], "testUser1").json()["currentCredits"] == 100 - 1 - 7 - 7
-    assert list(service.verify(firestore)) == []
+    assert await service.verify(firestore) == []

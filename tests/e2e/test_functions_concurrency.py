@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
@@ -24,11 +24,12 @@ pytest.importorskip("google.cloud.firestore", reason="the Cloud Functions tests 
 pytest.importorskip("functions_framework", reason="the Cloud Functions tests need functions-framework")
 
 from imagegen import service
+from imagegen.api.answers import FAILED_MESSAGE
 from imagegen.clock import utcnow
 from imagegen.domain.errors import TooManyRequests
 from imagegen.domain.generation import NewGeneration, Status
 from imagegen.domain.ledger import EntryType
-from imagegen.http import FAILED_MESSAGE
+from imagegen.ports import Lease
 from imagegen.storage.firestore import FirestoreStorage
 from tests.e2e.functions_support import PREFIX, Function, function_env
 from tests.firestore_emulator import PROJECT
@@ -75,16 +76,16 @@ def instances(firestore_emulator: str, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture
-def firestore(firestore_clean: str) -> Iterator[FirestoreStorage]:
+async def firestore(firestore_clean: str) -> AsyncIterator[FirestoreStorage]:
     storage = FirestoreStorage(PROJECT)
-    storage.migrate()
-    service.first_start(storage, utcnow())
+    await storage.migrate()
+    await service.first_start(storage, utcnow())
     yield storage
-    storage.close()
+    await storage.close()
 
 
-def user_with_key(storage: FirestoreStorage, user_id: str, credits: int) -> str:
-    _, key = service.create_user(storage, user_id, credits, utcnow())
+async def user_with_key(storage: FirestoreStorage, user_id: str, credits: int) -> str:
+    _, key = await service.create_user(storage, user_id, credits, utcnow())
     return key
 
 
@@ -104,11 +105,11 @@ def post(url: str, key: str, body: dict[str, Any], **headers: str) -> httpx.Resp
     return httpx.post(url, json=body, headers={"Authorization": f"Bearer {key}", **headers}, timeout=120)
 
 
-def assert_designed(response: httpx.Response, storage: FirestoreStorage) -> None:
+async def assert_designed(response: httpx.Response, storage: FirestoreStorage) -> None:
     """200 done, or the designed model failure (500, refunded); either way the request's id."""
     body = response.json()
     assert response.status_code in (200, 500), response.text
-    request = storage.get_request(body["generationRequestId"])
+    request = await storage.get_request(body["generationRequestId"])
     assert request is not None
     if response.status_code == 500:
         assert body["error"] == FAILED_MESSAGE
@@ -117,23 +118,23 @@ def assert_designed(response: httpx.Response, storage: FirestoreStorage) -> None
         assert request.status is Status.COMPLETED
 
 
-def assert_nothing_in_flight(storage: FirestoreStorage, user_id: str) -> None:
+async def assert_nothing_in_flight(storage: FirestoreStorage, user_id: str) -> None:
     """The user's count of requests in flight is back to 0: exactly the limit's worth may queue."""
 
     def limited() -> NewGeneration:
         return replace(new_generation(user_id, created_at=utcnow()), max_in_flight=IN_FLIGHT_LIMIT)
 
     for _ in range(IN_FLIGHT_LIMIT):
-        storage.debit_and_enqueue(limited())
+        await storage.debit_and_enqueue(limited())
     with pytest.raises(TooManyRequests):
-        storage.debit_and_enqueue(limited())
+        await storage.debit_and_enqueue(limited())
 
 
-def test_many_users_on_many_instances_get_their_image_or_the_designed_refund(
+async def test_many_users_on_many_instances_get_their_image_or_the_designed_refund(
     instances: list[str], firestore: FirestoreStorage
 ) -> None:
     users = [f"spread-{n}" for n in range(8)]
-    keys = {user: user_with_key(firestore, user, 50) for user in users}
+    keys = {user: await user_with_key(firestore, user, 50) for user in users}
 
     def create(n: int) -> httpx.Response:
         user = users[n % len(users)]
@@ -142,18 +143,18 @@ def test_many_users_on_many_instances_get_their_image_or_the_designed_refund(
     answers = concurrently(32, create)
 
     for answer in answers:
-        assert_designed(answer, firestore)
+        await assert_designed(answer, firestore)
     for n, user in enumerate(users):
         completed = sum(answer.status_code == 200 for answer in answers[n :: len(users)])
-        assert firestore.get_user(user).credits == 50 - completed  # type: ignore[union-attr]
-        assert_nothing_in_flight(firestore, user)
-    assert list(service.verify(firestore)) == []
+        assert (await firestore.get_user(user)).credits == 50 - completed  # type: ignore[union-attr]
+        await assert_nothing_in_flight(firestore, user)
+    assert await service.verify(firestore) == []
 
 
-def test_a_hot_user_gets_an_image_insufficient_credits_or_429_never_a_contention_error(
+async def test_a_hot_user_gets_an_image_insufficient_credits_or_429_never_a_contention_error(
     instances: list[str], firestore: FirestoreStorage
 ) -> None:
-    key = user_with_key(firestore, "hot", 12)
+    key = await user_with_key(firestore, "hot", 12)
 
     answers = concurrently(40, lambda n: post(instances[n % INSTANCES], key, {**GENERATION, "userId": "hot"}))
 
@@ -162,22 +163,22 @@ def test_a_hot_user_gets_an_image_insufficient_credits_or_429_never_a_contention
     assert statuses[200] > 0
     for answer in answers:
         if answer.status_code in (200, 500):
-            assert_designed(answer, firestore)
+            await assert_designed(answer, firestore)
         elif answer.status_code == 400:
             assert "Insufficient credits" in answer.json()["error"]
         else:
             assert answer.headers["Retry-After"] == "1"
             assert answer.json()["code"] == "rate_limited"
-    assert firestore.get_user("hot").credits == 12 - statuses[200]  # type: ignore[union-attr]
-    firestore.move_credits("hot", EntryType.GRANT, IN_FLIGHT_LIMIT + 1, "for the check", utcnow())
-    assert_nothing_in_flight(firestore, "hot")
-    assert list(service.verify(firestore)) == []
+    assert (await firestore.get_user("hot")).credits == 12 - statuses[200]  # type: ignore[union-attr]
+    await firestore.move_credits("hot", EntryType.GRANT, IN_FLIGHT_LIMIT + 1, "for the check", utcnow())
+    await assert_nothing_in_flight(firestore, "hot")
+    assert await service.verify(firestore) == []
 
 
-def test_one_idempotency_key_sent_to_every_instance_at_once_debits_once_and_answers_alike(
+async def test_one_idempotency_key_sent_to_every_instance_at_once_debits_once_and_answers_alike(
     instances: list[str], firestore: FirestoreStorage
 ) -> None:
-    key = user_with_key(firestore, "careful", 10)
+    key = await user_with_key(firestore, "careful", 10)
     body = {**GENERATION, "userId": "careful"}
 
     answers = concurrently(
@@ -185,25 +186,25 @@ def test_one_idempotency_key_sent_to_every_instance_at_once_debits_once_and_answ
     )
 
     assert len({(answer.status_code, answer.text) for answer in answers}) == 1, [a.text for a in answers]
-    assert_designed(answers[0], firestore)
-    request = firestore.get_request(answers[0].json()["generationRequestId"])
+    await assert_designed(answers[0], firestore)
+    request = await firestore.get_request(answers[0].json()["generationRequestId"])
     assert request is not None
     spent = 1 if request.status is Status.COMPLETED else 0
-    assert firestore.get_user("careful").credits == 10 - spent  # type: ignore[union-attr]
-    assert list(service.verify(firestore)) == []
+    assert (await firestore.get_user("careful")).credits == 10 - spent  # type: ignore[union-attr]
+    assert await service.verify(firestore) == []
 
 
-def test_a_create_that_cannot_finish_in_time_answers_202_with_its_request(
+async def test_a_create_that_cannot_finish_in_time_answers_202_with_its_request(
     firestore_emulator: str, firestore: FirestoreStorage, tmp_path: Path
 ) -> None:
-    key = user_with_key(firestore, "patient", 10)
+    key = await user_with_key(firestore, "patient", 10)
     body = {**GENERATION, "userId": "patient"}
     now = utcnow()
     # The first create of this key is running in an instance that is still at it (its lease holds).
-    new = service.prepare_generation(
-        firestore.catalog(), body, max_prompt_length=1000, now=now, idempotency_key="k-2"
+    new = service.prepare_generation(await firestore.catalog(), body, now=now, idempotency_key="k-2")
+    first, _ = await firestore.debit_and_enqueue(
+        new, claim=Lease("busy-instance", now + timedelta(minutes=5))
     )
-    first, _ = firestore.debit_and_claim(new, "busy-instance", now + timedelta(minutes=5))
     [instance] = start_instances(firestore_emulator, tmp_path, 1, IMAGEGEN_WAIT_TIMEOUT_SECONDS="0.5")
     try:
         replay = post(create_url(instance), key, body, **{"Idempotency-Key": "k-2"})
@@ -212,5 +213,5 @@ def test_a_create_that_cannot_finish_in_time_answers_202_with_its_request(
 
     assert replay.status_code == 202, replay.text
     assert (replay.json()["generationRequestId"], replay.json()["status"]) == (first.id, "running")
-    assert firestore.get_user("patient").credits == 9  # type: ignore[union-attr]
-    assert list(service.verify(firestore)) == []
+    assert (await firestore.get_user("patient")).credits == 9  # type: ignore[union-attr]
+    assert await service.verify(firestore) == []

@@ -11,8 +11,6 @@ the operations are driven here with Hypothesis directly; the checks are Schemath
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
@@ -26,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.support import Server, ServerFactory
+from tests.support import Server
 
 # No 5xx, and every answer as documented; an endpoint that needs a key refuses a request without.
 # Not Schemathesis's acceptance checks: "schema-valid data is accepted" cannot hold for catalog
@@ -43,13 +41,8 @@ CHECKS = [
 EXAMPLES = {schemathesis.GenerationMode.POSITIVE: 10, schemathesis.GenerationMode.NEGATIVE: 6}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    factory = ServerFactory(tmp_path_factory.mktemp("fuzz"))
-    try:
-        yield factory.start(IMAGEGEN_WAIT_TIMEOUT_SECONDS="1", IMAGEGEN_REPORT_CATCH_UP_WEEKS="1")
-    finally:
-        factory.stop_all()
+# The module's server (tests/e2e/conftest.py):
+SERVER_ENV = {"IMAGEGEN_WAIT_TIMEOUT_SECONDS": "1", "IMAGEGEN_REPORT_CATCH_UP_WEEKS": "1"}
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.support import GENERATION, Server, ServerFactory
+from tests.support import GENERATION, Server
 
 LIMITS = {
     "IMAGEGEN_MAX_HEADER_BYTES": "4096",
@@ -26,13 +26,7 @@ LIMITS = {
 }
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    factory = ServerFactory(tmp_path_factory.mktemp("protocol"))
-    try:
-        yield factory.start(**LIMITS)
-    finally:
-        factory.stop_all()
+SERVER_ENV = LIMITS  # the module's server (tests/e2e/conftest.py)
 
 
 @dataclass

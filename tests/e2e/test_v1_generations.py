@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.helpers import create_user
+from tests.e2e.helpers import create_user, started
 from tests.support import Server, ServerFactory
 
 BODY = {"model": "model-a", "style": "anime", "color": "vibrant", "size": "512x512", "prompt": "a red fox"}
@@ -39,24 +39,13 @@ PROBLEM = "application/problem+json"
 _names = itertools.count()
 
 
-def _start(tmp_path_factory: pytest.TempPathFactory, name: str, **env: str) -> Iterator[Server]:
-    factory = ServerFactory(tmp_path_factory.mktemp(name))
-    try:
-        yield factory.start(**env)
-    finally:
-        factory.stop_all()
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """Workers on, models instant and never failing."""
-    yield from _start(tmp_path_factory, "v1-gen")
+# The module's `server` (tests/e2e/conftest.py): workers on, models instant and never failing.
 
 
 @pytest.fixture(scope="module")
 def idle_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """No workers, so every generation stays pending; at most 3 in flight per user."""
-    yield from _start(
+    yield from started(
         tmp_path_factory, "v1-gen-idle", IMAGEGEN_WORKERS="0", IMAGEGEN_MAX_IN_FLIGHT_PER_USER="3"
     )
 

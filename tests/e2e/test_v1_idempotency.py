@@ -6,33 +6,16 @@ One server for the module; each test works on its own fresh user so that ledgers
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.e2e.helpers import create_user
-from tests.support import Server, ServerFactory
+from tests.support import Server
 
 BODY = {"model": "model-a", "style": "anime", "color": "vibrant", "size": "1024x1024", "prompt": "a fox"}
 _names = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    factory = ServerFactory(tmp_path_factory.mktemp("v1-idempotency"))
-    try:
-        yield factory.start()
-    finally:
-        factory.stop_all()
-
-
-@pytest.fixture
-def admin(server: Server) -> Iterator[httpx.Client]:
-    with server.client(server.keys()["admin"]) as client:
-        yield client
 
 
 def new_user(server: Server, credits: int = 100, **client: Any) -> tuple[str, httpx.Client]:

@@ -13,19 +13,10 @@ import httpx
 import pytest
 
 from tests.e2e.helpers import create_user
-from tests.support import Server, ServerFactory
+from tests.support import Server
 
 BODY = {"model": "model-a", "style": "anime", "color": "vibrant", "size": "512x512", "prompt": "a heron"}
 _names = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    factory = ServerFactory(tmp_path_factory.mktemp("v1-users"))
-    try:
-        yield factory.start()
-    finally:
-        factory.stop_all()
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +40,6 @@ def catalog_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture
-def admin(server: Server) -> Iterator[httpx.Client]:
-    with server.client(server.keys()["admin"]) as client:
-        yield client
 
 
 def new_user(server: Server, credits: int = 100) -> tuple[str, httpx.Client]:

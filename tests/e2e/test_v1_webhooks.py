@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from imagegen.domain.webhooks import verify
-from tests.e2e.helpers import wait_for
+from tests.e2e.helpers import started, wait_for
 from tests.support import Server, ServerFactory, free_port
 
 BODY = {"model": "model-a", "style": "anime", "color": "vibrant", "size": "512x512", "prompt": "a lark"}
@@ -94,23 +94,13 @@ def receiver() -> Iterator[Receiver]:
         receiver.http.server_close()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    factory = ServerFactory(tmp_path_factory.mktemp("v1-webhooks"))
-    try:
-        yield factory.start(IMAGEGEN_WEBHOOK_ALLOW_PRIVATE="1")
-    finally:
-        factory.stop_all()
+SERVER_ENV = {"IMAGEGEN_WEBHOOK_ALLOW_PRIVATE": "1"}  # the module's server (tests/e2e/conftest.py)
 
 
 @pytest.fixture(scope="module")
 def strict_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The default: webhooks to loopback and private addresses are refused."""
-    factory = ServerFactory(tmp_path_factory.mktemp("v1-webhooks-strict"))
-    try:
-        yield factory.start()
-    finally:
-        factory.stop_all()
+    yield from started(tmp_path_factory, "v1-webhooks-strict")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """The SQL adapter's group-committing writer: many calls share a transaction, each stays atomic alone.
 
 A batch is formed by holding the writer thread inside a first call while the others queue up; when
-it is released, the queued calls run as one batch (they share one `Batch` dict).
+it is released, the queued calls run as one batch (they share one `Batch` dict). Whether PostgreSQL
+sent a batch pipelined is seen at the driver: psycopg's `Connection.pipeline()` is entered.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import replace
@@ -17,27 +18,28 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import Connection, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
-from imagegen import service
 from imagegen.domain.errors import InsufficientCredits, StaleConfig
 from imagegen.domain.generation import NewGeneration
 from imagegen.domain.ledger import EntryType
 from imagegen.storage.sql import tables as t
 from imagegen.storage.sql.adapter import SqlStorage
 from imagegen.storage.sql.calls import Batch
-from imagegen.storage.sql.group_commit import GroupCommit
-from tests.integration.builders import BODY, T0, balance
+from imagegen.storage.sql.generations import Debit
+from tests.integration.builders import T0, balance, new_generation
 from tests.support import migrated_sql
 
 Call = Callable[[Connection, Batch], Any]
 
 
 @pytest.fixture
-def sql(database_url: str) -> Iterator[SqlStorage]:
-    yield from migrated_sql(database_url)
+async def sql(database_url: str) -> AsyncIterator[SqlStorage]:
+    async for storage in migrated_sql(database_url):
+        yield storage
 
 
 @contextmanager
@@ -80,20 +82,20 @@ def grant(user_id: str, amount: int) -> Call:
     return call
 
 
-def test_queued_calls_share_one_transaction_and_each_gets_its_own_result(sql: SqlStorage) -> None:
+async def test_queued_calls_share_one_transaction_and_each_gets_its_own_result(sql: SqlStorage) -> None:
     for n in range(5):
-        sql.create_user(f"u{n}", 10, T0)
+        await sql.create_user(f"u{n}", 10, T0)
     with one_batch(sql) as submit:
         futures = [submit(grant(f"u{n}", n + 1)) for n in range(5)]
     assert [future.result() for future in futures] == [11, 12, 13, 14, 15]
-    assert [balance(sql, f"u{n}") for n in range(5)] == [11, 12, 13, 14, 15]
+    assert [await balance(sql, f"u{n}") for n in range(5)] == [11, 12, 13, 14, 15]
 
 
-def test_a_call_that_fails_after_writing_is_undone_alone_and_the_rest_of_its_batch_commits(
+async def test_a_call_that_fails_after_writing_is_undone_alone_and_the_rest_of_its_batch_commits(
     sql: SqlStorage,
 ) -> None:
     for user in ("before", "failing", "after"):
-        sql.create_user(user, 10, T0)
+        await sql.create_user(user, 10, T0)
 
     def write_then_fail(conn: Connection, batch: Batch) -> None:
         grant("failing", 1000)(conn, batch)
@@ -106,14 +108,18 @@ def test_a_call_that_fails_after_writing_is_undone_alone_and_the_rest_of_its_bat
 
     assert first.result() == 11 and last.result() == 12
     assert isinstance(failing.exception(), InsufficientCredits)
-    assert (balance(sql, "before"), balance(sql, "failing"), balance(sql, "after")) == (11, 10, 12)
+    assert (await balance(sql, "before"), await balance(sql, "failing"), await balance(sql, "after")) == (
+        11,
+        10,
+        12,
+    )
 
 
-def test_a_batch_whose_commit_fails_fails_every_call_and_writes_nothing(tmp_path: Path) -> None:
+async def test_a_batch_whose_commit_fails_fails_every_call_and_writes_nothing(tmp_path: Path) -> None:
     # SQLite checks deferred foreign keys at COMMIT: one bad call makes the whole commit fail.
     storage = SqlStorage(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    storage.migrate()
-    storage.create_user("u", 10, T0)
+    await storage.migrate()
+    await storage.create_user("u", 10, T0)
 
     def orphan_entry(conn: Connection, batch: Batch) -> None:
         conn.execute(text("PRAGMA defer_foreign_keys = ON"))
@@ -128,123 +134,119 @@ def test_a_batch_whose_commit_fails_fails_every_call_and_writes_nothing(tmp_path
             good = submit(grant("u", 5))
             bad = submit(orphan_entry)
         assert good.exception() is not None and bad.exception() is not None
-        assert balance(storage, "u") == 10
+        assert await balance(storage, "u") == 10
         with storage.engine.connect() as conn:
             assert conn.execute(select(func.count()).select_from(t.ledger)).scalar() == 1  # the opening grant
     finally:
-        storage.close()
+        await storage.close()
 
 
-def test_debits_from_many_threads_each_land_once_and_the_broke_are_refused(sql: SqlStorage) -> None:
-    sql.create_user("rich", 1000, T0)
-    sql.create_user("broke", 3, T0)
+async def test_debits_from_many_tasks_each_land_once_and_the_broke_are_refused(sql: SqlStorage) -> None:
+    await sql.create_user("rich", 1000, T0)
+    await sql.create_user("broke", 3, T0)
 
-    def create(n: int) -> bool:
+    async def create(n: int) -> bool:
         user = "broke" if n % 4 == 0 else "rich"
         try:
-            service.create_generation(sql, {**BODY, "userId": user}, max_prompt_length=100, now=T0)
+            await sql.debit_and_enqueue(new_generation(user))
         except InsufficientCredits:
             return False
         return True
 
-    barrier = threading.Barrier(16)
     results: list[bool] = []
-    lock = threading.Lock()
 
-    def run(thread: int) -> None:
-        barrier.wait()
-        for n in range(thread, 200, 16):
-            ok = create(n)
-            with lock:
-                results.append(ok)
+    async def run(task: int) -> None:
+        for n in range(task, 200, 16):
+            results.append(await create(n))
 
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    await asyncio.gather(*(run(n) for n in range(16)))
 
     assert len(results) == 200
     assert results.count(True) == 150 + 3 and results.count(False) == 50 - 3
-    assert (balance(sql, "rich"), balance(sql, "broke")) == (1000 - 150, 0)
-    assert list(service.verify(sql)) == []
+    assert (await balance(sql, "rich"), await balance(sql, "broke")) == (1000 - 150, 0)
+    assert await sql.violations() == []
 
 
-def test_a_debit_priced_under_an_old_configuration_version_is_refused_and_writes_nothing(
+async def test_a_debit_priced_under_an_old_configuration_version_is_refused_and_writes_nothing(
     sql: SqlStorage,
 ) -> None:
-    version, catalog = sql.config_snapshot()
-    new = service.prepare_generation(catalog, BODY, max_prompt_length=100, now=T0)
-    sql.put_option("sizes", "512x512", enabled=True, cost=5)  # another process reprices
-    assert sql.config_version() != version
+    version, catalog = await sql.config_snapshot()
+    new = priced(catalog)
+    await sql.put_option("sizes", "512x512", enabled=True, cost=5)  # another process reprices
+    assert await sql.config_version() != version
 
     with pytest.raises(StaleConfig):
-        sql.submit_debit(new, version).result(30)
-    assert balance(sql, "testUser1") == 100
-    fresh_version, fresh = sql.config_snapshot()
-    created, _ = sql.submit_debit(
-        service.prepare_generation(fresh, BODY, max_prompt_length=100, now=T0), fresh_version
-    ).result(30)
-    assert created.cost == 5 and balance(sql, "testUser1") == 95
+        on_writer(sql, new, version).result(30)
+    assert await balance(sql, "testUser1") == 100
+    fresh_version, fresh = await sql.config_snapshot()
+    created, _ = on_writer(sql, priced(fresh), fresh_version).result(30)
+    assert created.cost == 5 and await balance(sql, "testUser1") == 95
 
 
 # -- PostgreSQL pipelines a batch of debits: sent together, results read after one round trip --------
 @pytest.fixture
-def pipelined(sql: SqlStorage, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The sizes of the batches that went out pipelined (PostgreSQL only; SQLite runs them whole)."""
-    sizes: list[int] = []
-    original = GroupCommit._pipelined
+def pipelined(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """One entry per batch the writer sent pipelined (PostgreSQL only; SQLite runs them whole)."""
+    entered: list[str] = []
+    original = psycopg.Connection.pipeline
 
-    def spy(self: GroupCommit, conn: Connection, batch: list[Any], shared: Batch) -> Any:
-        sizes.append(len(batch))
-        return original(self, conn, batch, shared)
+    def pipeline(conn: psycopg.Connection[Any]) -> Any:
+        entered.append("pipeline")
+        return original(conn)
 
-    monkeypatch.setattr(GroupCommit, "_pipelined", spy)
-    return sizes
+    monkeypatch.setattr(psycopg.Connection, "pipeline", pipeline)
+    return entered
+
+
+def priced(catalog: Any, user_id: str = "testUser1") -> NewGeneration:
+    """A 512x512 create priced from `catalog`."""
+    return new_generation(user_id, cost=catalog.sizes["512x512"])
+
+
+def on_writer(sql: SqlStorage, new: NewGeneration, version: str | None = None) -> Future[Any]:
+    """The create's debit queued for the writer thread (as the loop hands over one it cannot send)."""
+    return sql.writes.submit(Debit(new, version, sql.dialect), order=new.spec.user_id)
 
 
 def debits_in_one_batch(sql: SqlStorage, news: list[tuple[NewGeneration, str | None]]) -> list[Future[Any]]:
     futures: list[Future[Any]] = []
     with one_batch(sql):
-        futures = [sql.submit_debit(new, version) for new, version in news]
+        futures = [on_writer(sql, new, version) for new, version in news]
     for future in futures:
         future.exception(30)
     return futures
 
 
-def test_a_batch_of_debits_commits_each_with_its_request_and_ledger_entry(
+async def test_a_batch_of_debits_commits_each_with_its_request_and_ledger_entry(
     sql: SqlStorage, pipelined: list[int]
 ) -> None:
-    version, catalog = sql.config_snapshot()
+    version, catalog = await sql.config_snapshot()
     for n in range(6):
-        sql.create_user(f"p{n}", 10, T0)
-    news = [
-        service.prepare_generation(catalog, {**BODY, "userId": f"p{n}"}, max_prompt_length=100, now=T0)
-        for n in range(6)
-    ]
+        await sql.create_user(f"p{n}", 10, T0)
+    news = [priced(catalog, f"p{n}") for n in range(6)]
     futures = debits_in_one_batch(sql, [(new, version) for new in news])
 
     assert [future.result()[0].id for future in futures] == [new.id for new in news]
-    assert [balance(sql, f"p{n}") for n in range(6)] == [9] * 6
+    assert [await balance(sql, f"p{n}") for n in range(6)] == [9] * 6
     for n, new in enumerate(news):
-        assert sql.get_request(new.id) == futures[n].result()[0]
-        assert [(e.type, e.delta, e.generation_request_id) for e in sql.ledger(f"p{n}", 1, None).items] == [
-            (EntryType.DEDUCTION, -1, new.id)
-        ]
-    assert list(service.verify(sql)) == []
+        assert await sql.get_request(new.id) == futures[n].result()[0]
+        assert [
+            (e.type, e.delta, e.generation_request_id) for e in (await sql.ledger(f"p{n}", 1, None)).items
+        ] == [(EntryType.DEDUCTION, -1, new.id)]
+    assert await sql.violations() == []
     if sql.tx.dialect == "postgresql":
-        assert pipelined == [6]
+        assert pipelined == ["pipeline"]  # one batch, sent pipelined
 
 
-def test_a_refused_or_failing_debit_in_a_pipelined_batch_is_undone_alone(
+async def test_a_refused_or_failing_debit_in_a_pipelined_batch_is_undone_alone(
     sql: SqlStorage, pipelined: list[int]
 ) -> None:
-    version, catalog = sql.config_snapshot()
-    sql.create_user("ok", 10, T0)
-    sql.create_user("broke", 0, T0)
+    version, catalog = await sql.config_snapshot()
+    await sql.create_user("ok", 10, T0)
+    await sql.create_user("broke", 0, T0)
 
     def new(user: str) -> NewGeneration:
-        return service.prepare_generation(catalog, {**BODY, "userId": user}, max_prompt_length=100, now=T0)
+        return priced(catalog, user)
 
     first, refused, last = new("ok"), new("broke"), new("ok")
     duplicate = replace(new("ok"), id=first.id)  # the same request id twice: a unique violation
@@ -255,38 +257,36 @@ def test_a_refused_or_failing_debit_in_a_pipelined_batch_is_undone_alone(
     assert futures[0].result()[0].id == first.id and futures[3].result()[0].id == last.id
     assert isinstance(futures[1].exception(), InsufficientCredits)
     assert isinstance(futures[2].exception(), IntegrityError)
-    assert (balance(sql, "ok"), balance(sql, "broke")) == (8, 0)
-    assert list(service.verify(sql)) == []
+    assert (await balance(sql, "ok"), await balance(sql, "broke")) == (8, 0)
+    assert await sql.violations() == []
     if sql.tx.dialect == "postgresql":
-        assert pipelined == [4]  # tried pipelined, then rerun the careful way
+        assert pipelined == ["pipeline"]  # tried pipelined, then rerun the careful way
 
 
-def test_a_stale_debit_in_a_pipelined_batch_is_refused_and_the_rest_commit(
+async def test_a_stale_debit_in_a_pipelined_batch_is_refused_and_the_rest_commit(
     sql: SqlStorage, pipelined: list[int]
 ) -> None:
-    old_version, old_catalog = sql.config_snapshot()
-    stale = service.prepare_generation(old_catalog, BODY, max_prompt_length=100, now=T0)
-    sql.put_option("sizes", "512x512", enabled=True, cost=5)  # another process reprices
-    version, catalog = sql.config_snapshot()
-    fresh = service.prepare_generation(catalog, BODY, max_prompt_length=100, now=T0)
-    uncached = service.prepare_generation(catalog, BODY, max_prompt_length=100, now=T0)
+    old_version, old_catalog = await sql.config_snapshot()
+    stale = priced(old_catalog)
+    await sql.put_option("sizes", "512x512", enabled=True, cost=5)  # another process reprices
+    version, catalog = await sql.config_snapshot()
+    fresh, uncached = priced(catalog), priced(catalog)
 
     futures = debits_in_one_batch(sql, [(fresh, version), (stale, old_version), (uncached, None)])
 
     assert isinstance(futures[1].exception(), StaleConfig)
     assert futures[0].result()[0].cost == 5 and futures[2].result()[0].cost == 5
-    assert balance(sql, "testUser1") == 90
-    assert sql.get_request(stale.id) is None
+    assert await balance(sql, "testUser1") == 90
+    assert await sql.get_request(stale.id) is None
 
 
-def test_a_batch_with_an_idempotency_key_runs_whole_and_replays_the_duplicate(
+async def test_a_batch_with_an_idempotency_key_runs_whole_and_replays_the_duplicate(
     sql: SqlStorage, pipelined: list[int]
 ) -> None:
-    version, catalog = sql.config_snapshot()
+    version, catalog = await sql.config_snapshot()
 
     def new(key: str | None) -> NewGeneration:
-        prepared = service.prepare_generation(catalog, BODY, max_prompt_length=100, now=T0)
-        return replace(prepared, idempotency_key=key, fingerprint="f" if key else None)
+        return replace(priced(catalog), idempotency_key=key, fingerprint="f" if key else None)
 
     keyed, again, plain = new("k-1"), new("k-1"), new(None)
     futures = debits_in_one_batch(sql, [(keyed, version), (again, version), (plain, version)])
@@ -294,26 +294,25 @@ def test_a_batch_with_an_idempotency_key_runs_whole_and_replays_the_duplicate(
     assert futures[0].result() == (futures[0].result()[0], True)
     assert futures[1].result()[0].id == keyed.id and futures[1].result()[1] is False
     assert futures[2].result()[1] is True
-    assert balance(sql, "testUser1") == 98
+    assert await balance(sql, "testUser1") == 98
     assert pipelined == []
 
 
-def test_revoking_a_key_changes_the_configuration_version(sql: SqlStorage) -> None:
-    key = sql.add_api_key("k1", "0" * 64, "testUser1", T0)
-    before = sql.config_version()
-    assert sql.revoke_api_key(key.id, T0 + timedelta(seconds=1))
-    assert sql.config_version() != before
-    assert [e.type for e in sql.ledger("testUser1", 10, None).items] == [EntryType.GRANT]
+async def test_revoking_a_key_changes_the_configuration_version(sql: SqlStorage) -> None:
+    key = await sql.add_api_key("k1", "0" * 64, "testUser1", T0)
+    before = await sql.config_version()
+    assert await sql.revoke_api_key(key.id, T0 + timedelta(seconds=1))
+    assert await sql.config_version() != before
+    assert [e.type for e in (await sql.ledger("testUser1", 10, None)).items] == [EntryType.GRANT]
 
 
-def test_the_writers_driver_statements_store_timestamps_exactly_as_sqlalchemy_does(sql: SqlStorage) -> None:
+async def test_the_writers_driver_statements_store_timestamps_exactly_as_sqlalchemy_does(
+    sql: SqlStorage,
+) -> None:
     # On SQLite timestamps are text compared as text: '... 09:00:00' would sort before
     # '... 09:00:00.000000' and fall out of a report's range. T0 has no microseconds on purpose.
-    sql.create_user("stamped", 10, T0)  # written through SQLAlchemy
-    new = service.prepare_generation(
-        sql.catalog(), {**BODY, "userId": "stamped"}, max_prompt_length=100, now=T0
-    )
-    sql.submit_debit(new).result(30)
+    await sql.create_user("stamped", 10, T0)  # written through SQLAlchemy
+    on_writer(sql, new_generation("stamped")).result(30)
     with sql.engine.connect() as conn:
         user_stamp = conn.execute(text("SELECT created_at FROM users WHERE id = 'stamped'")).scalar()
         stamps = conn.execute(
@@ -324,15 +323,15 @@ def test_the_writers_driver_statements_store_timestamps_exactly_as_sqlalchemy_do
             )
         ).scalars()
         assert list(stamps) == [user_stamp, user_stamp]
-    assert [r.created_at for r in sql.list_requests("stamped", None, 10, None).items] == [T0]
+    assert [r.created_at for r in (await sql.list_requests("stamped", None, 10, None)).items] == [T0]
 
 
 # -- the event loop's batches (SQLite: debits from the HTTP handlers run on the loop itself) ----------
-def test_calls_submitted_in_one_turn_of_the_loop_commit_together_with_their_own_results(
+async def test_calls_submitted_in_one_turn_of_the_loop_commit_together_with_their_own_results(
     sql: SqlStorage,
 ) -> None:
     for n in range(4):
-        sql.create_user(f"loop{n}", 10, T0)
+        await sql.create_user(f"loop{n}", 10, T0)
     batches: list[int] = []
 
     def fail_after_writing(conn: Connection, batch: Batch) -> None:
@@ -353,20 +352,20 @@ def test_calls_submitted_in_one_turn_of_the_loop_commit_together_with_their_own_
             return_exceptions=True,
         )
 
-    results = asyncio.run(main())
+    results = await main()
     assert results[:3] == [11, 12, 13] and isinstance(results[3], InsufficientCredits)
-    assert [balance(sql, f"loop{n}") for n in range(4)] == [11, 12, 13, 10]
+    assert [await balance(sql, f"loop{n}") for n in range(4)] == [11, 12, 13, 10]
     if sql.tx.dialect == "sqlite":  # PostgreSQL's calls go to the writer thread, batched there
         assert len(set(batches[:4])) == 1  # the first, optimistic run: one transaction
 
 
-def test_the_loop_never_waits_for_a_writer_of_another_process_and_its_calls_complete_after(
+async def test_the_loop_never_waits_for_a_writer_of_another_process_and_its_calls_complete_after(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "db.sqlite"
     storage = SqlStorage(f"sqlite:///{path}")
-    storage.migrate()
-    storage.create_user("waiting", 10, T0)
+    await storage.migrate()
+    await storage.create_user("waiting", 10, T0)
     other = sqlite3.connect(path, isolation_level=None)  # another process's connection
     other.execute("BEGIN IMMEDIATE")  # it holds the write lock
 
@@ -381,8 +380,8 @@ def test_the_loop_never_waits_for_a_writer_of_another_process_and_its_calls_comp
         return ticks, await asyncio.wait_for(debit, 30)
 
     try:
-        ticks, credits = asyncio.run(main())
+        ticks, credits = await main()
     finally:
         other.close()
-        storage.close()
+        await storage.close()
     assert ticks == 20 and credits == 15

@@ -7,8 +7,8 @@ promises (keys under the prefix, outages reported as such) and `open_image_store
 
 from __future__ import annotations
 
+import asyncio
 import socket
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,68 +85,56 @@ def keys(s3: Any, bucket: str) -> set[str]:
 
 
 # -- the contract -------------------------------------------------------------------------------
-def test_a_put_image_is_served_at_its_api_path_and_opens_with_the_same_bytes(store: ImageStore) -> None:
-    url = store.put("gen_01HX.a-b@c:d+e", PNG)
+async def test_a_put_image_is_served_at_its_api_path_and_opens_with_the_same_bytes(store: ImageStore) -> None:
+    url = await store.put("gen_01HX.a-b@c:d+e", PNG)
 
     assert url == "/images/gen_01HX.a-b@c:d+e.png"
-    assert store.open("gen_01HX.a-b@c:d+e") == PNG
+    assert await store.open("gen_01HX.a-b@c:d+e") == PNG
 
 
-def test_an_image_never_put_opens_as_none(store: ImageStore) -> None:
-    store.put("gen_other", PNG)
+async def test_an_image_never_put_opens_as_none(store: ImageStore) -> None:
+    await store.put("gen_other", PNG)
 
-    assert store.open("gen_missing") is None
+    assert await store.open("gen_missing") is None
 
 
-def test_putting_an_image_again_replaces_it(store: ImageStore) -> None:
-    store.put("gen_1", png(1))
-    store.put("gen_1", png(2))
+async def test_putting_an_image_again_replaces_it(store: ImageStore) -> None:
+    await store.put("gen_1", png(1))
+    await store.put("gen_1", png(2))
 
-    assert store.open("gen_1") == png(2)
+    assert await store.open("gen_1") == png(2)
 
 
 @pytest.mark.parametrize("image_id", ["a/b", "../escape", "..", ".", "", "a\\b", "a b", "x" * 129])
-def test_ids_that_could_leave_the_store_are_refused(store: ImageStore, image_id: str) -> None:
+async def test_ids_that_could_leave_the_store_are_refused(store: ImageStore, image_id: str) -> None:
     with pytest.raises(ValueError, match="invalid image id"):
-        store.put(image_id, PNG)
+        await store.put(image_id, PNG)
 
-    assert store.open(image_id) is None
+    assert await store.open(image_id) is None
 
 
-def test_eight_threads_putting_at_once_all_land_whole(store: ImageStore) -> None:
-    start = threading.Barrier(8)
-    errors: list[BaseException] = []
-
-    def put_many(thread: int) -> None:
-        try:
-            start.wait()
-            for i in range(10):
-                store.put(f"gen_{thread}_{i}", png(thread * 100 + i))
-                store.put("gen_shared", png(thread))
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=put_many, args=(t,)) for t in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-
-    assert errors == []
-    for t in range(8):
+async def test_eight_writers_putting_at_once_all_land_whole(store: ImageStore) -> None:
+    async def put_many(writer: int) -> None:
         for i in range(10):
-            assert store.open(f"gen_{t}_{i}") == png(t * 100 + i)
-    assert store.open("gen_shared") in {png(t) for t in range(8)}  # one whole write wins
+            await store.put(f"gen_{writer}_{i}", png(writer * 100 + i))
+            await store.put("gen_shared", png(writer))
+
+    await asyncio.gather(*(put_many(w) for w in range(8)))
+
+    for w in range(8):
+        for i in range(10):
+            assert await store.open(f"gen_{w}_{i}") == png(w * 100 + i)
+    assert await store.open("gen_shared") in {png(w) for w in range(8)}  # one whole write wins
 
 
 # -- the S3 store -------------------------------------------------------------------------------
-def test_s3_objects_are_named_prefix_id_png_and_typed_as_png(
+async def test_s3_objects_are_named_prefix_id_png_and_typed_as_png(
     moto_endpoint: str, s3: Any, bucket: str
 ) -> None:
     store = S3ImageStore(bucket, "tenant-a/images/", endpoint_url=moto_endpoint)
 
-    store.put("gen_1", PNG)
-    store.put("gen_2", PNG)
+    await store.put("gen_1", PNG)
+    await store.put("gen_2", PNG)
 
     assert keys(s3, bucket) == {"tenant-a/images/gen_1.png", "tenant-a/images/gen_2.png"}
     head = s3.head_object(Bucket=bucket, Key="tenant-a/images/gen_1.png")
@@ -154,55 +142,59 @@ def test_s3_objects_are_named_prefix_id_png_and_typed_as_png(
     assert head["ContentLength"] == len(PNG)
 
 
-def test_s3_without_a_prefix_puts_images_at_the_bucket_root(moto_endpoint: str, s3: Any, bucket: str) -> None:
+async def test_s3_without_a_prefix_puts_images_at_the_bucket_root(
+    moto_endpoint: str, s3: Any, bucket: str
+) -> None:
     store = S3ImageStore(bucket, endpoint_url=moto_endpoint)
 
-    store.put("gen_1", PNG)
+    await store.put("gen_1", PNG)
 
     assert keys(s3, bucket) == {"gen_1.png"}
 
 
-def test_s3_reads_only_under_its_own_prefix(moto_endpoint: str, s3: Any, bucket: str) -> None:
+async def test_s3_reads_only_under_its_own_prefix(moto_endpoint: str, s3: Any, bucket: str) -> None:
     s3.put_object(Bucket=bucket, Key="gen_1.png", Body=PNG)
 
-    assert S3ImageStore(bucket, "images/", endpoint_url=moto_endpoint).open("gen_1") is None
+    assert await S3ImageStore(bucket, "images/", endpoint_url=moto_endpoint).open("gen_1") is None
 
 
-def test_a_missing_bucket_is_an_outage_not_a_missing_image(moto_endpoint: str) -> None:
+async def test_a_missing_bucket_is_an_outage_not_a_missing_image(moto_endpoint: str) -> None:
     store = S3ImageStore("no-such-bucket", endpoint_url=moto_endpoint)
 
     with pytest.raises(
         StorageUnavailable, match="could not read s3://no-such-bucket/gen_1.png: NoSuchBucket"
     ):
-        store.open("gen_1")
+        await store.open("gen_1")
     with pytest.raises(
         StorageUnavailable, match="could not write s3://no-such-bucket/gen_1.png: NoSuchBucket"
     ):
-        store.put("gen_1", PNG)
+        await store.put("gen_1", PNG)
 
 
-def test_a_store_whose_server_is_down_is_unavailable() -> None:
+async def test_a_store_whose_server_is_down_is_unavailable() -> None:
     store = S3ImageStore("images", endpoint_url=f"http://127.0.0.1:{free_port()}")
 
     with pytest.raises(StorageUnavailable, match="image store unavailable: could not write") as written:
-        store.put("gen_1", PNG)
+        await store.put("gen_1", PNG)
     with pytest.raises(StorageUnavailable, match="image store unavailable: could not read"):
-        store.open("gen_1")
+        await store.open("gen_1")
     assert written.value.status == 503
 
 
-def test_an_s3_url_opens_a_working_store_under_its_prefix(moto_endpoint: str, s3: Any, bucket: str) -> None:
+async def test_an_s3_url_opens_a_working_store_under_its_prefix(
+    moto_endpoint: str, s3: Any, bucket: str
+) -> None:
     store = open_image_store(f"s3://{bucket}/generated?endpoint_url={moto_endpoint}", Path("unused"))
 
-    store.put("gen_1", PNG)
+    await store.put("gen_1", PNG)
 
-    assert store.open("gen_1") == PNG
+    assert await store.open("gen_1") == PNG
     assert keys(s3, bucket) == {"generated/gen_1.png"}
 
 
 # -- open_image_store ---------------------------------------------------------------------------
 @pytest.mark.parametrize("url", [None, ""])
-def test_no_url_means_the_default_folder(url: str | None) -> None:
+async def test_no_url_means_the_default_folder(url: str | None) -> None:
     store = open_image_store(url, Path("var/images"))
 
     assert isinstance(store, FolderImageStore)
@@ -219,7 +211,7 @@ def test_no_url_means_the_default_folder(url: str | None) -> None:
         ("file:///mnt/my%20images", "/mnt/my images"),
     ],
 )
-def test_a_path_or_file_url_is_a_folder_store(url: str, root: str) -> None:
+async def test_a_path_or_file_url_is_a_folder_store(url: str, root: str) -> None:
     store = open_image_store(url, Path("var/images"))
 
     assert isinstance(store, FolderImageStore)
@@ -243,7 +235,7 @@ def test_a_path_or_file_url_is_a_folder_store(url: str, root: str) -> None:
         ),
     ],
 )
-def test_an_s3_url_names_bucket_prefix_endpoint_and_region(
+async def test_an_s3_url_names_bucket_prefix_endpoint_and_region(
     url: str, expected: tuple[str, str, str | None, str | None]
 ) -> None:
     store = open_image_store(url, Path("var/images"))
@@ -268,7 +260,7 @@ def test_an_s3_url_names_bucket_prefix_endpoint_and_region(
         ("s3://[::1/images", "Invalid IPv6 URL"),
     ],
 )
-def test_bad_image_store_urls_are_refused_with_the_accepted_forms(url: str, problem: str) -> None:
+async def test_bad_image_store_urls_are_refused_with_the_accepted_forms(url: str, problem: str) -> None:
     with pytest.raises(InvalidInput) as refused:
         open_image_store(url, Path("var/images"))
 
@@ -276,7 +268,7 @@ def test_bad_image_store_urls_are_refused_with_the_accepted_forms(url: str, prob
     assert "accepted: a folder path, file:///absolute/path, or s3://bucket" in refused.value.message
 
 
-def test_credentials_in_an_s3_url_are_refused_without_echoing_them() -> None:
+async def test_credentials_in_an_s3_url_are_refused_without_echoing_them() -> None:
     with pytest.raises(InvalidInput, match="credentials do not belong in the URL") as refused:
         open_image_store("s3://AKIAEXAMPLE:s3cr3t@images/prod", Path("var/images"))
 

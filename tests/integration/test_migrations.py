@@ -6,10 +6,11 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
 
-from imagegen.storage.sql.adapter import MIGRATIONS, SqlStorage
+from imagegen.storage.sql.adapter import SqlStorage
+from imagegen.storage.sql.database import MIGRATIONS
 
 
-def test_upgrading_a_used_database_counts_each_users_requests_in_flight(database_url: str) -> None:
+async def test_upgrading_a_used_database_counts_each_users_requests_in_flight(database_url: str) -> None:
     storage = SqlStorage(database_url)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -29,8 +30,8 @@ def test_upgrading_a_used_database_counts_each_users_requests_in_flight(database
                 {"id": f"r{n}", "status": status},
             )
 
-    storage.migrate()
+    await storage.migrate()
 
     with storage.engine.connect() as conn:
         assert conn.execute(text("SELECT in_flight FROM users WHERE id = 'u'")).scalar_one() == 3
-    storage.close()
+    await storage.close()

@@ -8,6 +8,7 @@ checkpointer copies it back into the database file shortly after the writes.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,12 +97,17 @@ def test_the_checkpointer_copies_the_wal_back_after_writes(soon: Transactions) -
     assert wal_bytes(soon) < size + ROWS * PAGE // 2
 
 
+def checkpointers() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "imagegen-checkpointer"]
+
+
 def test_closing_stops_the_checkpointer(tmp_path: Path) -> None:
+    before = set(checkpointers())  # other storages' of this process, if any are open
     for tx in transactions(tmp_path / "closing.db", interval=0.05):
         fill(tx)
-        thread = tx._checkpointer._thread if tx._checkpointer else None
-        assert thread is not None and thread.is_alive()
-    assert not thread.is_alive()
+        [thread] = set(checkpointers()) - before
+        assert thread.is_alive()
+    assert not thread.is_alive() and set(checkpointers()) <= before
 
 
 def test_the_wal_restarts_under_back_to_back_writes(soon: Transactions) -> None:

@@ -7,18 +7,29 @@ import sys
 from pathlib import Path
 
 SCRIPT = """
+import asyncio
 import sys
-from imagegen import service
 from imagegen.clock import utcnow
+from imagegen.domain.catalog import INITIAL_DATA, Catalog
+from imagegen.domain.generation import GenerationSpec, NewGeneration
+from imagegen.domain.ids import new_id
 from imagegen.storage import open_storage_adapter
 
-storage = open_storage_adapter(sys.argv[1])
-storage.migrate()
-service.first_start(storage, utcnow())
-body = {"userId": "testUser1", "model": "model-a", "style": "anime", "color": "vibrant", "size": "512x512"}
-request, _ = service.create_generation(storage, body, max_prompt_length=100, now=utcnow())
-assert storage.get_request(request.id) is not None
-storage.close()
+async def main():
+    storage = open_storage_adapter(sys.argv[1])
+    await storage.migrate()
+    data = INITIAL_DATA
+    models = {m.name: m for m in data.models}
+    catalog = Catalog(models, frozenset(data.styles), frozenset(data.colors), dict(data.sizes))
+    await storage.load_initial_data(catalog, dict(data.users), [], utcnow())
+    version, catalog = await storage.config_snapshot()
+    spec = GenerationSpec("testUser1", "model-a", "anime", "vibrant", "512x512", "a cat")
+    new = NewGeneration(new_id(), spec, catalog.sizes["512x512"], utcnow())
+    request, _ = await storage.debit_and_enqueue(new, version)
+    assert await storage.get_request(request.id) is not None
+    await storage.close()
+
+asyncio.run(main())
 drivers = {"psycopg", "psycopg_pool", "psycopg_binary"}
 print(sorted(name for name in sys.modules if name.split(".")[0] in drivers))
 """

@@ -8,166 +8,173 @@ PostgreSQL); the other side is a second SQLite file under tmp_path.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from imagegen import jobs, service
 from imagegen.domain import reports
 from imagegen.domain.errors import InvalidInput
 from imagegen.domain.generation import Status
 from imagegen.domain.ledger import EntryType
 from imagegen.ports import Storage
+from imagegen.service.transfer import parse_lines, to_case_study
 from imagegen.storage.sql.adapter import SqlStorage
-from imagegen.transfer import parse_lines, to_case_study
 from tests.integration.builders import (
     LEASE,
     T0,
     balance,
     claim,
+    exported,
     finished,
+    lease,
     records_by_collection,
     whole_ledger,
 )
+from tests.support import load_initial_data
 
 LATER = T0 + timedelta(days=30)
 
 
 @pytest.fixture
-def second(tmp_path: Path) -> Iterator[SqlStorage]:
+async def second(tmp_path: Path) -> AsyncIterator[SqlStorage]:
     """A migrated SQLite database with no data at all, not even the initial data set."""
     storage = SqlStorage(f"sqlite:///{tmp_path / 'second.db'}")
-    storage.migrate()
+    await storage.migrate()
     yield storage
-    storage.close()
+    await storage.close()
 
 
 @pytest.fixture
-def empty(database_url: str) -> Iterator[SqlStorage]:
+async def empty(database_url: str) -> AsyncIterator[SqlStorage]:
     """The parametrized backend, migrated but empty."""
     storage = SqlStorage(database_url)
-    storage.migrate()
+    await storage.migrate()
     yield storage
-    storage.close()
+    await storage.close()
 
 
-def export_lines(storage: Storage) -> list[str]:
-    return [json.dumps(to_case_study(record)) for record in storage.export_records()]
+async def export_lines(storage: Storage) -> list[str]:
+    return [json.dumps(to_case_study(record)) async for record in storage.export_records()]
 
 
-def import_lines(storage: Storage, lines: list[str]) -> dict[str, int]:
-    return storage.import_records(parse_lines(lines), LATER)
+async def import_lines(storage: Storage, lines: list[str]) -> dict[str, int]:
+    return await storage.import_records(parse_lines(lines), LATER)
 
 
-def populate(storage: Storage) -> None:
+async def populate(storage: Storage) -> None:
     """Users, every kind of ledger entry, requests in every end state, and a stored report."""
-    storage.create_user("alice", 20, T0)
-    storage.create_user("zero", 0, T0)
-    storage.move_credits("alice", EntryType.GRANT, 5, "promo", T0)
-    storage.move_credits("alice", EntryType.ADJUSTMENT, -3, "chargeback", T0)
-    finished(storage, Status.COMPLETED, T0, user_id="alice", size="1024x1024")
-    finished(storage, Status.FAILED, T0 + timedelta(hours=1), model="model-b")
-    finished(storage, Status.CANCELED, T0 + timedelta(hours=2), user_id="testUser2")
-    finished(storage, Status.PENDING, T0 + timedelta(hours=3), size="1024x1792")
-    service.run_report(storage, reports.iso_week("2026-W47"), T0 + timedelta(days=7))
+    await storage.create_user("alice", 20, T0)
+    await storage.create_user("zero", 0, T0)
+    await storage.move_credits("alice", EntryType.GRANT, 5, "promo", T0)
+    await storage.move_credits("alice", EntryType.ADJUSTMENT, -3, "chargeback", T0)
+    await finished(storage, Status.COMPLETED, T0, user_id="alice", size="1024x1024")
+    await finished(storage, Status.FAILED, T0 + timedelta(hours=1), model="model-b")
+    await finished(storage, Status.CANCELED, T0 + timedelta(hours=2), user_id="testUser2")
+    await finished(storage, Status.PENDING, T0 + timedelta(hours=3), size="1024x1792")
+    week = reports.iso_week("2026-W47")
+    report = {"id": "2026-W47", "periodStart": week.start.isoformat(), "periodEnd": week.end.isoformat()}
+    await storage.save_report(
+        "2026-W47", {**report, "totalRequests": 4, "byModel": {"model-a": {"total": 3}}}, T0
+    )
 
 
-def snapshot(storage: Storage) -> dict[str, Any]:
+async def snapshot(storage: Storage) -> dict[str, Any]:
     """What a user of the database sees: balances, ledgers, requests and reports."""
-    records = list(storage.export_records())
+    records = await exported(storage)
     users = sorted(r["id"] for r in records if r["collection"] == "users")
     return {
-        "balances": {user_id: balance(storage, user_id) for user_id in users},
-        "ledgers": {user_id: whole_ledger(storage, user_id) for user_id in users},
+        "balances": {user_id: await balance(storage, user_id) for user_id in users},
+        "ledgers": {user_id: await whole_ledger(storage, user_id) for user_id in users},
         "requests": [r for r in records if r["collection"] == "generationRequests"],
         "reports": [r for r in records if r["collection"] == "reports"],
     }
 
 
-def test_a_database_exported_and_imported_into_a_fresh_one_has_the_same_balances_and_ledger(
+async def test_a_database_exported_and_imported_into_a_fresh_one_has_the_same_balances_and_ledger(
     storage: SqlStorage, second: SqlStorage
 ) -> None:
-    populate(storage)
+    await populate(storage)
 
-    counts = import_lines(second, export_lines(storage))
+    counts = await import_lines(second, await export_lines(storage))
 
     assert counts == {
         "users": 4,
         "generationRequests": 4,
-        "transactions": len(whole_ledger(storage, "testUser1"))
-        + len(whole_ledger(storage, "testUser2"))
-        + len(whole_ledger(storage, "alice")),
+        "transactions": len(await whole_ledger(storage, "testUser1"))
+        + len(await whole_ledger(storage, "testUser2"))
+        + len(await whole_ledger(storage, "alice")),
         "reports": 1,
         "usersCreatedAsReferenced": 0,
     }
-    assert snapshot(second) == snapshot(storage)
-    assert second.get_report("2026-W47") == storage.get_report("2026-W47")
-    assert list(service.verify(second)) == []
+    assert await snapshot(second) == await snapshot(storage)
+    assert await second.get_report("2026-W47") == await storage.get_report("2026-W47")
+    assert await second.violations() == []
 
 
-def test_importing_into_the_parametrized_backend_gives_the_same_balances_and_ledger(
+async def test_importing_into_the_parametrized_backend_gives_the_same_balances_and_ledger(
     tmp_path: Path, empty: SqlStorage
 ) -> None:
     source = SqlStorage(f"sqlite:///{tmp_path / 'source.db'}")
-    source.migrate()
-    service.first_start(source, T0)
-    populate(source)
+    await source.migrate()
+    await load_initial_data(source)
+    await populate(source)
 
-    import_lines(empty, export_lines(source))
+    await import_lines(empty, await export_lines(source))
 
-    assert snapshot(empty) == snapshot(source)
-    assert list(service.verify(empty)) == []
-    source.close()
+    assert await snapshot(empty) == await snapshot(source)
+    assert await empty.violations() == []
+    await source.close()
 
 
-def test_importing_the_same_file_twice_changes_nothing(storage: SqlStorage, second: SqlStorage) -> None:
-    populate(storage)
-    lines = export_lines(storage)
-    import_lines(second, lines)
-    once = snapshot(second)
+async def test_importing_the_same_file_twice_changes_nothing(storage: SqlStorage, second: SqlStorage) -> None:
+    await populate(storage)
+    lines = await export_lines(storage)
+    await import_lines(second, lines)
+    once = await snapshot(second)
 
-    counts = import_lines(second, lines)
+    counts = await import_lines(second, lines)
 
     assert set(counts.values()) == {0}
-    assert snapshot(second) == once
-    assert list(service.verify(second)) == []
+    assert await snapshot(second) == once
+    assert await second.violations() == []
 
 
-def test_an_imported_pending_request_is_run_by_the_new_databases_workers(
+async def test_an_imported_pending_request_is_run_by_the_new_databases_workers(
     storage: SqlStorage, second: SqlStorage
 ) -> None:
-    populate(storage)
-    import_lines(second, export_lines(storage))
+    await populate(storage)
+    await import_lines(second, await export_lines(storage))
 
-    job = claim(second, "w-new", LATER)
-    assert second.complete(job.id, "w-new", "/images/new.png", LATER)
+    job = await claim(second, "w-new", LATER)
+    assert await second.complete(job.id, "w-new", "/images/new.png", LATER)
 
-    assert second.get_request(job.id).status is Status.COMPLETED  # type: ignore[union-attr]
-    assert list(service.verify(second)) == []
+    assert (await second.get_request(job.id)).status is Status.COMPLETED  # type: ignore[union-attr]
+    assert await second.violations() == []
 
 
-def test_a_request_running_at_export_time_is_finished_in_the_new_database(
+async def test_a_request_running_at_export_time_is_finished_in_the_new_database(
     storage: SqlStorage, second: SqlStorage
 ) -> None:
-    finished(storage, Status.PENDING, T0)
-    running = claim(storage, "w-old", T0)  # w-old lives in the old deployment: it never reports back
-    import_lines(second, export_lines(storage))
+    await finished(storage, Status.PENDING, T0)
+    running = await claim(storage, "w-old", T0)  # w-old lives in the old deployment: it never reports back
+    await import_lines(second, await export_lines(storage))
 
-    jobs.recover_expired_jobs(second, LATER + LEASE, max_attempts=3)
-    job = second.claim_job("w-new", LATER + LEASE, LATER + 2 * LEASE)
+    for expired in await second.expired_jobs(LATER + LEASE):  # what the recovery does with it
+        await second.requeue(expired.id, LATER + LEASE)
+    job = await second.claim_job(lease("w-new", LATER + LEASE), LATER + LEASE)
     if job is not None:
         assert job.id == running.id
-        assert second.complete(job.id, "w-new", "/images/new.png", LATER + LEASE)
+        assert await second.complete(job.id, "w-new", "/images/new.png", LATER + LEASE)
 
-    moved = second.get_request(running.id)
+    moved = await second.get_request(running.id)
     assert moved is not None and moved.status.terminal
-    assert list(service.verify(second)) == []
+    assert await second.violations() == []
 
 
-def test_a_referenced_but_missing_user_is_created_with_no_credits(empty: SqlStorage) -> None:
+async def test_a_referenced_but_missing_user_is_created_with_no_credits(empty: SqlStorage) -> None:
     request = {
         "collection": "generationRequests",
         "id": "req-ghost-1",
@@ -182,16 +189,16 @@ def test_a_referenced_but_missing_user_is_created_with_no_credits(empty: SqlStor
         "createdAt": "2026-11-16T09:00:00Z",
     }
 
-    counts = import_lines(empty, [json.dumps(request)])
+    counts = await import_lines(empty, [json.dumps(request)])
 
     assert counts["usersCreatedAsReferenced"] == 1
     assert counts["generationRequests"] == 1
-    assert balance(empty, "ghost") == 0
-    assert empty.get_request("req-ghost-1").status is Status.COMPLETED  # type: ignore[union-attr]
-    assert list(service.verify(empty)) == []
+    assert await balance(empty, "ghost") == 0
+    assert (await empty.get_request("req-ghost-1")).status is Status.COMPLETED  # type: ignore[union-attr]
+    assert await empty.violations() == []
 
 
-def test_a_user_referenced_before_its_own_line_ends_with_the_balance_that_line_gives(
+async def test_a_user_referenced_before_its_own_line_ends_with_the_balance_that_line_gives(
     empty: SqlStorage,
 ) -> None:
     grant = {
@@ -204,14 +211,14 @@ def test_a_user_referenced_before_its_own_line_ends_with_the_balance_that_line_g
     }
     user = {"collection": "users", "id": "late", "credits": 8, "createdAt": "2026-11-16T09:00:00Z"}
 
-    import_lines(empty, [json.dumps(grant), json.dumps(user)])
+    await import_lines(empty, [json.dumps(grant), json.dumps(user)])
 
-    assert balance(empty, "late") == 8
-    assert [e.id for e in whole_ledger(empty, "late")] == ["entry-1"]
-    assert list(service.verify(empty)) == []
+    assert await balance(empty, "late") == 8
+    assert [e.id for e in await whole_ledger(empty, "late")] == ["entry-1"]
+    assert await empty.violations() == []
 
 
-def test_an_imported_unfinished_request_that_was_never_debited_is_never_refunded(
+async def test_an_imported_unfinished_request_that_was_never_debited_is_never_refunded(
     empty: SqlStorage,
 ) -> None:
     user = {"collection": "users", "id": "hist", "credits": 0}
@@ -227,14 +234,14 @@ def test_an_imported_unfinished_request_that_was_never_debited_is_never_refunded
         "cost": 4,
         "createdAt": "2026-11-16T09:00:00Z",
     }
-    import_lines(empty, [json.dumps(user), json.dumps(stuck)])
+    await import_lines(empty, [json.dumps(user), json.dumps(stuck)])
 
-    job = empty.claim_job("w-new", LATER, LATER + LEASE)
+    job = await empty.claim_job(lease("w-new", LATER), LATER)
     if job is not None:  # a worker of the new database picks it up, and the model fails
-        empty.fail_and_refund(job.id, "model failed", LATER, worker_id="w-new")
+        await empty.fail_and_refund(job.id, "model failed", LATER, worker_id="w-new")
 
-    assert balance(empty, "hist") == 0
-    assert list(service.verify(empty)) == []
+    assert await balance(empty, "hist") == 0
+    assert await empty.violations() == []
 
 
 def many_lines(count: int) -> list[str]:
@@ -265,31 +272,31 @@ def many_lines(count: int) -> list[str]:
     ],
     ids=["not-json", "invalid-request"],
 )
-def test_a_bad_line_aborts_the_import_and_nothing_of_the_file_is_imported(
+async def test_a_bad_line_aborts_the_import_and_nothing_of_the_file_is_imported(
     storage: SqlStorage, bad: str
 ) -> None:
     lines = many_lines(1100)
     lines[1050] = bad  # after the SQL adapter wrote its first batch of 1000 records
-    before = records_by_collection(storage)
+    before = await records_by_collection(storage)
 
     with pytest.raises(InvalidInput, match="line 1051"):
-        import_lines(storage, lines)
+        await import_lines(storage, lines)
 
-    assert records_by_collection(storage) == before
-    assert storage.get_user("bulk") is None
-    assert storage.get_request("bulk-1") is None
+    assert await records_by_collection(storage) == before
+    assert await storage.get_user("bulk") is None
+    assert await storage.get_request("bulk-1") is None
 
 
-def test_a_file_of_more_than_one_batch_imports_whole(empty: SqlStorage) -> None:
-    counts = import_lines(empty, many_lines(1100))
+async def test_a_file_of_more_than_one_batch_imports_whole(empty: SqlStorage) -> None:
+    counts = await import_lines(empty, many_lines(1100))
 
     assert counts["generationRequests"] == 1100
     assert counts["users"] + counts["usersCreatedAsReferenced"] == 551
-    assert balance(empty, "bulk") == 3
-    assert list(service.verify(empty)) == []
+    assert await balance(empty, "bulk") == 3
+    assert await empty.violations() == []
 
 
-def test_an_import_that_would_take_an_existing_balance_below_zero_is_refused_as_invalid_input(
+async def test_an_import_that_would_take_an_existing_balance_below_zero_is_refused_as_invalid_input(
     storage: SqlStorage,
 ) -> None:
     grant = {
@@ -308,11 +315,11 @@ def test_an_import_that_would_take_an_existing_balance_below_zero_is_refused_as_
         "credits": -11,
         "timestamp": "2026-11-16T09:00:00Z",
     }
-    before = records_by_collection(storage)
+    before = await records_by_collection(storage)
 
     with pytest.raises(InvalidInput, match="testUser2"):
-        import_lines(storage, [json.dumps(grant), json.dumps(overdraft)])
+        await import_lines(storage, [json.dumps(grant), json.dumps(overdraft)])
 
-    assert records_by_collection(storage) == before
-    assert balance(storage, "testUser2") == 10
-    assert storage.get_user("newcomer") is None
+    assert await records_by_collection(storage) == before
+    assert await balance(storage, "testUser2") == 10
+    assert await storage.get_user("newcomer") is None

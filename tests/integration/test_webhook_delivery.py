@@ -1,6 +1,6 @@
 """Webhook delivery: each attempt resolves the host once, checks every address, connects to a checked one.
 
-The dispatcher runs its passes in the test's thread against a real SQLite database and a real
+The dispatcher runs its passes on the test's event loop against a real SQLite database and a real
 receiver on 127.0.0.1 (plain HTTP, or TLS with a certificate from a test CA). Where a host name must
 resolve to a chosen address, the dispatcher is given a resolver that answers for names reserved
 never to exist in DNS (RFC 6761's .invalid, .test): had anything looked the name up a second time,
@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,14 +22,15 @@ import pytest
 import trustme
 from sqlalchemy import select
 
+from imagegen.background.webhooks import Dispatcher
 from imagegen.clock import utcnow
 from imagegen.domain.generation import GenerationSpec, NewGeneration
 from imagegen.domain.ids import new_id
 from imagegen.domain.webhooks import IPAddress, new_secret
+from imagegen.ports import Lease
 from imagegen.settings import Settings
 from imagegen.storage.sql import tables as t
 from imagegen.storage.sql.adapter import SqlStorage
-from imagegen.webhooks import Dispatcher
 from tests.support import migrated_sql
 
 LOOPBACK = ipaddress.ip_address("127.0.0.1")
@@ -74,8 +75,9 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture
-def storage(sqlite_url: str) -> Iterator[SqlStorage]:
-    yield from migrated_sql(sqlite_url)
+async def storage(sqlite_url: str) -> AsyncIterator[SqlStorage]:
+    async for storage in migrated_sql(sqlite_url):
+        yield storage
 
 
 class Resolver:
@@ -105,15 +107,15 @@ def dispatcher(
     return Dispatcher(storage, config, new_secret(), "http://127.0.0.1:8080", **options)
 
 
-def delivery_to(storage: SqlStorage, url: str) -> str:
+async def delivery_to(storage: SqlStorage, url: str) -> str:
     """A completed generation whose webhook is `url`, stored as is (as rows from before may be)."""
     spec = GenerationSpec("testUser1", "model-a", "anime", "vibrant", "512x512", "a lark")
     new = NewGeneration(new_id(), spec, 1, utcnow(), webhook=url, webhook_events=frozenset({"completed"}))
-    request, _ = storage.debit_and_enqueue(new)
+    request, _ = await storage.debit_and_enqueue(new)
     now = utcnow()
-    job = storage.claim_job("w", now, now + timedelta(seconds=30))
+    job = await storage.claim_job(Lease("w", now + timedelta(seconds=30)), now)
     assert job is not None and job.id == request.id
-    assert storage.complete(job.id, "w", "/images/x.png", now)
+    assert await storage.complete(job.id, "w", "/images/x.png", now)
     return request.id
 
 
@@ -125,11 +127,8 @@ def outcome(storage: SqlStorage, request_id: str) -> tuple[str, int, str | None]
     return state, attempts, error
 
 
-def run_once(sender: Dispatcher) -> int:
-    try:
-        return sender.deliver_due()
-    finally:
-        sender.stop()
+async def run_once(sender: Dispatcher) -> int:
+    return await sender.deliver_due()
 
 
 def loopback_names() -> list[str]:
@@ -157,42 +156,42 @@ def loopback_names() -> list[str]:
     ],
     ids=["loopback", "IPv6 loopback", "private", "metadata", "IPv4-mapped", "one of two addresses"],
 )
-def test_a_host_name_that_resolves_to_a_non_public_address_is_never_connected_to(
+async def test_a_host_name_that_resolves_to_a_non_public_address_is_never_connected_to(
     storage: SqlStorage, receiver: Receiver, answers: list[str]
 ) -> None:
-    request_id = delivery_to(storage, f"http://rebind.test:{receiver.port}/hook")
-    assert run_once(dispatcher(storage, Resolver({"rebind.test": answers}))) == 1
+    request_id = await delivery_to(storage, f"http://rebind.test:{receiver.port}/hook")
+    assert await run_once(dispatcher(storage, Resolver({"rebind.test": answers}))) == 1
     assert receiver.hosts == []
     state, attempts, error = outcome(storage, request_id)
     assert (state, attempts) == ("pending", 1)  # failed, retried later until its deadline
     assert error is not None and "rebind.test resolves to" in error
 
 
-def test_a_name_from_the_hosts_file_that_means_loopback_is_refused_by_the_real_resolver(
+async def test_a_name_from_the_hosts_file_that_means_loopback_is_refused_by_the_real_resolver(
     storage: SqlStorage, receiver: Receiver
 ) -> None:
     names = loopback_names()
     if not names:
         pytest.skip("no name other than localhost maps to a loopback address in /etc/hosts")
-    request_id = delivery_to(storage, f"http://{names[0]}:{receiver.port}/hook")
-    run_once(dispatcher(storage))
+    request_id = await delivery_to(storage, f"http://{names[0]}:{receiver.port}/hook")
+    await run_once(dispatcher(storage))
     assert receiver.hosts == []
     assert "loopback" in (outcome(storage, request_id)[2] or "")
 
 
-def test_a_delivery_connects_to_the_address_it_checked_and_keeps_the_host_name(
+async def test_a_delivery_connects_to_the_address_it_checked_and_keeps_the_host_name(
     storage: SqlStorage, receiver: Receiver
 ) -> None:
     resolver = Resolver({"hooks.invalid": ["127.0.0.1"]})
-    request_id = delivery_to(storage, f"http://hooks.invalid:{receiver.port}/hook?token=t")
-    run_once(dispatcher(storage, resolver, allow_private=True))
+    request_id = await delivery_to(storage, f"http://hooks.invalid:{receiver.port}/hook?token=t")
+    await run_once(dispatcher(storage, resolver, allow_private=True))
     assert outcome(storage, request_id) == ("delivered", 1, None)
     assert receiver.hosts == [f"hooks.invalid:{receiver.port}"]
     assert resolver.asked == ["hooks.invalid"]  # one lookup, by the dispatcher
 
 
 @pytest.mark.parametrize("certified", ["hooks.invalid", "other.invalid"])
-def test_tls_to_a_checked_address_verifies_the_certificate_against_the_host_name(
+async def test_tls_to_a_checked_address_verifies_the_certificate_against_the_host_name(
     storage: SqlStorage, certified: str
 ) -> None:
     ca = trustme.CA()
@@ -200,9 +199,9 @@ def test_tls_to_a_checked_address_verifies_the_certificate_against_the_host_name
     client_context = ssl.create_default_context()
     ca.configure_trust(client_context)
     try:
-        request_id = delivery_to(storage, f"https://hooks.invalid:{server.port}/hook")
+        request_id = await delivery_to(storage, f"https://hooks.invalid:{server.port}/hook")
         resolver = Resolver({"hooks.invalid": ["127.0.0.1"]})
-        run_once(dispatcher(storage, resolver, allow_private=True, verify=client_context))
+        await run_once(dispatcher(storage, resolver, allow_private=True, verify=client_context))
         state, _, error = outcome(storage, request_id)
     finally:
         server.close()
@@ -224,16 +223,16 @@ def test_tls_to_a_checked_address_verifies_the_certificate_against_the_host_name
         ("http://unknown-host.invalid/hook", "could not resolve"),
     ],
 )
-def test_a_delivery_that_cannot_be_made_is_recorded_with_its_reason_and_stops_at_its_deadline(
+async def test_a_delivery_that_cannot_be_made_is_recorded_with_its_reason_and_stops_at_its_deadline(
     storage: SqlStorage, url: str, phrase: str
 ) -> None:
-    first = delivery_to(storage, url)
-    assert run_once(dispatcher(storage, Resolver({}))) == 1
+    first = await delivery_to(storage, url)
+    assert await run_once(dispatcher(storage, Resolver({}))) == 1
     state, attempts, error = outcome(storage, first)
     assert (state, attempts) == ("pending", 1) and phrase in (error or "")
 
     # With a deadline one second after the first try, the first retry (1 s later) is past it.
-    second = delivery_to(storage, url)
-    run_once(dispatcher(storage, Resolver({}), webhook_max_retry_seconds=1))
+    second = await delivery_to(storage, url)
+    await run_once(dispatcher(storage, Resolver({}), webhook_max_retry_seconds=1))
     state, attempts, error = outcome(storage, second)
     assert (state, attempts) == ("abandoned", 1) and phrase in (error or "")

@@ -3,50 +3,39 @@
 from __future__ import annotations
 
 import asyncio
-import threading
+import time
 
-from imagegen.completions import Completions
-
-
-def test_a_waiter_is_woken_when_its_job_finishes_in_another_thread() -> None:
-    async def scenario() -> None:
-        completions = Completions()
-        future = completions.register("r1")
-        assert not future.done()
-        threading.Thread(target=completions.finished, args=("r1",)).start()
-        await asyncio.wait_for(future, 5)
-        completions.unregister("r1", future)
-
-    asyncio.run(scenario())
+from imagegen.background.completions import Completions
 
 
-def test_a_job_that_ended_before_its_waiter_registered_wakes_it_at_once() -> None:
-    async def scenario() -> None:
-        completions = Completions()
-        completions.finished("r1")
-        assert completions.register("r1").done()
-        assert not completions.register("r2").done()
+async def test_a_waiter_is_woken_when_its_job_finishes() -> None:
+    completions = Completions()
+    asyncio.get_running_loop().call_later(0.05, completions.finished, "r1")
 
-    asyncio.run(scenario())
-
-
-def test_only_the_latest_finished_ids_are_remembered() -> None:
-    async def scenario() -> None:
-        completions = Completions(remembered=3)
-        for n in range(5):
-            completions.finished(f"r{n}")
-        assert [completions.register(f"r{n}").done() for n in range(5)] == [False, False, True, True, True]
-
-    asyncio.run(scenario())
+    started = time.monotonic()
+    assert await completions.wait("r1", timeout=5)
+    assert time.monotonic() - started < 1
 
 
-def test_unregistering_drops_the_waiter() -> None:
-    async def scenario() -> None:
-        completions = Completions()
-        future = completions.register("r1")
-        completions.unregister("r1", future)
-        completions.finished("r1")
-        await asyncio.sleep(0)
-        assert not future.done()
+async def test_a_job_that_ended_before_its_waiter_came_returns_at_once() -> None:
+    completions = Completions()
+    completions.finished("r1")
 
-    asyncio.run(scenario())
+    assert await completions.wait("r1", timeout=5)
+    assert not await completions.wait("r2", timeout=0.01)
+
+
+async def test_only_the_latest_finished_ids_are_remembered() -> None:
+    completions = Completions(remembered=3)
+    for n in range(5):
+        completions.finished(f"r{n}")
+
+    assert [await completions.wait(f"r{n}", 0.01) for n in range(5)] == [False, False, True, True, True]
+
+
+async def test_a_waiter_that_timed_out_is_not_woken_later() -> None:
+    completions = Completions()
+    assert not await completions.wait("r1", timeout=0.01)
+
+    completions.finished("r1")  # nobody left to wake: nothing raises
+    assert await completions.wait("r1", timeout=0.01)

@@ -78,7 +78,7 @@ def test_the_png_holds_exactly_the_painting_widened_and_its_rows_repeated_down(s
     spec = replace(SPEC, style=style, size=size)
     small = (max(1, width // simulated.SCALE), max(1, height // simulated.SCALE))
     painting = simulated.PAINTERS[style](
-        small, simulated._palette(spec.color), random.Random(simulated._seed(spec))
+        small, simulated.palette_of(spec.color), random.Random(simulated.seed_of(spec))
     )
     wide = painting.convert("RGB").resize((width, small[1]), Image.Resampling.BILINEAR)
     expected = Image.new("RGB", (width, height))

@@ -7,20 +7,19 @@ from typing import Any
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
 
 from imagegen import service
+from imagegen.api.answers import ledger_entry
 from imagegen.api.auth import AdminDep, RuntimeDep
 from imagegen.api.catalog import CatalogOut, catalog_body
 from imagegen.api.common import body_schema, strict_body
 from imagegen.api.errors import documented
 from imagegen.api.idempotency import idempotent
 from imagegen.api.users import Entry
+from imagegen.background.webhooks import signing_secret
 from imagegen.clock import utcnow
 from imagegen.domain.errors import InvalidInput, NotFound
 from imagegen.domain.generation import ID_RULE, valid_id
-from imagegen.http import ledger_entry
-from imagegen.webhooks import signing_secret
 
 # Answers that carry a key or a secret: no browser, proxy or CDN may keep a copy.
 NO_STORE = {"Cache-Control": "no-store"}
@@ -83,9 +82,7 @@ async def create_user(
     body = await strict_body(request, NewUser)
 
     async def run() -> JSONResponse:
-        user, key = await run_in_threadpool(
-            service.create_user, runtime.storage, body.userId, body.credits, utcnow()
-        )
+        user, key = await service.create_user(runtime.storage, body.userId, body.credits, utcnow())
         payload = {"id": user.id, "credits": user.credits, "apiKey": key}
         headers = {"Location": f"/v1/users/{user.id}", **NO_STORE}
         return JSONResponse(payload, status_code=201, headers=headers)
@@ -111,8 +108,7 @@ async def move_credits(
     body = await strict_body(request, CreditMove)
 
     async def run() -> JSONResponse:
-        entry = await run_in_threadpool(
-            service.move_credits,
+        entry = await service.move_credits(
             runtime.storage,
             user_id,
             body.amount,
@@ -132,8 +128,8 @@ async def move_credits(
     summary="Issue another API key for a user",
 )
 async def issue_key(user_id: str, runtime: RuntimeDep, _admin: AdminDep) -> JSONResponse:
-    await run_in_threadpool(service.get_user, runtime.storage, user_id)
-    key_id, key = await run_in_threadpool(service.issue_key, runtime.storage, user_id, utcnow())
+    await service.get_user(runtime.storage, user_id)
+    key_id, key = await service.issue_key(runtime.storage, user_id, utcnow())
     return JSONResponse({"keyId": key_id, "apiKey": key}, status_code=201, headers=NO_STORE)
 
 
@@ -141,7 +137,7 @@ async def issue_key(user_id: str, runtime: RuntimeDep, _admin: AdminDep) -> JSON
 async def revoke_key(key_id: str, runtime: RuntimeDep, _admin: AdminDep) -> Response:
     if not valid_id(key_id):
         raise InvalidInput(f"Invalid key id '{key_id[:80]}': {ID_RULE}")
-    if not await run_in_threadpool(runtime.storage.revoke_api_key, key_id, utcnow()):
+    if not await runtime.storage.revoke_api_key(key_id, utcnow()):
         raise NotFound("No active key with this id", keyId=key_id)
     return Response(status_code=204)
 
@@ -156,9 +152,7 @@ async def put_option(
     kind: str, name: str, request: Request, runtime: RuntimeDep, _admin: AdminDep
 ) -> dict[str, Any]:
     body = await strict_body(request, OptionIn)
-    catalog = await run_in_threadpool(
-        lambda: service.set_option(runtime.storage, kind, name, enabled=body.enabled, cost=body.cost)
-    )
+    catalog = await service.set_option(runtime.storage, kind, name, enabled=body.enabled, cost=body.cost)
     return catalog_body(catalog, runtime.settings)
 
 
@@ -169,14 +163,12 @@ async def put_option(
 )
 async def put_model(name: str, request: Request, runtime: RuntimeDep, _admin: AdminDep) -> dict[str, Any]:
     body = await strict_body(request, ModelIn)
-    model = await run_in_threadpool(
-        lambda: service.set_model(
-            runtime.storage,
-            name,
-            failure_rate=body.failureRate,
-            latency_ms=body.latencyMs,
-            enabled=body.enabled,
-        )
+    model = await service.set_model(
+        runtime.storage,
+        name,
+        failure_rate=body.failureRate,
+        latency_ms=body.latencyMs,
+        enabled=body.enabled,
     )
     return {
         "name": model.name,
@@ -193,5 +185,5 @@ async def put_model(name: str, request: Request, runtime: RuntimeDep, _admin: Ad
     "/webhooks/secret", response_model=SigningSecret, summary="The secret that signs webhooks (whsec_...)"
 )
 async def webhook_secret(runtime: RuntimeDep, _admin: AdminDep) -> JSONResponse:
-    secret = await run_in_threadpool(signing_secret, runtime.storage, runtime.settings)
+    secret = await signing_secret(runtime.storage, runtime.settings)
     return JSONResponse({"secret": secret}, headers=NO_STORE)

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.concurrency import run_in_threadpool
 
 from imagegen import __version__
 from imagegen.api import admin, case_study, catalog, errors, generations, openapi, reports, system, users
@@ -28,14 +27,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await run_in_threadpool(Runtime.build, settings)
+        runtime = await Runtime.build(settings)
         app.state.runtime = runtime
-        runtime.start()
+        await runtime.start()
         settle_for_serving()
         try:
             yield
         finally:
-            await run_in_threadpool(runtime.stop)
+            await runtime.stop()
 
     app = FastAPI(title="imagegen", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.add_middleware(

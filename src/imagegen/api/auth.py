@@ -5,12 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
-from starlette.concurrency import run_in_threadpool
 
-from imagegen.domain.errors import Unauthenticated
-from imagegen.http import ADMIN, Principal, bearer_token, principal_for
+from imagegen.api.inputs import cached_principal, principal_for
 from imagegen.runtime import Runtime
-from imagegen.service import hash_key
+from imagegen.service.keys import ADMIN, Principal
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -23,30 +21,16 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 async def get_principal(request: Request, runtime: RuntimeDep) -> Principal:
-    authorization = request.headers.get("authorization")
-    return await run_in_threadpool(principal_for, runtime.storage, runtime.settings, authorization)
+    return await principal_for(runtime.storage, runtime.settings, request.headers.get("authorization"))
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
 async def creating_principal(request: Request, runtime: RuntimeDep) -> Principal:
-    """The caller of a create, from the process's key cache when it is there.
-
-    A cached key is not taken on trust: the debit checks the configuration version that any
-    revocation changes (see imagegen.config_cache), and the create is redone if it changed.
-    """
-    config = runtime.config
-    if config is None or runtime.settings.no_auth:
-        return await get_principal(request, runtime)
-    token = bearer_token(request.headers.get("authorization"))
-    if token is None:
-        raise Unauthenticated("Missing API key: send 'Authorization: Bearer <key>'")
-    key_hash = hash_key(token)
-    key = config.key(key_hash) or await run_in_threadpool(config.lookup, key_hash)
-    if key is None:
-        raise Unauthenticated("Unknown or revoked API key")
-    return Principal(key.user_id, key_hash)
+    """The caller of a create, from the process's key cache (checked by the debit, see
+    service/config_cache.py)."""
+    return await cached_principal(runtime.config, runtime.settings, request.headers.get("authorization"))
 
 
 CreatingPrincipalDep = Annotated[Principal, Depends(creating_principal)]

@@ -10,19 +10,13 @@ from typing import Any
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
-from imagegen import http, service
+from imagegen import service
+from imagegen.api import answers
 from imagegen.api.auth import CreatingPrincipalDep, PrincipalDep, RuntimeDep
-from imagegen.api.common import (
-    base_url,
-    create_and_enqueue,
-    json_body,
-    page_size,
-    read_only,
-    wait_until_done,
-)
-from imagegen.api.errors import DESCRIPTIONS
+from imagegen.api.common import base_url, create_and_enqueue, json_body, page_size, wait_until_done
+from imagegen.api.errors import DESCRIPTIONS, respond
+from imagegen.api.inputs import principal_for
 from imagegen.clock import utcnow
 from imagegen.domain.errors import InvalidInput
 from imagegen.domain.generation import GenerationRequest
@@ -48,8 +42,7 @@ async def create_generation_request(
 
 
 def _generation_response(request: Request, runtime: RuntimeDep, done: GenerationRequest) -> JSONResponse:
-    status, body = http.generation_answer(done, base_url(request, runtime))
-    return JSONResponse(body, status_code=status)
+    return respond(answers.generation_answer(done, base_url(request, runtime)))
 
 
 async def get_user_credits(
@@ -58,22 +51,16 @@ async def get_user_credits(
     limit: str | None = None,
     cursor: str | None = None,
 ) -> JSONResponse:
-    # The key, the balance and the page read in one go (on the event loop itself on SQLite), and the
-    # answer rendered straight to JSON: this route is read far more often than anything is written.
+    # The answer rendered straight to JSON: this route is read far more often than anything is written.
     runtime: Runtime = request.app.state.runtime
-    authorization = request.headers.get("authorization")
-
-    def read() -> dict[str, Any]:
-        principal = http.principal_for(runtime.storage, runtime.settings, authorization)
-        if not userId:
-            raise InvalidInput("Missing required query parameter: userId")
-        service.check_user_id(userId)
-        principal.may_act_for(userId)
-        size = page_size(limit, runtime)
-        user, page = service.get_credits(runtime.storage, userId, limit=size, cursor=cursor or None)
-        return http.credits_answer(user, page)
-
-    return JSONResponse(await read_only(runtime, read))
+    principal = await principal_for(runtime.storage, runtime.settings, request.headers.get("authorization"))
+    if not userId:
+        raise InvalidInput("Missing required query parameter: userId")
+    service.check_user_id(userId)
+    principal.may_act_for(userId)
+    size = page_size(limit, runtime)
+    user, page = await service.get_credits(runtime.storage, userId, limit=size, cursor=cursor or None)
+    return JSONResponse(answers.credits_answer(user, page))
 
 
 async def schedule_weekly_report(
@@ -82,7 +69,7 @@ async def schedule_weekly_report(
     principal.require_admin()
     now = utcnow()
     period = service.parse_period(week, now=now)
-    return await run_in_threadpool(service.run_report, runtime.storage, period, now)
+    return await service.run_report(runtime.storage, period, now)
 
 
 ANSWER = {

@@ -6,7 +6,6 @@ from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel
-from starlette.concurrency import run_in_threadpool
 
 from imagegen.api.auth import PrincipalDep, RuntimeDep
 from imagegen.api.errors import documented
@@ -58,4 +57,4 @@ def _override(value: Any, stored: Any) -> Any:
 
 @router.get("", response_model=CatalogOut, summary="Enabled models, styles, colors, and sizes with prices")
 async def get_catalog(runtime: RuntimeDep, _principal: PrincipalDep) -> dict[str, Any]:
-    return catalog_body(await run_in_threadpool(runtime.storage.catalog), runtime.settings)
+    return catalog_body(await runtime.storage.catalog(), runtime.settings)

@@ -1,33 +1,24 @@
-"""Helpers the routers share: reading a JSON body, paging parameters, image URLs, waiting for a job."""
+"""Helpers the routers share: reading a JSON body, paging parameters, image URLs, the create and
+the wait for it (both the service's, given this process's cache, limiter and completions)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
-from starlette.concurrency import run_in_threadpool
 
-from imagegen import http, service
-from imagegen.api.auth import Principal
+from imagegen import service
+from imagegen.api import inputs
 from imagegen.clock import utcnow
-from imagegen.config_cache import ConfigCache
-from imagegen.domain.errors import InvalidInput, ReaderBusy, StaleConfig, StorageUnavailable, Unauthenticated
 from imagegen.domain.generation import GenerationRequest
-from imagegen.ports import GroupCommitted, ReadsOnLoop
 from imagegen.runtime import Runtime
-
-STALE_ATTEMPTS = 5
+from imagegen.service.keys import Principal
 
 
 async def json_body(request: Request) -> Any:
-    return http.parse_json(await request.body())
+    return inputs.parse_json(await request.body())
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -50,24 +41,8 @@ def body_schema(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": schema}}}
 
 
-T = TypeVar("T")
-
-
-async def read_only(runtime: Runtime, work: Callable[[], T]) -> T:
-    """Runs `work`, which only reads, on the event loop where the storage allows it (SQLite: no
-    thread hand-offs), else (or should the database not be readable at once) on a thread."""
-    storage = runtime.storage
-    if isinstance(storage, ReadsOnLoop) and storage.reads_on_loop:
-        try:
-            with storage.reading_on_loop():
-                return work()
-        except ReaderBusy:
-            pass
-    return await run_in_threadpool(work)
-
-
 def page_size(value: str | None, runtime: Runtime) -> int:
-    return http.page_size(value, runtime.settings)
+    return inputs.page_size(value, runtime.settings)
 
 
 def base_url(request: Request, runtime: Runtime) -> str:
@@ -77,103 +52,33 @@ def base_url(request: Request, runtime: Runtime) -> str:
 def image_url(request: Request, runtime: Runtime, path: str | None) -> str | None:
     if path is None:  # no image yet: spare building the base URL (most creates answer before one)
         return None
-    return http.absolute_url(base_url(request, runtime), path)
-
-
-def create_guard(runtime: Runtime, principal: Principal) -> Callable[[str], None]:
-    return http.create_guard(runtime.limiter, principal)
+    return inputs.absolute_url(base_url(request, runtime), path)
 
 
 async def create_and_enqueue(
     runtime: Runtime, principal: Principal, body: Any, idempotency_key: str | None
 ) -> GenerationRequest:
-    """Validates, authorizes, debits and queues a create (or replays its key), then wakes a worker."""
-    if runtime.config is None:
-        created, fresh = await run_in_threadpool(
-            functools.partial(
-                service.create_generation,
-                runtime.storage,
-                body,
-                **_create_options(runtime, principal, idempotency_key),
-            )
-        )
-    else:
-        created, fresh = await _create_from_cache(runtime, runtime.config, principal, body, idempotency_key)
+    """The service's create (or a replay of its key), then a wake-up for a worker."""
+    settings = runtime.settings
+    created, fresh = await service.create_generation(
+        runtime.storage,
+        body,
+        inputs.create_rules(settings),
+        now=utcnow(),
+        idempotency_key=idempotency_key,
+        authorize=inputs.create_guard(runtime.limiter, principal),
+        config=runtime.config,
+        key_hash=principal.key_hash,
+    )
     if fresh:
         runtime.signal.enqueued()
     return created
 
 
-async def _create_from_cache(
-    runtime: Runtime, config: ConfigCache, principal: Principal, body: Any, idempotency_key: str | None
-) -> tuple[GenerationRequest, bool]:
-    """The create path without a thread of its own: priced from the cached catalog, in the event loop,
-    then debited by the storage's group-committing writer. A debit refused because the catalog or
-    the keys changed since the cache was read is redone with fresh ones (and the key checked again).
-    """
-    storage = cast(GroupCommitted, runtime.storage)  # runtime.config exists only for such a storage
-    for _ in range(STALE_ATTEMPTS):
-        snapshot = config.snapshot()
-        if snapshot is None:
-            snapshot = await run_in_threadpool(config.refresh)
-        version, catalog = snapshot
-        options = _create_options(runtime, principal, idempotency_key)
-        try:
-            new = service.prepare_generation(catalog, body, **options)
-        except InvalidInput:
-            # Refused by the cached catalog: an option added or enabled since would only show in a
-            # fresh one, so look before refusing (a rare path: one small read).
-            if await run_in_threadpool(storage.config_version) == version:
-                raise
-            await run_in_threadpool(config.refresh)
-            continue
-        try:
-            return await storage.debit_from_loop(new, version)
-        except StaleConfig:
-            await run_in_threadpool(config.refresh)
-            if (
-                principal.key_hash is not None
-                and await run_in_threadpool(config.lookup, principal.key_hash) is None
-            ):
-                raise Unauthenticated("Unknown or revoked API key") from None
-    raise StorageUnavailable("the catalog kept changing during this create; try again")
-
-
-def _create_options(runtime: Runtime, principal: Principal, idempotency_key: str | None) -> dict[str, Any]:
-    settings = runtime.settings
-    return {
-        "max_prompt_length": settings.max_prompt_length,
-        "now": utcnow(),
-        "idempotency_key": idempotency_key,
-        "authorize": create_guard(runtime, principal),
-        "allow_private_webhooks": settings.webhook_allow_private,
-        "max_in_flight": settings.max_in_flight_per_user,
-    }
-
-
 async def wait_until_done(runtime: Runtime, created: GenerationRequest, timeout: float) -> GenerationRequest:
-    """Returns the request once it is terminal, or as it stands when `timeout` runs out.
-
-    Starts from the request as the create returned it and reads it again only when a worker says
-    the job ended (or at the re-read interval), on the event loop where the storage allows it.
-    """
-    request_id = created.id
-    deadline = time.monotonic() + timeout
-    current = created
-    while not service.is_terminal(current):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        future = runtime.completions.register(request_id)
-        try:
-            # In-process workers and other processes' NOTIFYs wake us at once; the timed re-read
-            # covers a process that cannot be heard (SQLite has no NOTIFY).
-            recheck = min(remaining, max(runtime.settings.poll_interval_seconds, 0.05) * 2)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(future), recheck)
-        finally:
-            runtime.completions.unregister(request_id, future)
-        current = await read_only(
-            runtime, functools.partial(service.get_generation, runtime.storage, request_id)
-        )
-    return current
+    """The service's wait, woken by this process's workers and other processes' NOTIFYs; the
+    timed re-read covers a process that cannot be heard (SQLite has no NOTIFY)."""
+    recheck = max(runtime.settings.poll_interval_seconds, 0.05) * 2
+    return await service.wait_until_done(
+        runtime.storage, created, timeout, recheck=recheck, completions=runtime.completions
+    )

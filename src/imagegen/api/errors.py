@@ -1,8 +1,5 @@
-"""One place that turns imagegen's errors into HTTP responses.
-
-/v1 and admin routes answer RFC 9457 problem details with a stable `code`; the case-study routes answer
-`{"error": message}` as the original functions did (see `case_study_error`).
-"""
+"""The FastAPI side of the error answers: the handlers that render every error through
+api/answers.py, and the OpenAPI description of the problem details."""
 
 from __future__ import annotations
 
@@ -15,25 +12,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from imagegen import http
+from imagegen.api import answers
+from imagegen.api.answers import PROBLEM_JSON
 from imagegen.domain.errors import ImagegenError
 
 log = logging.getLogger("imagegen.api")
-PROBLEM_JSON = "application/problem+json"
-TITLES = {
-    400: "Bad request",
-    401: "Unauthorized",
-    402: "Insufficient credits",
-    403: "Forbidden",
-    404: "Not found",
-    405: "Method not allowed",
-    409: "Conflict",
-    413: "Request body too large",
-    422: "Invalid request",
-    429: "Too many requests",
-    500: "Internal error",
-    503: "Service unavailable",
-}
 
 
 class ProblemDetail(BaseModel):
@@ -75,33 +58,14 @@ def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-def problem(status: int, code: str, detail: str, extra: dict[str, Any] | None = None) -> JSONResponse:
-    # Details never overwrite the RFC 9457 members.
-    body = {
-        **(extra or {}),
-        "type": f"https://imagegen.dev/problems/{code}",
-        "title": TITLES.get(status, "Error"),
-        "status": status,
-        "detail": detail,
-        "code": code,
-    }
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+def respond(answer: answers.Answer) -> JSONResponse:
+    return JSONResponse(
+        answer.body, status_code=answer.status, headers=answer.headers, media_type=answer.media_type
+    )
 
 
 def v1_error(exc: ImagegenError) -> JSONResponse:
-    # A request the catalog rejects is a 422 on /v1; the case-study routes keep their 400.
-    status = 422 if exc.code == "validation_error" else exc.status
-    return _with_headers(problem(status, exc.code, exc.message, http.error_details(exc)), exc)
-
-
-def case_study_error(exc: ImagegenError) -> JSONResponse:
-    answer = http.case_study_error(exc)
-    return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
-
-
-def _with_headers(response: JSONResponse, exc: ImagegenError) -> JSONResponse:
-    response.headers.update(http.error_headers(exc))
-    return response
+    return respond(answers.v1_error(exc))
 
 
 def is_case_study(request: Request) -> bool:
@@ -113,7 +77,7 @@ def install(app: FastAPI) -> None:
     async def _imagegen_error(request: Request, exc: ImagegenError) -> JSONResponse:
         if exc.status >= 500:
             log.error("%s %s: %s", request.method, request.url.path, exc.message)
-        return case_study_error(exc) if is_case_study(request) else v1_error(exc)
+        return respond(answers.error(exc, case_study=is_case_study(request)))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -121,25 +85,14 @@ def install(app: FastAPI) -> None:
             {"field": ".".join(str(p) for p in e["loc"][1:]) or "body", "message": e["msg"]}
             for e in exc.errors()
         ]
-        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        if is_case_study(request):
-            return JSONResponse(
-                {"error": detail, "code": "validation_error", "errors": errors}, status_code=400
-            )
-        return problem(422, "validation_error", detail, {"errors": errors})
+        return respond(answers.validation_error(errors, case_study=is_case_study(request)))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        if is_case_study(request):
-            return JSONResponse({"error": str(exc.detail), "code": code}, status_code=exc.status_code)
-        return problem(exc.status_code, code, str(exc.detail))
+        answer = answers.http_error(exc.status_code, str(exc.detail), case_study=is_case_study(request))
+        return respond(answer)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        response = problem(500, "internal_error", "An internal error occurred; nothing you sent caused it")
-        # The server closes the connection after an unexpected error: say so, so that no client
-        # sends its next request on a connection about to close.
-        response.headers["connection"] = "close"
-        return response
+        return respond(answers.unexpected())

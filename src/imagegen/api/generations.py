@@ -8,7 +8,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
 from imagegen import service
 from imagegen.api.auth import Principal, PrincipalDep, RuntimeDep, creating_principal
@@ -165,8 +164,7 @@ async def list_generations(
     user_id = userId or principal.user_id  # an admin without userId sees everyone's
     if user_id is not None:
         principal.may_act_for(user_id)
-    page = await run_in_threadpool(
-        service.list_generations,
+    page = await service.list_generations(
         runtime.storage,
         user_id,
         status,
@@ -191,15 +189,13 @@ async def cancel_generation(
 ) -> JSONResponse:
     async def run() -> JSONResponse:
         await _owned(runtime, principal, generation_id)
-        canceled = await run_in_threadpool(
-            service.cancel_generation, runtime.storage, generation_id, utcnow()
-        )
+        canceled = await service.cancel_generation(runtime.storage, generation_id, utcnow())
         return JSONResponse(resource(request, runtime, canceled))
 
     return await idempotent(request, runtime, principal, idempotency_key, {"cancel": generation_id}, run)
 
 
 async def _owned(runtime: Runtime, principal: Principal, generation_id: str) -> GenerationRequest:
-    generation = await run_in_threadpool(service.get_generation, runtime.storage, generation_id)
+    generation = await service.get_generation(runtime.storage, generation_id)
     principal.may_act_for(generation.user_id)
     return generation

@@ -20,7 +20,6 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from imagegen import service
 from imagegen.api.auth import Principal
@@ -57,11 +56,11 @@ async def idempotent(
         response = await run()
     except ImagegenError as exc:
         if exc.status >= 500 or exc.status in NOT_KEPT:
-            await run_in_threadpool(runtime.storage.release_idempotent, scope, key)
+            await runtime.storage.release_idempotent(scope, key)
             raise
         response = v1_error(exc)
     except BaseException:
-        await run_in_threadpool(runtime.storage.release_idempotent, scope, key)
+        await runtime.storage.release_idempotent(scope, key)
         raise
     await _finish(runtime, scope, key, response)
     return response
@@ -71,9 +70,7 @@ async def _begin(runtime: Runtime, scope: str, key: str, fingerprint: str) -> JS
     deadline = time.monotonic() + WAIT_FOR_FIRST
     while True:
         now = utcnow()
-        state = await run_in_threadpool(
-            runtime.storage.begin_idempotent, scope, key, fingerprint, now, now + LOCK
-        )
+        state = await runtime.storage.begin_idempotent(scope, key, fingerprint, now, now + LOCK)
         if state.state == "new":
             return None
         if state.state == "replay" and state.response is not None:
@@ -88,8 +85,8 @@ async def _begin(runtime: Runtime, scope: str, key: str, fingerprint: str) -> JS
 
 async def _finish(runtime: Runtime, scope: str, key: str, response: JSONResponse) -> None:
     if response.status_code >= 500 or response.status_code in NOT_KEPT:
-        await run_in_threadpool(runtime.storage.release_idempotent, scope, key)
+        await runtime.storage.release_idempotent(scope, key)
         return
     headers = {name: response.headers[name] for name in KEPT_HEADERS if name in response.headers}
     stored = StoredResponse(response.status_code, json.loads(bytes(response.body)), headers)
-    await run_in_threadpool(runtime.storage.finish_idempotent, scope, key, stored)
+    await runtime.storage.finish_idempotent(scope, key, stored)

@@ -15,6 +15,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from imagegen.api import answers
+
 
 class BodyTooLarge(Exception):
     pass
@@ -95,20 +97,13 @@ class RequestLimits:
         return f"Request body is larger than the limit of {self.max_bytes} bytes"
 
     async def _refuse(self, scope: Scope, send: Send, status: int, code: str, detail: str) -> None:
-        body: dict[str, Any] = {"error": detail, "code": code}
-        media = b"application/json"
-        if scope["path"].startswith("/v1"):
-            title = {413: "Request body too large", 408: "Request timeout"}[status]
-            body = {
-                "type": f"https://imagegen.dev/problems/{code}",
-                "title": title,
-                "status": status,
-                "detail": detail,
-                "code": code,
-            }
-            media = b"application/problem+json"
-        payload = json.dumps(body).encode()
-        headers = [(b"content-type", media), (b"content-length", str(len(payload)).encode()), CLOSE]
+        answer = answers.refusal(status, code, detail, case_study=not scope["path"].startswith("/v1"))
+        payload = json.dumps(answer.body).encode()
+        headers = [
+            (b"content-type", answer.media_type.encode()),
+            (b"content-length", str(len(payload)).encode()),
+            CLOSE,
+        ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 

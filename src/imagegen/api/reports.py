@@ -9,7 +9,6 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
 
 from imagegen import service
 from imagegen.api.auth import AdminDep, RuntimeDep
@@ -85,7 +84,7 @@ async def list_reports(
     runtime: RuntimeDep, _admin: AdminDep, limit: str | None = None, cursor: str | None = None
 ) -> dict[str, Any]:
     size = page_size(limit, runtime)
-    page = await run_in_threadpool(service.list_reports, runtime.storage, size, cursor or None)
+    page = await service.list_reports(runtime.storage, size, cursor or None)
     return {"items": page.items, "nextCursor": page.next_cursor}
 
 
@@ -96,7 +95,7 @@ async def get_report(
     _admin: AdminDep,
     format: Annotated[Literal["json", "md", "html"], Query()] = "json",  # noqa: A002
 ) -> Response:
-    document = await run_in_threadpool(service.get_report, runtime.storage, report_id)
+    document = await service.get_report(runtime.storage, report_id)
     return await _rendered(runtime, document, format)
 
 
@@ -110,7 +109,7 @@ async def run_report(request: Request, runtime: RuntimeDep, _admin: AdminDep) ->
     body = await strict_body(request, ReportRun)
     now = utcnow()
     period = service.parse_period(body.week, body.start, body.end, now=now)
-    return await run_in_threadpool(service.run_report, runtime.storage, period, now)
+    return await service.run_report(runtime.storage, period, now)
 
 
 @router.put(
@@ -153,8 +152,8 @@ def _finding(metric: str, dimension: str | None, key: str | None) -> reports.Fin
 async def _marked(
     runtime: RuntimeDep, report_id: str, finding: reports.FindingId, note: str, expected: bool
 ) -> MarkedFinding:
-    changed = await run_in_threadpool(
-        service.mark_expected, runtime.storage, report_id, finding, note, utcnow(), expected=expected
+    changed = await service.mark_expected(
+        runtime.storage, report_id, finding, note, utcnow(), expected=expected
     )
     return MarkedFinding(reportId=report_id, anomaly=AnomalyOut.model_validate(changed))
 
@@ -167,6 +166,6 @@ async def _rendered(runtime: RuntimeDep, document: dict[str, Any], format: str) 
         period = reports.between(
             datetime.fromisoformat(document["periodStart"]), datetime.fromisoformat(document["periodEnd"])
         )
-        history = await run_in_threadpool(service.report_history, runtime.storage, period)
+        history = await service.report_history(runtime.storage, period)
         return HTMLResponse(render_html(document, history))
     return JSONResponse(document)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from imagegen.api.auth import RuntimeDep
 from imagegen.domain.errors import NotFound, StorageUnavailable
@@ -21,7 +20,7 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", summary="The database answers")
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
     try:
-        await run_in_threadpool(runtime.storage.ping)
+        await runtime.storage.ping()
     except StorageUnavailable as exc:
         return JSONResponse({"status": "unavailable", "detail": exc.message}, status_code=503)
     return JSONResponse({"status": "ok"})
@@ -37,7 +36,7 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     },
 )
 async def image(image_id: str, runtime: RuntimeDep) -> Response:
-    png = await run_in_threadpool(runtime.images.open, image_id)
+    png = await runtime.images.open(image_id)
     if png is None:
         raise NotFound("Image not found", id=image_id)
     # Images never change once written: let browsers and CDNs keep them.

@@ -6,16 +6,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
-from starlette.concurrency import run_in_threadpool
 
 from imagegen import service
+from imagegen.api.answers import ledger_entry
 from imagegen.api.auth import PrincipalDep, RuntimeDep
 from imagegen.api.common import page_size
 from imagegen.api.errors import documented
+from imagegen.api.inputs import instant
 from imagegen.domain.errors import InvalidInput
 from imagegen.domain.generation import iso
 from imagegen.domain.ledger import EntryType, LedgerFilter
-from imagegen.http import instant, ledger_entry
 
 router = APIRouter(prefix="/v1/users", tags=["users"], responses=documented(401, 403, 404, 422))
 
@@ -53,7 +53,7 @@ class EntryPage(BaseModel):
 async def get_user(user_id: str, runtime: RuntimeDep, principal: PrincipalDep) -> dict[str, Any]:
     service.check_user_id(user_id)
     principal.may_act_for(user_id)
-    user, totals = await run_in_threadpool(service.user_totals, runtime.storage, user_id)
+    user, totals = await service.user_totals(runtime.storage, user_id)
     return {
         "id": user.id,
         "credits": user.credits,
@@ -83,8 +83,7 @@ async def transactions(
     where = LedgerFilter(
         types=_types(type or []), since=instant(since, "since"), until=instant(until, "until")
     )
-    page = await run_in_threadpool(
-        service.ledger_page,
+    page = await service.ledger_page(
         runtime.storage,
         user_id,
         limit=page_size(limit, runtime),

@@ -151,3 +151,27 @@ class NewGeneration:
     webhook: str | None = None
     webhook_events: frozenset[str] = frozenset()
     max_in_flight: int | None = None  # refuse (429) when the user already has this many queued or running
+
+    def queued(self) -> GenerationRequest:
+        """The request this create queues: pending, never attempted (what every storage writes)."""
+        spec = self.spec
+        return GenerationRequest(
+            id=self.id,
+            user_id=spec.user_id,
+            model=spec.model,
+            style=spec.style,
+            color=spec.color,
+            size=spec.size,
+            prompt=spec.prompt,
+            cost=self.cost,
+            status=Status.PENDING,
+            image_url=None,
+            error=None,
+            attempts=0,
+            created_at=self.created_at,
+            started_at=None,
+            completed_at=None,
+            idempotency_key=self.idempotency_key,
+            webhook=self.webhook,
+            webhook_events=self.webhook_events,
+        )

@@ -1,8 +1,9 @@
 """The port every image engine implements.
 
 A real model (an HTTP API, a local diffusion model) plugs in by implementing the one method of
-`ImageModel`: turn a validated spec into PNG bytes, or raise `ModelFailure`. Workers call it from
-several threads at once, so an implementation must be thread-safe.
+`ImageModel`: turn a validated spec into PNG bytes, or raise `ModelFailure`. It is synchronous:
+each worker calls it on a thread (`asyncio.to_thread`), several at once, so an implementation must
+be thread-safe.
 """
 
 from __future__ import annotations

@@ -67,6 +67,7 @@ class SimulatedModel:
         self._sleep = sleep
         # Several workers share one instance, and random.Random promises nothing about threads.
         self._lock = threading.Lock()
+        self._drawing = threading.Lock()
 
     def generate(self, spec: GenerationSpec, settings: ModelSettings) -> bytes:
         delay, fails = self.roll(settings)
@@ -74,7 +75,11 @@ class SimulatedModel:
             self._sleep(delay)
         if fails:
             raise ModelFailure(f"{spec.model} failed to generate the image (simulated)")
-        return draw_png(spec)
+        # One drawing at a time: a drawing is Python holding the GIL, so two at once only take
+        # turns, and every turn is also taken from the event loop and the database's threads; one
+        # waiting on this lock holds no GIL. (The simulated wait above stays concurrent.)
+        with self._drawing:
+            return draw_png(spec)
 
     def roll(self, settings: ModelSettings) -> tuple[float, bool]:
         """Seconds to wait and whether this attempt fails."""
@@ -96,19 +101,19 @@ def draw_png(spec: GenerationSpec) -> bytes:
     width, height = parse_size(spec.size)
     small = (max(1, width // SCALE), max(1, height // SCALE))
     paint = PAINTERS.get(spec.style, _generic)
-    image = paint(small, _palette(spec.color), random.Random(_seed(spec)))
+    image = paint(small, palette_of(spec.color), random.Random(seed_of(spec)))
     # Smooth across, repeated down: the 4-pixel vertical steps do not show at these sizes, and a
     # repeated row costs the encoder almost nothing (see _png).
     wide = image.convert("RGB").resize((width, image.height), Image.Resampling.BILINEAR)
     return _png(wide, height)
 
 
-def _seed(spec: GenerationSpec) -> int:
+def seed_of(spec: GenerationSpec) -> int:
     key = "\0".join((spec.model, spec.style, spec.color, spec.prompt))
     return int.from_bytes(hashlib.sha256(key.encode()).digest(), "big")
 
 
-def _palette(color: str) -> list[RGB]:
+def palette_of(color: str) -> list[RGB]:
     if color in PALETTES:
         return PALETTES[color]
     # Hashing the name alone keeps an unknown color's palette the same whatever the prompt.

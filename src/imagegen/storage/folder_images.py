@@ -1,7 +1,11 @@
-"""Image storage: the local folder adapter (the default; also fine on a shared network mount)."""
+"""Image storage: the local folder adapter (the default; also fine on a shared network mount).
+
+The file calls run on a thread: a network mount can take its time, and the event loop must not wait.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 from pathlib import Path
@@ -15,7 +19,15 @@ class FolderImageStore:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def put(self, image_id: str, png: bytes) -> str:
+    async def put(self, image_id: str, png: bytes) -> str:
+        return await asyncio.to_thread(self._write, image_id, png)
+
+    async def open(self, image_id: str) -> bytes | None:
+        if not valid_id(image_id):
+            return None
+        return await asyncio.to_thread(self._read, image_id)
+
+    def _write(self, image_id: str, png: bytes) -> str:
         path = self._path(image_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
@@ -24,9 +36,7 @@ class FolderImageStore:
         os.replace(tmp, path)
         return f"/images/{image_id}.png"
 
-    def open(self, image_id: str) -> bytes | None:
-        if not valid_id(image_id):
-            return None
+    def _read(self, image_id: str) -> bytes | None:
         try:
             return self._path(image_id).read_bytes()
         except FileNotFoundError:

@@ -9,10 +9,13 @@ AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), or AWS_PROFILE with ~/.aws/creden
 or the instance or container role. The region is `region` if given, else AWS_REGION,
 AWS_DEFAULT_REGION or the profile's. The credentials need s3:GetObject, s3:PutObject and s3:ListBucket:
 without ListBucket, S3 answers a missing image with 403 instead of 404, which reads as an outage here.
+
+boto3 is synchronous: each call runs on a thread (asyncio.to_thread), never on the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -48,7 +51,15 @@ class S3ImageStore:
         self.region = region
         self._client = client if client is not None else _connect(endpoint_url, region)
 
-    def put(self, image_id: str, png: bytes) -> str:
+    async def put(self, image_id: str, png: bytes) -> str:
+        return await asyncio.to_thread(self._put, image_id, png)
+
+    async def open(self, image_id: str) -> bytes | None:
+        if not valid_id(image_id):
+            return None
+        return await asyncio.to_thread(self._get, image_id)
+
+    def _put(self, image_id: str, png: bytes) -> str:
         key = self._key(image_id)
         try:
             self._client.put_object(Bucket=self.bucket, Key=key, Body=png, ContentType="image/png")
@@ -56,9 +67,7 @@ class S3ImageStore:
             raise self._unavailable("write", key, exc) from exc
         return f"/images/{image_id}.png"
 
-    def open(self, image_id: str) -> bytes | None:
-        if not valid_id(image_id):
-            return None
+    def _get(self, image_id: str) -> bytes | None:
         key = self._key(image_id)
         try:
             png: bytes = self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
@@ -93,7 +102,7 @@ def _connect(endpoint_url: str | None, region: str | None) -> Any:
         connect_timeout=5,
         read_timeout=30,
         retries={"mode": "standard", "max_attempts": 3},
-        # The API's thread pool (40) and the job workers share this client: enough connections that
+        # The threads of the API and the job workers share this client: enough connections that
         # none is opened and thrown away per request.
         max_pool_connections=64,
         # Custom endpoints (MinIO, moto, an IP address) rarely resolve <bucket>.<host>.

@@ -16,11 +16,9 @@ gr = t.generation_requests
 
 
 class SqlAudit(SqlParts):
-    def violations(self) -> Iterator[Violation]:
+    def violations(self) -> list[Violation]:
         with self.tx.read() as conn:
-            yield from balance_violations(conn)
-            yield from request_violations(conn)
-            yield from orphan_entries(conn)
+            return [*balance_violations(conn), *request_violations(conn), *orphan_entries(conn)]
 
 
 def balance_violations(conn: Connection) -> Iterator[Violation]:

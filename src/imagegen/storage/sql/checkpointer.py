@@ -8,6 +8,7 @@ import threading
 from sqlalchemy import Engine
 
 from imagegen.storage.sql.driver import driver_connection
+from imagegen.storage.sql.lazy_thread import LazyThread
 
 log = logging.getLogger("imagegen.storage")
 CHECKPOINT_INTERVAL = 0.1  # seconds between a write and the checkpoint after it
@@ -36,27 +37,20 @@ class Checkpointer:
         self._interval = interval
         self._written = threading.Event()
         self._closed = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._starting = threading.Lock()
+        self._thread = LazyThread(self._run, "imagegen-checkpointer")
 
     def written(self) -> None:
         """Called after each write transaction: a checkpoint is due within the interval."""
         if self._written.is_set():
             return
         self._written.set()
-        if self._thread is None:
-            with self._starting:
-                if self._thread is None and not self._closed.is_set():
-                    self._thread = threading.Thread(
-                        target=self._run, name="imagegen-checkpointer", daemon=True
-                    )
-                    self._thread.start()
+        if not self._closed.is_set():
+            self._thread.start()
 
     def close(self) -> None:
         self._closed.set()
         self._written.set()
-        if self._thread is not None:
-            self._thread.join(10)
+        self._thread.join()
 
     def _run(self) -> None:
         while True:

@@ -8,7 +8,6 @@ SQLite runs in the process: several small statements cost nothing, and processes
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -24,14 +23,10 @@ from imagegen.storage.sql import statements as sql
 from imagegen.storage.sql.calls import QueuedCall
 from imagegen.storage.sql.credits import add_credits, append_entry, refuse
 from imagegen.storage.sql.jobs import claim_in_transaction, complete_in_transaction
-from imagegen.storage.sql.rows import new_request
 from imagegen.storage.sql.transactions import Transactions
 
 if TYPE_CHECKING:
     from imagegen.storage.sql.loop_pipeline import LoopPipeline
-
-if TYPE_CHECKING:
-    pass
 
 NO_LIMIT = 2**31 - 1  # an in-flight limit that never binds (the column is a 32-bit integer)
 
@@ -47,14 +42,10 @@ class Dialect:
     def notify(self, conn: Connection, channel: str, payload: str = "") -> None:
         """Wakes other processes at commit; SQLite's processes poll instead."""
 
-    def listen(
-        self,
-        engine: Engine,
-        on_job: Callable[[], None],
-        on_done: Callable[[str], None],
-        stop: threading.Event,
+    async def listen(
+        self, engine: Engine, on_job: Callable[[], None], on_done: Callable[[str], None]
     ) -> None:
-        """Hears other processes until `stop` is set; SQLite has nothing to hear."""
+        """Hears other processes until canceled; SQLite has nothing to hear (returns at once)."""
 
     def loop_pipeline(
         self, engine: Engine, hand_over: Callable[[list[QueuedCall[Any]]], None], max_batch: int
@@ -70,7 +61,7 @@ class Dialect:
         balance = add_credits(conn, user, -new.cost, in_flight=1, max_in_flight=new.max_in_flight)
         sql.INSERT_REQUEST_FAST.execute(conn, values)
         append_entry(conn, user, EntryType.DEDUCTION, -new.cost, balance, new.id, None, new.created_at)
-        return new_request(values), True
+        return new.queued(), True
 
     def claim_job(self, tx: Transactions, params: dict[str, Any], now: datetime) -> GenerationRequest | None:
         with tx.write() as conn:
@@ -126,4 +117,4 @@ def debited(
         refuse(conn, new.spec.user_id, -new.cost, new.max_in_flight)
         # The row, now locked, allows the debit (a job ended since the UPDATE looked): run it again.
         assert debit_alone(conn, new, values).fetchone() is not None, "a locked row refused the debit"
-    return new_request(values), True
+    return new.queued(), True

@@ -1,14 +1,14 @@
 """Creating generation requests (debit and enqueue in one transaction), reading them, canceling.
 
-Creates are group-committed: `_Debit` is one create as a call the writer (group_commit.py) runs in a
-batch's transaction, pipelined with the batch's other creates on PostgreSQL, or sent by the event
-loop itself as one row of a batch statement (loop_pipeline.py).
+Creates are group-committed: `Debit` is one create as a call that runs in a batch's transaction:
+on SQLite in the event loop's batch (group_commit.py), on PostgreSQL sent by the event loop itself as
+one row of a batch statement (loop_pipeline.py), or on the writer thread, pipelined with the batch's
+other creates, when it must run whole (an Idempotency-Key, a claimed create, a refused debit).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,38 +19,33 @@ from sqlalchemy.exc import IntegrityError
 from imagegen.domain.errors import IdempotencyConflict, StaleConfig
 from imagegen.domain.generation import GenerationRequest, Move, NewGeneration, Status
 from imagegen.domain.paging import Page, after_time, time_cursor
+from imagegen.ports import Lease
 from imagegen.storage.sql import statements as sql
 from imagegen.storage.sql import tables as t
 from imagegen.storage.sql.calls import BEFORE_COMMIT, HAND_OVER, Batch, HandOver, LoopStatement
 from imagegen.storage.sql.dialects import Dialect, debit_alone, debit_row, debited
 from imagegen.storage.sql.errors import retrying
 from imagegen.storage.sql.jobs import finish_with_refund
+from imagegen.storage.sql.outbox import enqueue_webhook
 from imagegen.storage.sql.parts import SqlParts
-from imagegen.storage.sql.rows import new_request, request_from, request_values
+from imagegen.storage.sql.rows import request_from, request_values
 
 gr = t.generation_requests
 
 
 class SqlGenerations(SqlParts):
-    @retrying
-    def debit_and_enqueue(self, new: NewGeneration) -> tuple[GenerationRequest, bool]:
-        return self.submit_debit(new).result()
-
-    def submit_debit(
-        self, new: NewGeneration, config_version: str | None = None
-    ) -> Future[tuple[GenerationRequest, bool]]:
-        """Queues the debit for the group-committing writer; the future resolves once it is committed.
+    def debit_on_loop(
+        self, new: NewGeneration, config_version: str | None = None, claim: Lease | None = None
+    ) -> Awaitable[tuple[GenerationRequest, bool]]:
+        """Queues the debit from the running event loop; the awaitable resolves once it is committed
+        (see GroupCommit.submit_from_loop: the loop's own batch on SQLite, its pipeline on PostgreSQL).
 
         With `config_version` (from `config_snapshot`), the debit refuses with StaleConfig if the
         catalog or the keys have changed since: the caller's cached price and key are then redone.
+        With `claim`, the request is inserted already running under that lease.
         """
-        return self.writes.submit(_Debit(new, config_version, self.dialect), order=new.spec.user_id)
-
-    def debit_from_loop(
-        self, new: NewGeneration, config_version: str | None = None
-    ) -> Awaitable[tuple[GenerationRequest, bool]]:
-        """`submit_debit` for a caller on an asyncio event loop: its awaitable (see GroupCommit)."""
-        return self.writes.submit_from_loop(_Debit(new, config_version, self.dialect), order=new.spec.user_id)
+        debit = Debit(new, config_version, self.dialect, claim)
+        return self.writes.submit_from_loop(debit, order=new.spec.user_id)
 
     @retrying
     def get_request(self, request_id: str) -> GenerationRequest | None:
@@ -88,7 +83,7 @@ class SqlGenerations(SqlParts):
 
 
 @dataclass(frozen=True)
-class _Debit:
+class Debit:
     """Debits and queues one create (or finds its Idempotency-Key's request), in a batch's transaction.
 
     On PostgreSQL a batch of creates without Idempotency-Key is pipelined (see group_commit.Pipelined):
@@ -99,18 +94,33 @@ class _Debit:
     new: NewGeneration
     config_version: str | None
     dialect: Dialect
+    claim: Lease | None = None
 
     def __call__(self, conn: Connection, batch: Batch) -> tuple[GenerationRequest, bool]:
         self._check_config(conn, batch)
-        self._notify_jobs_at_commit(batch)
+        if self.claim is None:  # a claimed job is its creator's: no worker needs waking
+            self._notify_jobs_at_commit(batch)
         if self.new.idempotency_key is None:
-            return self._debit_once(conn)
+            return self._claimed(conn, *self._debit_once(conn))
         try:
             with conn.begin_nested():
-                return self._debit_once(conn)
+                return self._claimed(conn, *self._debit_once(conn))
         except IntegrityError:
             # A duplicate with the same Idempotency-Key, in another process, committed first: replay it.
             return self._debit_once(conn)
+
+    def _claimed(
+        self, conn: Connection, request: GenerationRequest, fresh: bool
+    ) -> tuple[GenerationRequest, bool]:
+        """The new request started under the claim's lease, in the debit's transaction (a replayed
+        one is left as it is: whoever created it runs it)."""
+        if self.claim is None or not fresh:
+            return request, fresh
+        params = {"p_id": request.id, "p_worker": self.claim.worker_id, "p_lease_until": self.claim.until}
+        row = conn.execute(sql.CLAIM_CREATED, {**params, "p_now": self.new.created_at}).one()
+        started = request_from(row)
+        enqueue_webhook(conn, started, "start", self.new.created_at)
+        return started, True
 
     def send(self, conn: Connection, batch: Batch) -> Any:
         if self.config_version is not None and "config_sent" not in batch:
@@ -126,7 +136,7 @@ class _Debit:
 
     @property
     def pipelines(self) -> bool:
-        return self.new.idempotency_key is None
+        return self.new.idempotency_key is None and self.claim is None
 
     def on_loop(self) -> LoopStatement[tuple[GenerationRequest, bool]]:
         """The debit as one row of a statement the event loop runs for a batch (see LoopPipeline):
@@ -136,7 +146,7 @@ class _Debit:
         def answer(applied: bool) -> tuple[GenerationRequest, bool] | HandOver:
             # Not applied: the debit moved nothing (short of credits, at the in-flight limit, or
             # priced with a stale configuration). The writer thread runs it again, to say why.
-            return (new_request(values), True) if applied else HAND_OVER
+            return (self.new.queued(), True) if applied else HAND_OVER
 
         row = debit_row(self.new, values, self.config_version)
         return LoopStatement(sql.DEBIT_ROWS, row, self.new.spec.user_id, answer)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
@@ -18,6 +17,7 @@ from imagegen.domain.errors import StorageUnavailable
 from imagegen.storage.sql.calls import BEFORE_COMMIT, Batch, LoopPipelined, QueuedCall, call_order
 from imagegen.storage.sql.driver import driver_connection
 from imagegen.storage.sql.errors import MAX_ATTEMPTS, Retryable, translate
+from imagegen.storage.sql.lazy_thread import LazyThread
 from imagegen.storage.sql.transactions import Transactions, WriterBusy
 
 if TYPE_CHECKING:
@@ -84,11 +84,14 @@ class GroupCommit:
         self._tx = tx
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[QueuedCall[Any] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._started = threading.Lock()
+        self._thread = LazyThread(self._loop, "imagegen-writer")
         self._closed = False
         self._on_loop: list[QueuedCall[Any]] = []  # submitted on the event loop, flushed after its turn
         self._loop_pipeline = dialect.loop_pipeline(tx.engine, self._hand_over, max_batch)
+        # Decided once: SQLite's loop runs its batches in place, PostgreSQL's sends them (or hands
+        # them to this writer), and only PostgreSQL pipelines the writer's batches.
+        self._from_loop = self._submit_to_loop_batch if tx.dialect == "sqlite" else self._submit_to_pipeline
+        self._can_pipeline = tx.dialect == "postgresql"
 
     def submit(self, run: Callable[[Connection, Batch], R], order: str = "") -> Future[R]:
         future: Future[R] = Future()
@@ -110,11 +113,15 @@ class GroupCommit:
         writing, or another process is), the batch goes to the writer thread instead: the loop
         never waits on a lock.
         """
-        if self._tx.dialect != "sqlite":
-            # (Not isinstance(run, LoopPipelined): a runtime protocol check costs ~10 µs a create.)
-            if self._loop_pipeline is not None and hasattr(run, "on_loop") and run.pipelines:  # type: ignore[attr-defined]
-                return self._loop_pipeline.submit(cast(LoopPipelined[R], run), order)  # see LoopPipeline
-            return asyncio.wrap_future(self.submit(run, order))
+        return self._from_loop(run, order)
+
+    def _submit_to_pipeline(self, run: Callable[[Connection, Batch], R], order: str) -> Awaitable[R]:
+        # (Not isinstance(run, LoopPipelined): a runtime protocol check costs ~10 µs a create.)
+        if self._loop_pipeline is not None and hasattr(run, "on_loop") and run.pipelines:  # type: ignore[attr-defined]
+            return self._loop_pipeline.submit(cast(LoopPipelined[R], run), order)  # see LoopPipeline
+        return asyncio.wrap_future(self.submit(run, order))
+
+    def _submit_to_loop_batch(self, run: Callable[[Connection, Batch], R], order: str) -> Awaitable[R]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         if self._closed:
@@ -153,16 +160,12 @@ class GroupCommit:
         self._closed = True
         if self._loop_pipeline is not None:
             self._loop_pipeline.close()
-        if self._thread is not None:
+        if self._thread.started:
             self._queue.put(None)
-            self._thread.join(10)
+            self._thread.join()
 
     def _start(self) -> None:
-        if self._thread is None:
-            with self._started:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._loop, name="imagegen-writer", daemon=True)
-                    self._thread.start()
+        self._thread.start()
 
     def _loop(self) -> None:
         while True:
@@ -227,7 +230,7 @@ class GroupCommit:
 
     def _pipelines(self, batch: list[QueuedCall[Any]]) -> bool:
         return (
-            self._tx.dialect == "postgresql"
+            self._can_pipeline
             and len(batch) > 1
             and all(isinstance(work.run, Pipelined) and work.run.pipelines for work in batch)
         )

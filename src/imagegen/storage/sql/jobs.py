@@ -7,8 +7,6 @@ same transaction as its refund and webhook delivery: a duplicate or late call ch
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +14,7 @@ from sqlalchemy import Connection, and_, select, tuple_, update
 
 from imagegen.domain.generation import GenerationRequest, Move, Status
 from imagegen.domain.ledger import EntryType
+from imagegen.ports import Lease
 from imagegen.storage.sql import statements as sql
 from imagegen.storage.sql import tables as t
 from imagegen.storage.sql.credits import add_credits, append_entry
@@ -74,8 +73,8 @@ def finish_with_refund(
 
 class SqlJobs(SqlParts):
     @retrying
-    def claim_job(self, worker_id: str, now: datetime, lease_until: datetime) -> GenerationRequest | None:
-        params = {"p_worker": worker_id, "p_lease_until": lease_until, "p_now": now}
+    def claim_job(self, lease: Lease, now: datetime) -> GenerationRequest | None:
+        params = {"p_worker": lease.worker_id, "p_lease_until": lease.until, "p_now": now}
         return self.dialect.claim_job(self.tx, params, now)
 
     @retrying
@@ -136,9 +135,3 @@ class SqlJobs(SqlParts):
             )
             self.dialect.notify(conn, sql.JOBS_CHANNEL)
             return result.rowcount == 1
-
-    def listen(
-        self, on_job: Callable[[], None], on_done: Callable[[str], None], stop: threading.Event
-    ) -> None:
-        """Calls back on other processes' NOTIFYs until `stop` is set; returns at once on SQLite."""
-        self.dialect.listen(self.engine, on_job, on_done, stop)

@@ -42,6 +42,7 @@ from imagegen.storage.sql.driver import RowsStatement
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
 log = logging.getLogger("imagegen.storage")
+LOOP_APPLICATION_NAME = "imagegen-loop"
 
 
 class LoopPipeline:
@@ -90,7 +91,12 @@ class LoopPipeline:
                 del state.waiting[: self._max_batch]
                 batch = [call for call in batch if call.start()]
                 if batch:
-                    await self._run(state, batch)
+                    try:
+                        await self._run(state, batch)
+                    except Exception as exc:  # a bug, not the database: no caller may wait forever
+                        log.exception("a batch of %d writes failed on the loop", len(batch))
+                        for call in batch:
+                            call.resolve(None, exc)
         finally:
             state.draining = None
 
@@ -131,7 +137,7 @@ class LoopPipeline:
     ) -> list[Any]:
         """The batch, committed; each call's answer from whether its row was applied."""
         executions = []
-        groups = _executions(statements)
+        groups = execution_groups(statements)
         if len(groups) == 1:  # one statement: its own transaction (the connection autocommits)
             executions.append((groups[0], await conn.execute(*self._bind(statements, groups[0]))))
         else:
@@ -152,7 +158,7 @@ class LoopPipeline:
         return statements[group[0]].statement.bind(self._dialect, rows)
 
 
-def _executions(statements: list[LoopStatement[Any]]) -> list[list[int]]:
+def execution_groups(statements: list[LoopStatement[Any]]) -> list[list[int]]:
     """The calls (their indexes) each execution applies, in order: one execution per statement
     for the first call of each key, then another for the second, and so on."""
     rounds: list[dict[RowsStatement, list[int]]] = []
@@ -179,7 +185,10 @@ class _LoopState:
             # An idle connection has nothing to say unless the server ended it (ErrorResponse, EOF).
             self.drop_connection()
         if self.conn is None:
-            self.conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+            # Named, so that an operator (and a test) can tell it in pg_stat_activity.
+            self.conn = await psycopg.AsyncConnection.connect(
+                conninfo, autocommit=True, application_name=LOOP_APPLICATION_NAME
+            )
         return self.conn
 
     async def roll_back(self) -> None:

@@ -3,8 +3,8 @@ so single statements where possible, and NOTIFY to wake other processes."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -23,6 +23,7 @@ from imagegen.storage.sql.rows import request_from
 from imagegen.storage.sql.transactions import Transactions
 
 log = logging.getLogger("imagegen.storage")
+LISTEN_APPLICATION_NAME = "imagegen-listen"  # how its connection shows in pg_stat_activity
 MIGRATION_LOCK = 7236451  # an advisory lock id: one process migrates, the others wait for it
 
 
@@ -35,29 +36,29 @@ class Postgres(Dialect):
     def notify(self, conn: Connection, channel: str, payload: str = "") -> None:
         sql.NOTIFY.execute(conn, {"p_channel": channel, "p_payload": payload})
 
-    def listen(
-        self,
-        engine: Engine,
-        on_job: Callable[[], None],
-        on_done: Callable[[str], None],
-        stop: threading.Event,
+    async def listen(
+        self, engine: Engine, on_job: Callable[[], None], on_done: Callable[[str], None]
     ) -> None:
+        # On the event loop, over an async connection: waiting for a notification is waiting on a
+        # socket, which needs no thread of its own.
         url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        while not stop.is_set():
+        while True:
             try:
-                with psycopg.connect(url, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {sql.JOBS_CHANNEL}")
-                    conn.execute(f"LISTEN {sql.DONE_CHANNEL}")
+                connecting = psycopg.AsyncConnection.connect(
+                    url, autocommit=True, application_name=LISTEN_APPLICATION_NAME
+                )
+                async with await connecting as conn:
+                    await conn.execute(f"LISTEN {sql.JOBS_CHANNEL}")
+                    await conn.execute(f"LISTEN {sql.DONE_CHANNEL}")
                     on_job()  # anything queued while we were not listening
-                    while not stop.is_set():
-                        for note in conn.notifies(timeout=1.0):
-                            if note.channel == sql.JOBS_CHANNEL:
-                                on_job()
-                            else:
-                                on_done(note.payload)
+                    async for note in conn.notifies():
+                        if note.channel == sql.JOBS_CHANNEL:
+                            on_job()
+                        else:
+                            on_done(note.payload)
             except psycopg.Error:
                 log.warning("lost the LISTEN connection; reconnecting", exc_info=True)
-                stop.wait(1.0)
+            await asyncio.sleep(1.0)
 
     def loop_pipeline(
         self, engine: Engine, hand_over: Callable[[list[QueuedCall[Any]]], None], max_batch: int

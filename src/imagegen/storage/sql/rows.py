@@ -56,30 +56,6 @@ def request_values(new: NewGeneration) -> dict[str, Any]:
     }
 
 
-def new_request(values: dict[str, Any]) -> GenerationRequest:
-    """The request just inserted with `values` (no read back)."""
-    return GenerationRequest(
-        id=values["id"],
-        user_id=values["user_id"],
-        model=values["model"],
-        style=values["style"],
-        color=values["color"],
-        size=values["size"],
-        prompt=values["prompt"],
-        cost=values["cost"],
-        status=Status.PENDING,
-        image_url=None,
-        error=None,
-        attempts=0,
-        created_at=values["created_at"],
-        started_at=None,
-        completed_at=None,
-        idempotency_key=values["idempotency_key"],
-        webhook=values["webhook"],
-        webhook_events=_events(values["webhook_events"]),
-    )
-
-
 def entry_from(row: Row[Any]) -> LedgerEntry:
     return LedgerEntry(
         id=row.id,

@@ -177,6 +177,10 @@ CLAIM_JOB = (
     .values(_claimed_values)
     .returning(*gr.c)
 )
+# A request created for its creator to run (a claimed create): started in the debit's transaction.
+CLAIM_CREATED = (
+    update(gr).where(gr.c.id == bindparam("p_id"), may(Move.CLAIM)).values(_claimed_values).returning(*gr.c)
+)
 # PostgreSQL: the claim as one statement outside any transaction, for the oldest pending job if it
 # has no webhook (whose "start" delivery is written beside the claim, in Python). No row: nothing is
 # pending; a row without an id (only `oldest_id`): the oldest has a webhook, for CLAIM_JOB to take.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -20,7 +20,7 @@ class Transactions:
     """Opens read and write transactions; on SQLite, one writer at a time per process.
 
     SQLite makes waiting writers sleep and retry rather than queue: serialising them here keeps the
-    worst wait short (see PERFORMANCE.md). Other processes still wait on the busy timeout.
+    worst wait short (see docs/performance.md). Other processes still wait on the busy timeout.
     """
 
     def __init__(self, engine: Engine, checkpoint_interval: float = CHECKPOINT_INTERVAL) -> None:
@@ -36,6 +36,7 @@ class Transactions:
         self._loop_conn: Connection | None = None
         # PostgreSQL: the same pool, each statement its own transaction (see `statement`).
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._statement = self.read if self.dialect == "sqlite" else self._without_transaction
 
     def close(self) -> None:
         if self._checkpointer is not None:
@@ -56,11 +57,11 @@ class Transactions:
         """The `read()` transactions this thread opens inside the block run on one connection kept
         for the event loop, with no busy timeout: if SQLite cannot be read at once, or another
         thread is using that connection, they raise ReaderBusy (nothing was done) instead of
-        waiting, and the caller runs the same work on a thread.
+        waiting, and the adapter (adapter.py) runs the same work on a thread.
 
         A thread pool costs more than such a read: each SQLite call releases the GIL and takes it
         back, and handing it between the pool's threads and the busy event loop is where
-        getUserCredits spent its time (futex waits and wake-ups; see bench/README.md).
+        getUserCredits spent its time (futex waits and wake-ups; see docs/performance.md).
         """
         assert self.reads_on_loop, "reading on the event loop is for SQLite"
         self._here.on_loop = True
@@ -78,8 +79,7 @@ class Transactions:
         if self._checkpointer is not None:
             self._checkpointer.written()
 
-    @contextmanager
-    def statement(self) -> Iterator[Connection]:
+    def statement(self) -> AbstractContextManager[Connection]:
         """For work that is one statement, atomic on its own: on PostgreSQL a connection without a
         transaction around it, which spares the BEGIN and the COMMIT (two round trips of three);
         on SQLite, where they cost no round trip, a read transaction as `read()` gives.
@@ -87,10 +87,10 @@ class Transactions:
         Only for a single read, or a single write whose statement does all of it (and is safe to
         run again when `retrying` repeats it).
         """
-        if self.dialect == "sqlite":
-            with self.read() as conn:
-                yield conn
-            return
+        return self._statement()
+
+    @contextmanager
+    def _without_transaction(self) -> Iterator[Connection]:
         with translate_errors(), self._autocommit.connect() as conn:
             yield conn
 

@@ -7,17 +7,23 @@ storage call, so a duplicate delivery or a late worker changes nothing the secon
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from imagegen.clock import utcnow
 from imagegen.domain.catalog import ModelSettings
 from imagegen.domain.generation import GenerationRequest, GenerationSpec
 from imagegen.models.base import ImageModel, ModelFailure
-from imagegen.ports import ImageStore, Storage
+from imagegen.ports import CatalogStore, ImageStore, Jobs, Lease
 
 log = logging.getLogger("imagegen.jobs")
+
+
+class JobStorage(Jobs, CatalogStore, Protocol):
+    """A job reads its model's settings and ends with one of the Jobs moves."""
 
 
 @dataclass(frozen=True)
@@ -27,8 +33,8 @@ class JobOutcome:
     image_url: str | None = None  # where the completed image is stored
 
 
-def run_job(
-    storage: Storage,
+async def run_job(
+    storage: JobStorage,
     model: ImageModel,
     images: ImageStore,
     request: GenerationRequest,
@@ -37,28 +43,42 @@ def run_job(
     known_settings: ModelSettings | None = None,
 ) -> JobOutcome:
     """`known_settings`: the model's settings as of the request's debit (a Cloud Function's cached
-    catalog, whose version the debit checked), else read now: an admin's edit applies at once."""
-    settings = known_settings or storage.model_settings(request.model)
+    catalog, whose version the debit checked), else read now: an admin's edit applies at once.
+
+    The model draws on a thread: it is CPU work (or a blocking client), and the loop keeps serving.
+    """
+    settings = known_settings or await storage.model_settings(request.model)
     spec = GenerationSpec(
         request.user_id, request.model, request.style, request.color, request.size, request.prompt
     )
     try:
         if settings is None:
             raise ModelFailure(f"model '{request.model}' is no longer in the catalog")
-        png = model.generate(spec, settings)
-        url = images.put(request.id, png)
+        png = await asyncio.to_thread(model.generate, spec, settings)
+        url = await images.put(request.id, png)
     except ModelFailure as exc:
-        return _fail(storage, request, worker_id, str(exc))
+        return await _fail(storage, request, worker_id, str(exc))
     except Exception as exc:  # our fault, not the client's: refund rather than charge for nothing
         log.exception("job %s failed unexpectedly", request.id)
-        return _fail(storage, request, worker_id, f"internal error: {type(exc).__name__}")
-    done = storage.complete(request.id, worker_id, url, utcnow())
+        return await _fail(storage, request, worker_id, f"internal error: {type(exc).__name__}")
+    done = await storage.complete(request.id, worker_id, url, utcnow())
     return JobOutcome(request.id, "completed", url) if done else JobOutcome(request.id, "lost")
 
 
-def _fail(storage: Storage, request: GenerationRequest, worker_id: str, error: str) -> JobOutcome:
-    failed = storage.fail_and_refund(request.id, error, utcnow(), worker_id=worker_id)
+async def _fail(storage: Jobs, request: GenerationRequest, worker_id: str, error: str) -> JobOutcome:
+    failed = await storage.fail_and_refund(request.id, error, utcnow(), worker_id=worker_id)
     return JobOutcome(request.id, "failed" if failed else "lost")
+
+
+async def run_one(
+    storage: JobStorage, model: ImageModel, images: ImageStore, worker_id: str, lease_seconds: float
+) -> GenerationRequest | None:
+    """Claims the oldest queued job and runs it to its end; the job, or None if there was none."""
+    now = utcnow()
+    job = await storage.claim_job(Lease(worker_id, lease_until(now, lease_seconds)), now)
+    if job is not None:
+        await run_job(storage, model, images, job, worker_id)
+    return job
 
 
 @dataclass(frozen=True)
@@ -67,15 +87,15 @@ class Recovery:
     failed: int
 
 
-def recover_expired_jobs(storage: Storage, now: datetime, *, max_attempts: int) -> Recovery:
+async def recover_expired_jobs(storage: Jobs, now: datetime, *, max_attempts: int) -> Recovery:
     """Jobs whose lease ran out (their worker died) go back to the queue, or fail and are refunded."""
     requeued = failed = 0
-    for job in storage.expired_jobs(now):
+    for job in await storage.expired_jobs(now):
         if job.attempts >= max_attempts:
             error = f"worker lost {job.attempts} times; giving up"
-            failed += storage.fail_and_refund(job.id, error, now, lease_expired=True)
+            failed += await storage.fail_and_refund(job.id, error, now, lease_expired=True)
         else:
-            requeued += storage.requeue(job.id, now)
+            requeued += await storage.requeue(job.id, now)
     if requeued or failed:
         log.warning("recovered expired jobs: %d requeued, %d failed and refunded", requeued, failed)
     return Recovery(requeued, failed)
