@@ -483,6 +483,21 @@ async def test_two_claims_never_return_the_same_job(storage: Storage) -> None:
     assert await storage.claim_job(Lease("w-3", T0 + LEASE), T0) is None
 
 
+async def test_claims_made_at_once_take_each_pending_job_once_and_the_rest_find_none(
+    storage: Storage,
+) -> None:
+    pending = {(await enqueue(storage, created_at=T0 + n * MINUTE)).id for n in range(5)}
+
+    claimed = await asyncio.gather(*(storage.claim_job(Lease(f"w-{n}", T0 + LEASE), T0) for n in range(12)))
+
+    taken = [job.id for job in claimed if job is not None]
+    assert sorted(taken) == sorted(pending)  # each one once: no duplicate
+    assert claimed.count(None) == 7
+    for n, job in enumerate(claimed):  # each under the lease of the claim that returned it
+        if job is not None:
+            assert await storage.complete(job.id, f"w-{n}", "/images/x.png", T0 + MINUTE)
+
+
 # -- jobs: finishing ----------------------------------------------------------------------------
 async def test_only_the_lease_owner_can_complete_a_job(storage: Storage) -> None:
     await enqueue(storage)
@@ -540,6 +555,36 @@ async def test_completing_a_job_without_a_webhook_queues_no_delivery(storage: St
     assert await storage.complete(job.id, "w-1", "/images/x.png", T0 + MINUTE)
 
     assert await storage.claim_webhooks(T0 + MINUTE, T0 + MINUTE + LEASE, 10) == []
+
+
+async def test_ends_of_one_job_asked_at_once_end_it_once_with_at_most_one_refund(storage: Storage) -> None:
+    for _ in range(3):
+        await enqueue(storage, size="1024x1024")
+    jobs = [await claim(storage, f"w-{n}") for n in range(3)]
+    now = T0 + MINUTE
+
+    ended = await asyncio.gather(
+        *(
+            end
+            for n, job in enumerate(jobs)
+            for end in (
+                storage.complete(job.id, f"w-{n}", f"/images/{job.id}.png", now),
+                storage.fail_and_refund(job.id, "model exploded", now, worker_id=f"w-{n}"),
+                storage.complete(job.id, f"w-{n}", f"/images/{job.id}-again.png", now),
+            )
+        )
+    )
+
+    assert [ended[3 * n : 3 * n + 3].count(True) for n in range(3)] == [1, 1, 1]
+    refunds = 0
+    for job in jobs:
+        done = await storage.get_request(job.id)
+        assert done is not None and done.status in (Status.COMPLETED, Status.FAILED)
+        entries = await entries_for(storage, "testUser1", job.id)
+        refunds += entries.get(EntryType.REFUND, 0)
+        assert entries.get(EntryType.REFUND, 0) == (1 if done.status is Status.FAILED else 0)
+    assert await balance(storage, "testUser1") == 100 - 9 + 3 * refunds
+    assert await storage.violations() == []
 
 
 async def test_a_pending_job_can_be_neither_completed_nor_failed(storage: Storage) -> None:
