@@ -118,8 +118,3 @@ class StaleConfig(Exception):
     Internal: a create priced and authorized from a process's cache is checked against the current
     configuration version inside its debit, and this sends it back to be redone with fresh values.
     """
-
-
-class ReaderBusy(Exception):
-    """Internal: the event loop could not read the database at once. Nothing was done; the caller
-    runs the same read on a thread, where it may wait."""

@@ -25,7 +25,6 @@ from typing import Any, ParamSpec, TypeVar
 
 from imagegen.domain.audit import Violation
 from imagegen.domain.catalog import Catalog, ModelSettings
-from imagegen.domain.errors import ReaderBusy
 from imagegen.domain.generation import GenerationRequest, NewGeneration, Status
 from imagegen.domain.idempotency import Idempotency, StoredResponse
 from imagegen.domain.keys import ApiKey
@@ -36,6 +35,7 @@ from imagegen.domain.users import User
 from imagegen.domain.webhooks import WebhookDelivery
 from imagegen.ports import Lease
 from imagegen.storage.sql.database import SqlDatabase
+from imagegen.storage.sql.transactions import ReaderBusy
 from imagegen.storage.threads import Threads
 
 P = ParamSpec("P")

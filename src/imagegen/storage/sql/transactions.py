@@ -9,11 +9,15 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from imagegen.domain.errors import ReaderBusy
 from imagegen.storage.sql.checkpointer import CHECKPOINT_INTERVAL, Checkpointer
 from imagegen.storage.sql.driver import driver_connection
 from imagegen.storage.sql.engines import SQLITE_BUSY_TIMEOUT_MS
 from imagegen.storage.sql.errors import translate_errors
+
+
+class ReaderBusy(Exception):
+    """The event loop could not read the database at once. Nothing was done; the adapter runs the
+    same read on a thread, where it may wait (see SqlStorage's reads on SQLite)."""
 
 
 class Transactions:
