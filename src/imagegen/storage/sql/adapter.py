@@ -179,6 +179,9 @@ class SqlStorage:
     async def requeue(self, request_id: str, now: datetime) -> bool:
         return await self._on_thread(self.database.requeue, request_id, now)
 
+    async def set_progress(self, request_id: str, worker_id: str, fraction: float) -> bool:
+        return await self._on_thread(self.database.set_progress, request_id, worker_id, fraction)
+
     async def queues(self, now: datetime) -> list[ModelQueue]:
         return await self._on_thread(self.database.queues, now)  # a scan of the queue
 

@@ -112,6 +112,7 @@ generation_requests = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("started_at", UTCDateTime, nullable=True),
     Column("completed_at", UTCDateTime, nullable=True),
+    Column("progress", Float, nullable=True),  # 0..1 while running, as the engine reports it
     Index("ix_requests_created", "created_at"),
     Index("ix_requests_user_created", "user_id", "created_at"),
     Index(
