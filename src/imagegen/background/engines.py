@@ -19,6 +19,7 @@ from imagegen.engines.binding import Deployment, ModelBinding, parse_binding
 from imagegen.engines.fleet import Fleet
 from imagegen.engines.registry import Registry
 from imagegen.engines.request import ImageRequest
+from imagegen.engines.routing import RetryPolicy
 from imagegen.engines.run import Run
 from imagegen.engines.simulated import SimulatedSettings
 
@@ -34,9 +35,10 @@ class JobEngines:
         latency_ms: int | None = None,
         environ: Mapping[str, str] | None = None,
         threads: int = 16,
+        policy: RetryPolicy | None = None,
     ) -> None:
         self.registry = registry
-        self.fleet = Fleet(registry, environ=environ)
+        self.fleet = Fleet(registry, environ=environ, policy=policy)
         self._failure_rate = failure_rate
         self._latency_ms = latency_ms
         # A thread per running generation, and as many again for ones given up (a timeout) whose
