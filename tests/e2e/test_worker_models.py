@@ -138,3 +138,14 @@ def test_a_job_canceled_while_another_process_runs_it_is_refunded_once_and_let_g
     workers.stop_all()
     workers.started.clear()
     assert verify(api.data_dir).returncode == 0
+
+
+def test_a_generation_resource_shows_its_progress(api: Server, workers: Workers) -> None:
+    key = create_user(api, "progress-user", 5)
+    workers.start()
+    with api.client(key) as user:
+        request_id = create(user, "progress-user", "model-a")
+        wait_for(lambda: status(user, request_id) == "completed", "the job never completed")
+        body = user.get(f"/v1/generations/{request_id}").json()
+        listed = user.get("/v1/generations", params={"userId": "progress-user"}).json()["items"]
+    assert body["progress"] == 1.0 and listed[0]["progress"] == 1.0
