@@ -109,17 +109,22 @@ def deployment() -> Deployment:
         url = f"{FIRESTORE_SCHEME}{project}"
     instance = os.environ.get("K_REVISION") or socket.gethostname()
     storage = open_storage_adapter(url)
+    worker_id = f"functions:{instance}:{os.getpid()}:{new_id(6)}"
     return Deployment(
         settings=settings,
         storage=storage,
         config=ConfigCache(storage),
         engines=JobEngines(
-            Registry.discover(), failure_rate=settings.ai_failure_rate, latency_ms=settings.model_latency_ms
+            Registry.discover(),
+            failure_rate=settings.ai_failure_rate,
+            latency_ms=settings.model_latency_ms,
+            shared_slots=storage,  # each deployment's concurrency, across every instance
+            owner=worker_id,
         ),
         # Functions have only a local /tmp: set IMAGEGEN_IMAGE_STORE_URL to a bucket (docs/firebase.md).
         images=open_image_store(settings.image_store_url, settings.images_dir),
         limiter=RateLimiter(settings.rate_per_user_per_second, settings.rate_burst_per_user),
-        worker_id=f"functions:{instance}:{os.getpid()}:{new_id(6)}",
+        worker_id=worker_id,
     )
 
 

@@ -148,6 +148,17 @@ class Jobs(Protocol):
         """Per model with jobs pending or running: their counts and the oldest pending one."""
 
 
+class EngineSlots(Protocol):
+    """Each deployment's `concurrency` across every process: numbered slots held under a lease, so
+    a holder that dies frees its slot when the lease runs out."""
+
+    async def take_slot(self, key: str, limit: int, holder: str, until: datetime, now: datetime) -> bool:
+        """Takes a free one of slots 0..limit-1 of deployment `key` for `holder` until `until` (a
+        slot whose lease ran out by `now` is free); whether it got one."""
+
+    async def release_slot(self, key: str, holder: str) -> None: ...
+
+
 class Keys(Protocol):
     """API keys, stored hashed; a revocation changes the configuration version."""
 
@@ -218,6 +229,7 @@ class Storage(
     Credits,
     Generations,
     Jobs,
+    EngineSlots,
     Keys,
     IdempotencyStore,
     Outbox,

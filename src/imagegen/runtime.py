@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,6 +124,8 @@ class Runtime:
             failure_rate=settings.ai_failure_rate,
             latency_ms=settings.model_latency_ms,
             threads=2 * max(1, settings.workers),
+            shared_slots=self.storage,  # each deployment's concurrency, across every process
+            owner=f"{socket.gethostname()}:{os.getpid()}",
         )
         self.config = ConfigCache(self.storage)
 

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
+from imagegen.background.slots import SharedSlots
 from imagegen.domain.catalog import ModelSettings
 from imagegen.engines.binding import Deployment, ModelBinding, parse_binding
 from imagegen.engines.fleet import Fleet
@@ -22,7 +23,9 @@ from imagegen.engines.request import ImageRequest
 from imagegen.engines.routing import RetryPolicy
 from imagegen.engines.run import Run
 from imagegen.engines.simulated import SimulatedSettings
+from imagegen.ports import EngineSlots
 
+UNLIMITED = 256  # the most `concurrency` a deployment may have
 MAX_THREADS = 256  # generations at once in one process, waiting on engines included
 
 
@@ -36,9 +39,14 @@ class JobEngines:
         environ: Mapping[str, str] | None = None,
         threads: int = 16,
         policy: RetryPolicy | None = None,
+        shared_slots: EngineSlots | None = None,
+        owner: str = "imagegen",
     ) -> None:
+        """`shared_slots`: the storage holding each deployment's `concurrency` across processes
+        (background/slots.py); without it, concurrency is limited per process."""
         self.registry = registry
-        self.fleet = Fleet(registry, environ=environ, policy=policy)
+        self._slots = SharedSlots(shared_slots, owner) if shared_slots is not None else None
+        self.fleet = Fleet(registry, environ=environ, policy=policy, slots=self._slots)
         self._failure_rate = failure_rate
         self._latency_ms = latency_ms
         # A thread per running generation, and as many again for ones given up (a timeout) whose
@@ -55,8 +63,14 @@ class JobEngines:
         if not settings.bound:
             failure_rate = settings.failure_rate if self._failure_rate is None else self._failure_rate
             latency_ms = settings.latency_ms if self._latency_ms is None else self._latency_ms
-            simulated = SimulatedSettings(failure_rate=failure_rate, latency_ms=latency_ms)
-            return ModelBinding(settings.name, (Deployment("simulated", simulated),))
+            # Unbound: the stand-in runs as many at once as the workers do, limited in no storage.
+            simulated = SimulatedSettings(
+                failure_rate=failure_rate, latency_ms=latency_ms, concurrency=UNLIMITED
+            )
+            deployment = Deployment("simulated", simulated)
+            if self._slots is not None:
+                self._slots.per_process(deployment.key)
+            return ModelBinding(settings.name, (deployment,))
         key = (settings.name, repr(settings.deployments))
         with self._lock:
             found = self._bindings.get(key)
@@ -71,6 +85,8 @@ class JobEngines:
     def start(self, binding: ModelBinding, request: ImageRequest, run: Run) -> asyncio.Future[bytes]:
         """The generation, started on a thread: a future of the checked PNG (or its EngineError)."""
         loop = asyncio.get_running_loop()
+        if self._slots is not None:
+            self._slots.loop = loop
         return loop.run_in_executor(self._pool, self.fleet.generate, binding, request, run)
 
     def close(self) -> None:

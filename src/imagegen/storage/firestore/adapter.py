@@ -178,6 +178,13 @@ class FirestoreStorage:
     async def queues(self, now: datetime) -> list[ModelQueue]:
         return await self._on_thread(self.database.queues, now)
 
+    # -- engine slots -----------------------------------------------------------------------
+    async def take_slot(self, key: str, limit: int, holder: str, until: datetime, now: datetime) -> bool:
+        return await self._on_thread(self.database.take_slot, key, limit, holder, until, now)
+
+    async def release_slot(self, key: str, holder: str) -> None:
+        await self._on_thread(self.database.release_slot, key, holder)
+
     # -- api keys ---------------------------------------------------------------------------
     async def add_api_key(self, key_id: str, key_hash: str, user_id: str | None, now: datetime) -> ApiKey:
         return await self._on_thread(self.database.add_api_key, key_id, key_hash, user_id, now)

@@ -231,6 +231,16 @@ webhook_deliveries = Table(
     ),
 )
 
+# A deployment's concurrency across processes: slot n of deployment `key` is held until expires_at.
+engine_slots = Table(
+    "engine_slots",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("slot", Integer, primary_key=True),
+    Column("holder", String(255), nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+)
+
 scheduled_runs = Table(
     "scheduled_runs",
     metadata,
