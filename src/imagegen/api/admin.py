@@ -20,7 +20,7 @@ from imagegen.background.webhooks import signing_secret
 from imagegen.clock import utcnow
 from imagegen.domain.catalog import ModelSettings
 from imagegen.domain.errors import InvalidInput, NotFound
-from imagegen.domain.generation import ID_RULE, valid_id
+from imagegen.domain.generation import ID_RULE, iso, valid_id
 from imagegen.settings import Settings
 
 # Answers that carry a key or a secret: no browser, proxy or CDN may keep a copy.
@@ -78,6 +78,19 @@ class NewUserOut(BaseModel):
 class IssuedKey(BaseModel):
     keyId: str  # noqa: N815
     apiKey: str = Field(description="Shown this once; stored hashed")  # noqa: N815
+
+
+class QueueOut(BaseModel):
+    model: str
+    pending: int = Field(description="Jobs waiting for a worker")
+    running: int = Field(description="Jobs a worker holds now")
+    oldestPendingAt: str | None = Field(description="When the oldest waiting job was created")  # noqa: N815
+    oldestPendingAgeSeconds: float | None = Field(description="How long it has waited")  # noqa: N815
+
+
+class QueuesOut(BaseModel):
+    at: str
+    queues: list[QueueOut]
 
 
 class SigningSecret(BaseModel):
@@ -261,6 +274,29 @@ def model_body(model: ModelSettings, settings: Settings) -> dict[str, Any]:
 
 def binding_body(model: ModelSettings) -> dict[str, Any]:
     return {"model": model.name, **model.binding_json()}
+
+
+@router.get(
+    "/queues",
+    response_model=QueuesOut,
+    summary="The job queue per model: pending, running, the oldest waiting",
+)
+async def queues(runtime: RuntimeDep, _admin: AdminDep) -> dict[str, Any]:
+    now = utcnow()
+    found = await service.model_queues(runtime.storage, now)
+    return {
+        "at": iso(now),
+        "queues": [
+            {
+                "model": q.model,
+                "pending": q.pending,
+                "running": q.running,
+                "oldestPendingAt": iso(q.oldest_pending_at),
+                "oldestPendingAgeSeconds": q.oldest_pending_age_s,
+            }
+            for q in found
+        ],
+    }
 
 
 @router.get(
