@@ -31,7 +31,7 @@ async def principal_for(storage: Keys, settings: Settings, authorization: str | 
         return ADMIN
     token = bearer_token(authorization)
     key = await service.authenticate(storage, token)
-    return Principal(key.user_id, service.hash_key(token or ""))
+    return Principal(key.user_id, service.hash_key(token or ""), key.id)
 
 
 async def cached_principal(config: ConfigCache, settings: Settings, authorization: str | None) -> Principal:
@@ -49,7 +49,7 @@ async def cached_principal(config: ConfigCache, settings: Settings, authorizatio
     key = await config.principal_key(key_hash)
     if key is None:
         raise Unauthenticated(UNKNOWN_KEY)
-    return Principal(key.user_id, key_hash)
+    return Principal(key.user_id, key_hash, key.id)
 
 
 def bearer_token(authorization: str | None) -> str | None:

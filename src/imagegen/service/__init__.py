@@ -30,7 +30,18 @@ from imagegen.service.generations import (
     prepare_generation,
     wait_until_done,
 )
-from imagegen.service.keys import ADMIN, KEY_PREFIX, Principal, authenticate, hash_key, issue_key, new_key
+from imagegen.service.keys import (
+    ADMIN,
+    KEY_PREFIX,
+    IssuedKey,
+    Principal,
+    authenticate,
+    hash_key,
+    issue_key,
+    list_keys,
+    new_key,
+    revoke_key,
+)
 from imagegen.service.reports import (
     BASELINE_WEEKS,
     get_report,
@@ -48,6 +59,7 @@ __all__ = [
     "KEY_PREFIX",
     "ConfigCache",
     "FirstStart",
+    "IssuedKey",
     "Principal",
     "authenticate",
     "bind_model",
@@ -67,6 +79,8 @@ __all__ = [
     "hash_key",
     "is_terminal",
     "issue_key",
+    "list_keys",
+    "revoke_key",
     "ledger_page",
     "list_generations",
     "list_reports",
