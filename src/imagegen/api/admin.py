@@ -18,8 +18,6 @@ from imagegen.api.idempotency import idempotent
 from imagegen.api.users import Entry
 from imagegen.background.webhooks import signing_secret
 from imagegen.clock import utcnow
-from imagegen.domain.errors import InvalidInput, NotFound
-from imagegen.domain.generation import ID_RULE, valid_id
 
 # Answers that carry a key or a secret: no browser, proxy or CDN may keep a copy.
 NO_STORE = {"Cache-Control": "no-store"}
@@ -135,10 +133,7 @@ async def issue_key(user_id: str, runtime: RuntimeDep, _admin: AdminDep) -> JSON
 
 @router.delete("/keys/{key_id}", status_code=204, summary="Revoke an API key at once")
 async def revoke_key(key_id: str, runtime: RuntimeDep, _admin: AdminDep) -> Response:
-    if not valid_id(key_id):
-        raise InvalidInput(f"Invalid key id '{key_id[:80]}': {ID_RULE}")
-    if not await runtime.storage.revoke_api_key(key_id, utcnow()):
-        raise NotFound("No active key with this id", keyId=key_id)
+    await service.revoke_key(runtime.storage, key_id, utcnow())
     return Response(status_code=204)
 
 

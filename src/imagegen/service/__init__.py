@@ -29,7 +29,18 @@ from imagegen.service.generations import (
     prepare_generation,
     wait_until_done,
 )
-from imagegen.service.keys import ADMIN, KEY_PREFIX, Principal, authenticate, hash_key, issue_key, new_key
+from imagegen.service.keys import (
+    ADMIN,
+    KEY_PREFIX,
+    Principal,
+    authenticate,
+    authenticate_hash,
+    hash_key,
+    issue_key,
+    new_key,
+    revoke_key,
+)
+from imagegen.service.overview import Overview, overview
 from imagegen.service.reports import (
     BASELINE_WEEKS,
     get_report,
@@ -38,6 +49,7 @@ from imagegen.service.reports import (
     parse_period,
     report_history,
     run_report,
+    weeks_between,
 )
 
 __all__ = [
@@ -47,8 +59,10 @@ __all__ = [
     "KEY_PREFIX",
     "ConfigCache",
     "FirstStart",
+    "Overview",
     "Principal",
     "authenticate",
+    "authenticate_hash",
     "cancel_generation",
     "check_cursor",
     "check_idempotency_key",
@@ -71,13 +85,16 @@ __all__ = [
     "mark_expected",
     "move_credits",
     "new_key",
+    "overview",
     "parse_period",
     "prepare_generation",
     "report_history",
+    "revoke_key",
     "run_report",
     "set_model",
     "set_option",
     "user_totals",
     "verify",
     "wait_until_done",
+    "weeks_between",
 ]

@@ -7,7 +7,8 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from imagegen.domain.errors import Forbidden, Unauthenticated
+from imagegen.domain.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
+from imagegen.domain.generation import ID_RULE, valid_id
 from imagegen.domain.ids import new_id
 from imagegen.domain.keys import ApiKey
 from imagegen.ports import Keys
@@ -59,7 +60,19 @@ async def issue_key(storage: Keys, user_id: str | None, now: datetime) -> tuple[
 async def authenticate(storage: Keys, key: str | None) -> ApiKey:
     if not key:
         raise Unauthenticated(MISSING_KEY)
-    found = await storage.find_api_key(hash_key(key))
+    return await authenticate_hash(storage, hash_key(key))
+
+
+async def authenticate_hash(storage: Keys, key_hash: str) -> ApiKey:
+    """The active key with this hash (the console's session keeps the hash, never the key)."""
+    found = await storage.find_api_key(key_hash)
     if found is None:
         raise Unauthenticated(UNKNOWN_KEY)
     return found
+
+
+async def revoke_key(storage: Keys, key_id: str, now: datetime) -> None:
+    if not valid_id(key_id):
+        raise InvalidInput(f"Invalid key id '{key_id[:80]}': {ID_RULE}")
+    if not await storage.revoke_api_key(key_id, now):
+        raise NotFound("No active key with this id", keyId=key_id)
