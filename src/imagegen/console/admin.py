@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from fastapi import APIRouter
-from fastapi.responses import Response
+from fastapi.responses import HTMLResponse, Response
 
 from imagegen import service
 from imagegen.clock import utcnow
@@ -165,6 +165,17 @@ async def report_list(console: ConsoleDep) -> Response:
 
 @router.get("/reports/{report_id}")
 async def report_page(report_id: str, console: ConsoleDep) -> Response:
+    """The report inside the console's frame (the page itself is the next route's)."""
+    try:
+        await service.get_report(console.runtime.storage, report_id)
+    except ImagegenError as error:
+        return console.refused(error)
+    return console.page("report.html", report_id=report_id, nav="reports")
+
+
+@router.get("/reports/{report_id}/page")
+async def report_html(report_id: str, console: ConsoleDep) -> Response:
+    """The report's HTML page: the one `imagegen report --format html` writes, from the same code."""
     storage = console.runtime.storage
     try:
         document = await service.get_report(storage, report_id)
@@ -174,7 +185,7 @@ async def report_page(report_id: str, console: ConsoleDep) -> Response:
         datetime.fromisoformat(document["periodStart"]), datetime.fromisoformat(document["periodEnd"])
     )
     html = render_html(document, await service.report_history(storage, period))
-    return console.page("report.html", report_id=report_id, html=html, nav="reports")
+    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
 
 @router.post("/reports/run")
