@@ -488,12 +488,7 @@ def backfill(
     data_dir: DataDir = None,
 ) -> None:
     """Run the weekly report for every ISO week in a range, oldest first (after an import)."""
-    try:
-        weeks = reports.weeks_from(reports.iso_week(from_week), reports.iso_week(to_week))
-    except ValueError as exc:
-        _fail(str(exc))
-    if not weeks:
-        _fail(f"--from {from_week} is after --to {to_week}")
+    weeks = _run(service.weeks_between, from_week, to_week)
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
     ) as bar:

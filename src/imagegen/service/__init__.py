@@ -36,12 +36,14 @@ from imagegen.service.keys import (
     IssuedKey,
     Principal,
     authenticate,
+    authenticate_hash,
     hash_key,
     issue_key,
     list_keys,
     new_key,
     revoke_key,
 )
+from imagegen.service.overview import Overview, overview
 from imagegen.service.reports import (
     BASELINE_WEEKS,
     get_report,
@@ -50,6 +52,7 @@ from imagegen.service.reports import (
     parse_period,
     report_history,
     run_report,
+    weeks_between,
 )
 
 __all__ = [
@@ -60,8 +63,10 @@ __all__ = [
     "ConfigCache",
     "FirstStart",
     "IssuedKey",
+    "Overview",
     "Principal",
     "authenticate",
+    "authenticate_hash",
     "bind_model",
     "cancel_generation",
     "check_cursor",
@@ -89,9 +94,11 @@ __all__ = [
     "model_settings",
     "move_credits",
     "new_key",
+    "overview",
     "parse_period",
     "prepare_generation",
     "report_history",
+    "revoke_key",
     "run_report",
     "set_model",
     "set_option",
@@ -100,4 +107,5 @@ __all__ = [
     "user_totals",
     "verify",
     "wait_until_done",
+    "weeks_between",
 ]
