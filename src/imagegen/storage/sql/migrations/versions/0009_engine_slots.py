@@ -3,8 +3,8 @@
 One row per slot held: deployment `key` (engine + settings, engines.binding.Deployment.key), slot
 number, holder (a worker's attempt), and when its lease runs out (a dead holder's slot is free then).
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-07 02:00:00
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
