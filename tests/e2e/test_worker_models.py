@@ -149,3 +149,33 @@ def test_a_generation_resource_shows_its_progress(api: Server, workers: Workers)
         body = user.get(f"/v1/generations/{request_id}").json()
         listed = user.get("/v1/generations", params={"userId": "progress-user"}).json()["items"]
     assert body["progress"] == 1.0 and listed[0]["progress"] == 1.0
+
+
+def test_the_embedded_server_runs_a_model_bound_to_comfyui_and_a_cancel_interrupts_it(
+    servers: ServerFactory,
+) -> None:
+    from tests.integration.engines.comfyui_server import WORKFLOW, ComfyUIServer
+
+    server = servers.start(**QUIET)
+    key = create_user(server, "comfy-user", 10)
+    with ComfyUIServer(run_seconds=0.05) as comfyui, server.client(server.keys()["admin"]) as admin:
+        deployment = {"base_url": comfyui.url, "workflow": WORKFLOW, "model": "x", "poll_interval_s": 0.02}
+        bound = admin.put(
+            "/v1/admin/models/model-a/deployments",
+            json={"deployments": [{"engine": "comfyui", "settings": deployment}]},
+        )
+        assert bound.status_code == 200, bound.text
+        with server.client(key) as user:
+            done = create(user, "comfy-user", "model-a")
+            wait_for(lambda: status(user, done) == "completed", "the ComfyUI job never completed")
+            assert len(comfyui.prompts) == 1
+
+            comfyui.run_seconds = 30
+            running = create(user, "comfy-user", "model-a")
+            wait_for(lambda: comfyui.running_id() is not None, "ComfyUI never started the prompt")
+            canceled = user.post(f"/v1/generations/{running}/cancel")
+            assert canceled.status_code == 200 and canceled.json()["status"] == "canceled", canceled.text
+            wait_for(lambda: comfyui.interrupts, "the worker never interrupted ComfyUI", seconds=5)
+            assert user.get("/v1/users/comfy-user").json()["credits"] == 10 - 1
+    server.stop()
+    assert verify(server.data_dir).returncode == 0

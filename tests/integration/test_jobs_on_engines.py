@@ -24,7 +24,7 @@ from imagegen.clock import utcnow
 from imagegen.domain.catalog import ModelSettings
 from imagegen.domain.generation import GenerationRequest, Status
 from imagegen.domain.ledger import EntryType
-from imagegen.engines import Registry, parse_binding
+from imagegen.engines import EngineKind, EngineSettings, Registry, parse_binding
 from imagegen.engines.routing import RetryPolicy
 from imagegen.ports import Lease
 from imagegen.storage.folder_images import FolderImageStore
@@ -35,6 +35,7 @@ from tests.integration.engines.a1111_server import A1111Server
 from tests.integration.engines.comfyui_server import WORKFLOW, ComfyUIServer
 from tests.integration.engines.protocol import Reply, closed_port
 from tests.support import migrated_sql
+from tests.unit.engines.fakes import png as png_of
 
 KEY = "sk-local-000000000000"
 LIMITS = jobs.JobLimits(timeout_s=20, check_every_s=0.05, progress_every_s=0.2, grace_s=2)
@@ -315,3 +316,43 @@ async def test_a_comfyui_job_past_its_timeout_is_interrupted_failed_and_refunded
     assert outcome.status == "failed"
     failed = await ended(storage, request.id, Status.FAILED)
     assert failed.error and "timed out" in failed.error
+
+
+class _DeafSettings(EngineSettings):
+    seconds: float = 3.0
+
+
+class _DeafEngine:
+    """A third-party engine that ignores its run (no deadline, no cancel) and answers late."""
+
+    def __init__(self, settings: _DeafSettings, environ: Any) -> None:
+        self._seconds = settings.seconds
+
+    def generate(self, request: Any, run: Any) -> bytes:
+        time.sleep(self._seconds)
+        width, height = request.dimensions
+        return png_of((width, height))
+
+    def close(self) -> None:
+        pass
+
+
+async def test_an_engine_that_ignores_its_deadline_is_abandoned_the_job_refunded_once_and_its_image_dropped(
+    storage, tmp_path
+) -> None:
+    deaf = Registry.of(EngineKind("deaf", _DeafSettings, _DeafEngine, "ignores its run"))
+    binding = parse_binding("model-a", {"deployments": [{"engine": "deaf", "settings": {}}]}, deaf)
+    await storage.put_model(ModelSettings("model-a", deployments=tuple(binding.to_json()["deployments"])))
+    request = await queued(storage)
+    engines = JobEngines(deaf)
+    try:
+        started = time.monotonic()
+        outcome = await run(storage, engines, tmp_path, timeout_s=0.5, grace_s=0.5)
+        assert time.monotonic() - started < 2.5  # given up at deadline + grace, not after 3 s
+        assert outcome.status == "failed"
+        await asyncio.sleep(3)  # the engine answers now: nothing may change
+    finally:
+        engines.close()
+    failed = await ended(storage, request.id, Status.FAILED)
+    assert failed.error == "timed out: the generation took longer than 0.5 s"
+    assert await FolderImageStore(tmp_path).open(request.id) is None
