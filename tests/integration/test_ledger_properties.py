@@ -168,9 +168,10 @@ class LedgerMachine(RuleBasedStateMachine):
         self.tick()
         request_id = data.draw(st.sampled_from(self.order))
         expected = self.requests[request_id]
-        if expected.status is not Status.PENDING:
+        if expected.status.terminal:
             assert not self.run(self.storage.cancel_and_refund(request_id, self.now))
             return
+        # Pending or running (its worker's complete or fail then changes nothing): refunded once.
         assert self.run(self.storage.cancel_and_refund(request_id, self.now))
         canceled = self.run(self.storage.get_request(request_id))
         assert canceled is not None and canceled.status is Status.CANCELED
