@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -57,7 +57,7 @@ async def bind_model(storage: CatalogStore, registry: Registry, name: str, data:
 
 
 def binding_deployments(
-    name: str, data: object, registry: Registry, sizes: dict[str, int]
+    name: str, data: object, registry: Registry, sizes: Collection[str] | None
 ) -> tuple[dict[str, Any], ...]:
     """The deployments to store for `data`: validated, normalized, free of credentials."""
     unstorable = storable_problems(data)
@@ -97,8 +97,9 @@ async def set_prices(storage: CatalogStore, name: str, data: object) -> ModelSet
 def storable_problems(data: object) -> list[Problem]:
     """What would make a binding unstorable on some backend, refused alike on all of them.
 
-    Firestore nests maps 20 deep at most, reserves `__names__` and empty field names and keeps
-    a document under 1 MiB; PostgreSQL's text refuses NUL.
+    Firestore nests maps 20 deep at most, stores no array directly inside an array, reserves
+    `__names__` and empty field names and keeps a document under 1 MiB; PostgreSQL's text
+    refuses NUL.
     """
     try:
         text = json.dumps(data, ensure_ascii=False)
@@ -119,6 +120,8 @@ def storable_problems(data: object) -> list[Problem]:
                     problems.append(Problem(field, "is not a field name that can be stored"))
                 stack.append((item, field, depth + 1))
         elif isinstance(value, list):
+            if any(isinstance(item, list) for item in value):
+                problems.append(Problem(where, "must not hold an array directly inside an array"))
             stack.extend((item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value))
         elif isinstance(value, str) and "\x00" in value:
             problems.append(Problem(where, "must not contain NUL characters"))
