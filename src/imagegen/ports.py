@@ -73,6 +73,14 @@ class CatalogStore(Protocol):
         """One model's settings as stored now (what a job reads before it generates)."""
 
     async def put_model(self, model: ModelSettings) -> None: ...
+    async def update_model(
+        self, name: str, change: Callable[[ModelSettings | None], ModelSettings]
+    ) -> ModelSettings:
+        """Reads model `name` (None if it is not in the catalog) and writes `change(current)` in
+        one transaction, so that two edits of one model (its settings, binding, prices) never
+        lose one another. `change` is pure and may run more than once; what it raises is raised,
+        with nothing written. A change that changes nothing writes nothing."""
+
     async def put_option(self, kind: str, name: str, *, enabled: bool, cost: int | None = None) -> None: ...
 
 

@@ -93,6 +93,11 @@ class FirestoreStorage:
     async def put_model(self, model: ModelSettings) -> None:
         await self._on_thread(self.database.put_model, model)
 
+    async def update_model(
+        self, name: str, change: Callable[[ModelSettings | None], ModelSettings]
+    ) -> ModelSettings:
+        return await self._on_thread(self.database.update_model, name, change)
+
     async def put_option(self, kind: str, name: str, *, enabled: bool, cost: int | None = None) -> None:
         await self._on_thread(self.database.put_option, kind, name, enabled=enabled, cost=cost)
 
