@@ -18,6 +18,7 @@ from imagegen.api.idempotency import idempotent
 from imagegen.api.users import Entry
 from imagegen.background.webhooks import signing_secret
 from imagegen.clock import utcnow
+from imagegen.domain.generation import iso
 
 # Answers that carry a key or a secret: no browser, proxy or CDN may keep a copy.
 NO_STORE = {"Cache-Control": "no-store"}
@@ -58,6 +59,19 @@ class NewUserOut(BaseModel):
 class IssuedKey(BaseModel):
     keyId: str  # noqa: N815
     apiKey: str = Field(description="Shown this once; stored hashed")  # noqa: N815
+
+
+class QueueOut(BaseModel):
+    model: str
+    pending: int = Field(description="Jobs waiting for a worker")
+    running: int = Field(description="Jobs a worker holds now")
+    oldestPendingAt: str | None = Field(description="When the oldest waiting job was created")  # noqa: N815
+    oldestPendingAgeSeconds: float | None = Field(description="How long it has waited")  # noqa: N815
+
+
+class QueuesOut(BaseModel):
+    at: str
+    queues: list[QueueOut]
 
 
 class SigningSecret(BaseModel):
@@ -173,6 +187,29 @@ async def put_model(name: str, request: Request, runtime: RuntimeDep, _admin: Ad
         # AI_FAILURE_RATE / IMAGEGEN_MODEL_LATENCY_MS, when set, apply to every model instead.
         "overriddenByEnvironment": runtime.settings.ai_failure_rate is not None
         or runtime.settings.model_latency_ms is not None,
+    }
+
+
+@router.get(
+    "/queues",
+    response_model=QueuesOut,
+    summary="The job queue per model: pending, running, the oldest waiting",
+)
+async def queues(runtime: RuntimeDep, _admin: AdminDep) -> dict[str, Any]:
+    now = utcnow()
+    found = await service.model_queues(runtime.storage, now)
+    return {
+        "at": iso(now),
+        "queues": [
+            {
+                "model": q.model,
+                "pending": q.pending,
+                "running": q.running,
+                "oldestPendingAt": iso(q.oldest_pending_at),
+                "oldestPendingAgeSeconds": q.oldest_pending_age_s,
+            }
+            for q in found
+        ],
     }
 
 
