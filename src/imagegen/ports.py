@@ -149,6 +149,11 @@ class Keys(Protocol):
     async def add_api_key(self, key_id: str, key_hash: str, user_id: str | None, now: datetime) -> ApiKey: ...
     async def revoke_api_key(self, key_id: str, now: datetime) -> bool: ...
     async def find_api_key(self, key_hash: str) -> ApiKey | None: ...
+    async def list_api_keys(self, user_id: str | None) -> list[ApiKey]:
+        """A user's keys, revoked ones included, oldest first; None: every key, admin keys too."""
+
+    async def record_key_uses(self, used: dict[str, datetime]) -> None:
+        """Each key's last use, moved forward only; the configuration version stays as it is."""
 
 
 class IdempotencyStore(Protocol):

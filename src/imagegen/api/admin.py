@@ -19,6 +19,7 @@ from imagegen.api.users import Entry
 from imagegen.background.webhooks import signing_secret
 from imagegen.clock import utcnow
 from imagegen.domain.generation import iso
+from imagegen.domain.keys import ApiKey
 
 # Answers that carry a key or a secret: no browser, proxy or CDN may keep a copy.
 NO_STORE = {"Cache-Control": "no-store"}
@@ -54,6 +55,7 @@ class NewUserOut(BaseModel):
     id: str
     credits: int
     apiKey: str = Field(description="Shown this once; stored hashed")  # noqa: N815
+    keyId: str = Field(description="The key's id: to list it and revoke it by")  # noqa: N815
 
 
 class IssuedKey(BaseModel):
@@ -72,6 +74,21 @@ class QueueOut(BaseModel):
 class QueuesOut(BaseModel):
     at: str
     queues: list[QueueOut]
+
+
+class KeyOut(BaseModel):
+    id: str
+    userId: str | None = Field(description="null: an admin key")  # noqa: N815
+    createdAt: str  # noqa: N815
+    lastUsedAt: str | None = Field(  # noqa: N815
+        description="When a request last used it, up to IMAGEGEN_KEY_USE_INTERVAL_SECONDS behind"
+    )
+    revokedAt: str | None  # noqa: N815
+
+
+class KeyPage(BaseModel):
+    items: list[KeyOut]
+    nextCursor: str | None = Field(description="Always null: a user's keys come in one page")  # noqa: N815
 
 
 class SigningSecret(BaseModel):
@@ -94,8 +111,8 @@ async def create_user(
     body = await strict_body(request, NewUser)
 
     async def run() -> JSONResponse:
-        user, key = await service.create_user(runtime.storage, body.userId, body.credits, utcnow())
-        payload = {"id": user.id, "credits": user.credits, "apiKey": key}
+        user, issued = await service.create_user(runtime.storage, body.userId, body.credits, utcnow())
+        payload = {"id": user.id, "credits": user.credits, "apiKey": issued.key, "keyId": issued.id}
         headers = {"Location": f"/v1/users/{user.id}", **NO_STORE}
         return JSONResponse(payload, status_code=201, headers=headers)
 
@@ -141,11 +158,42 @@ async def move_credits(
 )
 async def issue_key(user_id: str, runtime: RuntimeDep, _admin: AdminDep) -> JSONResponse:
     await service.get_user(runtime.storage, user_id)
-    key_id, key = await service.issue_key(runtime.storage, user_id, utcnow())
-    return JSONResponse({"keyId": key_id, "apiKey": key}, status_code=201, headers=NO_STORE)
+    issued = await service.issue_key(runtime.storage, user_id, utcnow())
+    return JSONResponse({"keyId": issued.id, "apiKey": issued.key}, status_code=201, headers=NO_STORE)
 
 
-@router.delete("/keys/{key_id}", status_code=204, summary="Revoke an API key at once")
+@router.get(
+    "/users/{user_id}/keys",
+    response_model=KeyPage,
+    summary="A user's API keys: ids, creation, last use, revocation (never the keys)",
+)
+async def list_user_keys(user_id: str, runtime: RuntimeDep, _admin: AdminDep) -> dict[str, Any]:
+    await service.get_user(runtime.storage, user_id)
+    return {
+        "items": [key_body(k) for k in await service.list_keys(runtime.storage, user_id)],
+        "nextCursor": None,
+    }
+
+
+@router.get("/keys", response_model=KeyPage, summary="Every API key, admin keys included (never the keys)")
+async def list_all_keys(runtime: RuntimeDep, _admin: AdminDep) -> dict[str, Any]:
+    return {
+        "items": [key_body(k) for k in await service.list_keys(runtime.storage, None)],
+        "nextCursor": None,
+    }
+
+
+def key_body(key: ApiKey) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "userId": key.user_id,
+        "createdAt": iso(key.created_at),
+        "lastUsedAt": iso(key.last_used_at),
+        "revokedAt": iso(key.revoked_at),
+    }
+
+
+@router.delete("/keys/{key_id}", status_code=204, summary="Revoke an API key at once, on every process")
 async def revoke_key(key_id: str, runtime: RuntimeDep, _admin: AdminDep) -> Response:
     await service.revoke_key(runtime.storage, key_id, utcnow())
     return Response(status_code=204)

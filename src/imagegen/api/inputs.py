@@ -38,7 +38,7 @@ async def principal_for(storage: Keys, settings: Settings, authorization: str | 
 async def principal_for_hash(storage: Keys, key_hash: str) -> Principal:
     """The caller whose key has this hash, read now (the API's routes and the console's pages)."""
     key = await service.authenticate_hash(storage, key_hash)
-    return Principal(key.user_id, key_hash)
+    return Principal(key.user_id, key_hash, key.id)
 
 
 async def cached_principal(config: ConfigCache, settings: Settings, authorization: str | None) -> Principal:
@@ -56,7 +56,7 @@ async def cached_principal(config: ConfigCache, settings: Settings, authorizatio
     key = await config.principal_key(key_hash)
     if key is None:
         raise Unauthenticated(UNKNOWN_KEY)
-    return Principal(key.user_id, key_hash)
+    return Principal(key.user_id, key_hash, key.id)
 
 
 def bearer_token(authorization: str | None) -> str | None:

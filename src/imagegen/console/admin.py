@@ -44,10 +44,17 @@ async def user(user_id: str, console: ConsoleDep) -> Response:
         found, totals = await service.user_totals(storage, user_id)
         page = await service.ledger_page(storage, user_id, limit=LEDGER_PAGE, cursor=cursor, where=NO_FILTER)
         recent = await service.list_generations(storage, user_id, None, limit=10, cursor=None)
+        keys = await service.list_keys(storage, user_id)
     except ImagegenError as error:
         return console.refused(error)
     return console.page(
-        "user.html", user=found, totals=totals, ledger=page, generations=recent.items, nav="users"
+        "user.html",
+        user=found,
+        totals=totals,
+        ledger=page,
+        generations=recent.items,
+        keys=keys,
+        nav="users",
     )
 
 
@@ -79,10 +86,10 @@ async def issue_key(user_id: str, console: ConsoleDep) -> Response:
     storage = console.runtime.storage
     try:
         await service.get_user(storage, user_id)
-        key_id, key = await service.issue_key(storage, user_id, utcnow())
+        issued = await service.issue_key(storage, user_id, utcnow())
     except ImagegenError as error:
         return console.refused(error)
-    return console.page("key_issued.html", user_id=user_id, key_id=key_id, key=key, nav="users")
+    return console.page("key_issued.html", user_id=user_id, key_id=issued.id, key=issued.key, nav="users")
 
 
 @router.post("/keys/revoke")

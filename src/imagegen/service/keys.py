@@ -22,6 +22,7 @@ class Principal:
 
     user_id: str | None
     key_hash: str | None = field(default=None, compare=False, repr=False)  # None with --no-auth
+    key_id: str | None = field(default=None, compare=False)  # None with --no-auth
 
     @property
     def is_admin(self) -> bool:
@@ -50,11 +51,34 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-async def issue_key(storage: Keys, user_id: str | None, now: datetime) -> tuple[str, str]:
-    """A new key for a user (or an admin key for None): (key id, the key, shown only now)."""
+@dataclass(frozen=True)
+class IssuedKey:
+    """A key just made: its id (to list and revoke it by) and the key itself, shown only now."""
+
+    id: str
+    key: str = field(repr=False)
+    user_id: str | None = None
+
+
+async def issue_key(storage: Keys, user_id: str | None, now: datetime) -> IssuedKey:
+    """A new key for a user (or an admin key for None)."""
     key = new_key()
     stored = await storage.add_api_key(new_id(), hash_key(key), user_id, now)
-    return stored.id, key
+    return IssuedKey(stored.id, key, user_id)
+
+
+async def list_keys(storage: Keys, user_id: str | None) -> list[ApiKey]:
+    """A user's keys (revoked ones too), oldest first; None: every key, admin keys included."""
+    return await storage.list_api_keys(user_id)
+
+
+async def revoke_key(storage: Keys, key_id: str, now: datetime) -> None:
+    """Revokes a key at once, on every process: the revocation changes the configuration version,
+    which every cached create checks in its own transaction (service/config_cache.py)."""
+    if not valid_id(key_id):
+        raise InvalidInput(f"Invalid key id '{key_id[:80]}': {ID_RULE}")
+    if not await storage.revoke_api_key(key_id, now):
+        raise NotFound("No active key with this id", keyId=key_id)
 
 
 async def authenticate(storage: Keys, key: str | None) -> ApiKey:
@@ -69,10 +93,3 @@ async def authenticate_hash(storage: Keys, key_hash: str) -> ApiKey:
     if found is None:
         raise Unauthenticated(UNKNOWN_KEY)
     return found
-
-
-async def revoke_key(storage: Keys, key_id: str, now: datetime) -> None:
-    if not valid_id(key_id):
-        raise InvalidInput(f"Invalid key id '{key_id[:80]}': {ID_RULE}")
-    if not await storage.revoke_api_key(key_id, now):
-        raise NotFound("No active key with this id", keyId=key_id)

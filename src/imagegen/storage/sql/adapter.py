@@ -192,6 +192,12 @@ class SqlStorage:
     async def find_api_key(self, key_hash: str) -> ApiKey | None:
         return await self._read(self.database.find_api_key, key_hash)
 
+    async def list_api_keys(self, user_id: str | None) -> list[ApiKey]:
+        return await self._on_thread(self.database.list_api_keys, user_id)
+
+    async def record_key_uses(self, used: dict[str, datetime]) -> None:
+        await self._on_thread(self.database.record_key_uses, used)
+
     # -- idempotency keys -------------------------------------------------------------------
     async def begin_idempotent(
         self, scope: str, key: str, fingerprint: str, now: datetime, lock_until: datetime
