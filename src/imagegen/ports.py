@@ -25,10 +25,10 @@ from imagegen.domain.idempotency import Idempotency, StoredResponse
 from imagegen.domain.keys import ApiKey
 from imagegen.domain.ledger import NO_FILTER, EntryType, LedgerEntry, LedgerFilter
 from imagegen.domain.paging import Page
-from imagegen.domain.queues import ModelQueue
+from imagegen.domain.queues import ModelQueue, WorkerSeen
 from imagegen.domain.reports import GroupCount
 from imagegen.domain.users import User
-from imagegen.domain.webhooks import WebhookDelivery
+from imagegen.domain.webhooks import DeliveryState, WebhookDelivery
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,9 @@ class Jobs(Protocol):
     ) -> bool: ...
     async def expired_jobs(self, now: datetime) -> list[GenerationRequest]: ...
     async def requeue(self, request_id: str, now: datetime) -> bool: ...
+    async def lease_holders(self) -> list[WorkerSeen]:
+        """The workers whose leases hold running jobs, by id (domain/queues.py `workers_seen`)."""
+
     async def queues(self, now: datetime) -> list[ModelQueue]:
         """Per model with jobs pending or running: their counts and the oldest pending one."""
 
@@ -175,6 +178,9 @@ class Outbox(Protocol):
     ) -> list[WebhookDelivery]: ...
     async def webhook_delivered(self, delivery_id: str, now: datetime) -> None: ...
     async def webhook_failed(self, delivery_id: str, error: str, retry_at: datetime | None) -> None: ...
+    async def request_webhooks(self, request_id: str) -> list[DeliveryState]:
+        """A request's webhook deliveries, oldest first (what the console shows of one request)."""
+
     async def get_meta(self, key: str) -> str | None: ...
     async def put_meta_once(self, key: str, value: str) -> str:
         """Stores `value` under `key` unless one is there; the value that is kept."""

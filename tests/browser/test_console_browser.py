@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.shop import SLOW_MODEL, create, shop_server, shot
+from tests.browser.shop import SLOW_MODEL, create, hooked, shop_server, shot
 from tests.support import Server
 
 pytestmark = pytest.mark.slow
@@ -44,6 +44,7 @@ def test_a_new_generation_appears_on_the_overview_without_a_reload(
     page.wait_for_selector(f"#latest a:has-text('{new['id']}')")
     assert page.url.endswith("/console")
     assert page.locator("#in-flight").inner_text() != "0"
+    assert page.locator("#workers tbody tr").count() == 2  # the two holding the slow jobs
     shot(page, screenshots, "overview")
 
 
@@ -105,12 +106,14 @@ def _revoke(page: Any, key_id: str) -> None:
 def test_every_page_with_data(page: Any, server: Server, screenshots: Path) -> None:
     with server.client(server.keys()["admin"]) as admin:
         finished = admin.get("/v1/generations", params={"status": "completed", "limit": "1"}).json()
+        with_webhook = hooked(admin)
     done = finished["items"][0]["id"]
     pages = {
         "overview-full": "/console",
         "generations": "/console/generations",
         "generations-filtered": "/console/generations?model=model-a&status=failed",
         "generation-completed": f"/console/generations/{done}",
+        "generation-webhook": f"/console/generations/{with_webhook}",
         "users": "/console/users",
         "user-bob": "/console/users/shop-bob",
         "catalog": "/console/catalog",
@@ -123,6 +126,9 @@ def test_every_page_with_data(page: Any, server: Server, screenshots: Path) -> N
         shot(page, screenshots, name)
     page.goto(f"/console/generations/{done}")
     assert page.locator("img.image").evaluate("img => img.naturalWidth") > 0
+    page.goto(f"/console/generations/{with_webhook}")
+    assert page.locator("#webhooks tbody tr").count() >= 1
+    assert "start" in page.inner_text("#webhooks")
     page.goto("/console/reports")
     page.click("td a >> nth=0")
     page.wait_for_selector("iframe.report")

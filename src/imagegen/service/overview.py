@@ -1,7 +1,8 @@
 """The operator's overview: the last hour's generations, the queues, what is in flight.
 
 Computed from existing reads: the reports' `group_counts` over twelve five-minute buckets (one
-indexed range read each), and the queue per model (`Jobs.queues`, through `model_queues`). The
+indexed range read each), the queue per model (`Jobs.queues`, through `model_queues`), and the
+workers whose leases hold running jobs (`Jobs.lease_holders`). The
 figures of the last hour count the requests *created* in it: their debits, and the refunds of the
 ones among them that failed or were canceled (docs/console.md).
 """
@@ -13,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from imagegen.domain.generation import GenerationRequest, Status
-from imagegen.domain.queues import ModelQueue
+from imagegen.domain.queues import ModelQueue, WorkerSeen
 from imagegen.domain.reports import GroupCount
 from imagegen.ports import Generations, Reports
 from imagegen.service.catalog import QueueReader, model_queues
@@ -42,6 +43,7 @@ class Overview:
     debited: int
     refunded: int
     queues: list[ModelQueue]
+    workers: list[WorkerSeen]
     latest: list[GenerationRequest]
 
     @property
@@ -82,8 +84,9 @@ async def overview(storage: OverviewStorage, now: datetime, *, latest: int = 10)
             if Status(row.status).refunded:
                 refunded += row.cost
     queues = await model_queues(storage, now)
+    workers = await storage.lease_holders()
     recent = (await storage.list_requests(None, None, latest, None)).items
-    return Overview(now, buckets, by_status, debited, refunded, queues, recent)
+    return Overview(now, buckets, by_status, debited, refunded, queues, workers, recent)
 
 
 def _bucket(start: datetime, rows: list[GroupCount]) -> Bucket:

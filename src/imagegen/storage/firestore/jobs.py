@@ -16,7 +16,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from imagegen.domain.generation import GenerationRequest, Move, Status
-from imagegen.domain.queues import QUEUED, ModelQueue, QueueCount, model_queues
+from imagegen.domain.queues import QUEUED, ModelQueue, QueueCount, WorkerSeen, model_queues, workers_seen
 from imagegen.ports import Lease
 from imagegen.storage.firestore import docs as d
 from imagegen.storage.firestore.conditional import Reads, Writes, commit_unchanged
@@ -202,6 +202,17 @@ class FirestoreJobs(FirestoreRefunds):
         return self._conditional_update(self._requests().document(request_id), decide) is not None
 
     @translated
+    @translated
+    def lease_holders(self) -> list[WorkerSeen]:
+        query = self._requests().where(filter=cond("status", "==", Status.RUNNING.value))
+        leases = []
+        for snap in query.select(["leaseOwner", "leaseExpiresAt"]).stream():
+            data = snap.to_dict() or {}
+            owner, until = data.get("leaseOwner"), d.utc(data.get("leaseExpiresAt"))
+            if owner and until is not None:
+                leases.append((str(owner), until))
+        return workers_seen(leases)
+
     def queues(self, now: datetime) -> list[ModelQueue]:
         """Reads the model and creation time of every queued job (the queue, not the history)."""
         counts: dict[tuple[str, Status], QueueCount] = {}

@@ -12,7 +12,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from imagegen.domain.generation import GenerationRequest, Move, Status
-from imagegen.domain.queues import QUEUED, ModelQueue, QueueCount, model_queues
+from imagegen.domain.queues import QUEUED, ModelQueue, QueueCount, WorkerSeen, model_queues, workers_seen
 from imagegen.ports import Lease
 from imagegen.storage.memory.refunds import MemoryRefunds
 
@@ -107,6 +107,15 @@ class MemoryJobs(MemoryRefunds):
             stored.request = replace(stored.request, status=Move.REQUEUE.target)
             stored.lease_owner = stored.lease_expires_at = None
             return True
+
+    async def lease_holders(self) -> list[WorkerSeen]:
+        with self._lock:
+            leases = [
+                (s.lease_owner, s.lease_expires_at)
+                for s in self._state.requests.values()
+                if s.request.status is Status.RUNNING and s.lease_owner and s.lease_expires_at
+            ]
+        return workers_seen(leases)
 
     async def queues(self, now: datetime) -> list[ModelQueue]:
         counts: dict[tuple[str, Status], QueueCount] = {}
