@@ -81,6 +81,9 @@ class Credits(Protocol):
 
     async def create_user(self, user_id: str, credits: int, now: datetime) -> User: ...
     async def get_user(self, user_id: str) -> User | None: ...
+    async def find_users(self, prefix: str, limit: int) -> list[User]:
+        """Up to `limit` users whose id starts with `prefix` (case-sensitive), by id."""
+
     async def move_credits(
         self,
         user_id: str,

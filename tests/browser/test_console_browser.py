@@ -67,8 +67,11 @@ def test_cancel_a_pending_generation_refunds_it(page: Any, server: Server, scree
 
 def test_grant_credits_with_a_reason(page: Any, server: Server, screenshots: Path) -> None:
     page.goto("/console/users")
-    page.fill("input[name=q]", "shop-alice")
+    page.fill("input[name=q]", "shop-")
     page.click("text=Find")
+    assert page.locator("#found tbody tr").count() == 2
+    shot(page, screenshots, "users-found")
+    page.click("#found a:has-text('shop-alice')")
     page.wait_for_url("**/console/users/shop-alice")
     before = int(page.inner_text("#balance"))
     page.fill("#grant input[name=amount]", "25")

@@ -59,3 +59,14 @@ async def test_a_requests_webhook_deliveries_oldest_first_with_their_state(stora
     assert (second.last_error, second.delivered_at) == ("HTTP 500", None)
     assert first.created_at <= second.created_at
     assert await storage.request_webhooks("no-such-request") == []
+
+
+async def test_find_users_by_the_start_of_their_id_case_sensitive_by_id(storage: Storage) -> None:
+    for user_id in ("shop-b", "shop-a", "shop-A", "Shop-c", "shopper", "xshop-d"):
+        await storage.create_user(user_id, 5, T0)
+
+    assert [u.id for u in await storage.find_users("shop-", 10)] == ["shop-A", "shop-a", "shop-b"]
+    assert [u.id for u in await storage.find_users("shop", 2)] == ["shop-A", "shop-a"]
+    [user] = await storage.find_users("shopper", 10)
+    assert (user.id, user.credits, user.created_at) == ("shopper", 5, T0)
+    assert await storage.find_users("nobody", 10) == []

@@ -11,6 +11,7 @@ from imagegen.service.checks import check_cursor, check_idempotency_key, check_u
 from imagegen.service.config_cache import ConfigCache
 from imagegen.service.credits import (
     create_user,
+    find_users,
     get_credits,
     get_user,
     ledger_page,
@@ -76,6 +77,7 @@ __all__ = [
     "create_user",
     "fingerprint",
     "generation_webhooks",
+    "find_users",
     "first_start",
     "get_credits",
     "get_generation",

@@ -103,6 +103,9 @@ class FirestoreStorage:
     async def get_user(self, user_id: str) -> User | None:
         return await self._on_thread(self.database.get_user, user_id)
 
+    async def find_users(self, prefix: str, limit: int) -> list[User]:
+        return await self._on_thread(self.database.find_users, prefix, limit)
+
     async def move_credits(
         self,
         user_id: str,

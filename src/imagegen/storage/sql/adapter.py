@@ -110,6 +110,9 @@ class SqlStorage:
     async def get_user(self, user_id: str) -> User | None:
         return await self._read(self.database.get_user, user_id)
 
+    async def find_users(self, prefix: str, limit: int) -> list[User]:
+        return await self._on_thread(self.database.find_users, prefix, limit)  # a scan
+
     async def move_credits(
         self,
         user_id: str,
