@@ -30,10 +30,10 @@ from imagegen.domain.idempotency import Idempotency, StoredResponse
 from imagegen.domain.keys import ApiKey
 from imagegen.domain.ledger import NO_FILTER, EntryType, LedgerEntry, LedgerFilter
 from imagegen.domain.paging import Page
-from imagegen.domain.queues import ModelQueue
+from imagegen.domain.queues import ModelQueue, WorkerSeen
 from imagegen.domain.reports import GroupCount
 from imagegen.domain.users import User
-from imagegen.domain.webhooks import WebhookDelivery
+from imagegen.domain.webhooks import DeliveryState, WebhookDelivery
 from imagegen.ports import Lease
 from imagegen.storage.sql.database import SqlDatabase
 from imagegen.storage.sql.transactions import ReaderBusy
@@ -115,6 +115,9 @@ class SqlStorage:
     async def get_user(self, user_id: str) -> User | None:
         return await self._read(self.database.get_user, user_id)
 
+    async def find_users(self, prefix: str, limit: int) -> list[User]:
+        return await self._on_thread(self.database.find_users, prefix, limit)  # a scan
+
     async def move_credits(
         self,
         user_id: str,
@@ -187,6 +190,9 @@ class SqlStorage:
     async def set_progress(self, request_id: str, worker_id: str, fraction: float) -> bool:
         return await self._on_thread(self.database.set_progress, request_id, worker_id, fraction)
 
+    async def lease_holders(self) -> list[WorkerSeen]:
+        return await self._on_thread(self.database.lease_holders)  # the running jobs' leases
+
     async def queues(self, now: datetime) -> list[ModelQueue]:
         return await self._on_thread(self.database.queues, now)  # a scan of the queue
 
@@ -237,6 +243,9 @@ class SqlStorage:
 
     async def webhook_failed(self, delivery_id: str, error: str, retry_at: datetime | None) -> None:
         await self._on_thread(self.database.webhook_failed, delivery_id, error, retry_at)
+
+    async def request_webhooks(self, request_id: str) -> list[DeliveryState]:
+        return await self._on_thread(self.database.request_webhooks, request_id)
 
     async def get_meta(self, key: str) -> str | None:
         return await self._read(self.database.get_meta, key)

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, and_, func, or_, select, tuple_, update
 
 from imagegen.domain.generation import GenerationRequest, Move, Status
 from imagegen.domain.ledger import EntryType
-from imagegen.domain.queues import QUEUED, ModelQueue, QueueCount, model_queues
+from imagegen.domain.queues import QUEUED, ModelQueue, QueueCount, WorkerSeen, model_queues, workers_seen
 from imagegen.ports import Lease
 from imagegen.storage.sql import statements as sql
 from imagegen.storage.sql import tables as t
@@ -150,6 +150,15 @@ class SqlJobs(SqlParts):
         with self.tx.write() as conn:
             result = conn.execute(update(gr).where(held).values(progress=min(1.0, max(0.0, fraction))))
             return result.rowcount == 1
+
+    @retrying
+    def lease_holders(self) -> list[WorkerSeen]:
+        query = select(gr.c.lease_owner, gr.c.lease_expires_at).where(
+            sql.status_is(Status.RUNNING.value), gr.c.lease_owner.is_not(None)
+        )
+        with self.tx.read() as conn:
+            rows = conn.execute(query).all()
+        return workers_seen((owner, until) for owner, until in rows if until is not None)
 
     @retrying
     def queues(self, now: datetime) -> list[ModelQueue]:
