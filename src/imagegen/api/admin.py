@@ -78,6 +78,19 @@ class KeyPage(BaseModel):
     nextCursor: str | None = Field(description="Always null: a user's keys come in one page")  # noqa: N815
 
 
+class QueueOut(BaseModel):
+    model: str
+    pending: int = Field(description="Jobs waiting for a worker")
+    running: int = Field(description="Jobs a worker holds now")
+    oldestPendingAt: str | None = Field(description="When the oldest waiting job was created")  # noqa: N815
+    oldestPendingAgeSeconds: float | None = Field(description="How long it has waited")  # noqa: N815
+
+
+class QueuesOut(BaseModel):
+    at: str
+    queues: list[QueueOut]
+
+
 class SigningSecret(BaseModel):
     secret: str = Field(examples=["whsec_..."])
 
@@ -222,6 +235,29 @@ async def put_model(name: str, request: Request, runtime: RuntimeDep, _admin: Ad
         # AI_FAILURE_RATE / IMAGEGEN_MODEL_LATENCY_MS, when set, apply to every model instead.
         "overriddenByEnvironment": runtime.settings.ai_failure_rate is not None
         or runtime.settings.model_latency_ms is not None,
+    }
+
+
+@router.get(
+    "/queues",
+    response_model=QueuesOut,
+    summary="The job queue per model: pending, running, the oldest waiting",
+)
+async def queues(runtime: RuntimeDep, _admin: AdminDep) -> dict[str, Any]:
+    now = utcnow()
+    found = await service.model_queues(runtime.storage, now)
+    return {
+        "at": iso(now),
+        "queues": [
+            {
+                "model": q.model,
+                "pending": q.pending,
+                "running": q.running,
+                "oldestPendingAt": iso(q.oldest_pending_at),
+                "oldestPendingAgeSeconds": q.oldest_pending_age_s,
+            }
+            for q in found
+        ],
     }
 
 

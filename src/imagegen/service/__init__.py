@@ -6,7 +6,7 @@ are gathered here so that callers write `service.create_generation(...)`.
 """
 
 from imagegen.service.audit import verify
-from imagegen.service.catalog import CATALOG_KINDS, set_model, set_option
+from imagegen.service.catalog import CATALOG_KINDS, model_queues, set_model, set_option
 from imagegen.service.checks import check_cursor, check_idempotency_key, check_user_id
 from imagegen.service.config_cache import ConfigCache
 from imagegen.service.credits import (
@@ -83,6 +83,7 @@ __all__ = [
     "list_generations",
     "list_reports",
     "mark_expected",
+    "model_queues",
     "move_credits",
     "new_key",
     "parse_period",
