@@ -15,6 +15,7 @@ from imagegen.api import (
     admin,
     case_study,
     catalog,
+    docs_pages,
     errors,
     generations,
     metrics,
@@ -51,7 +52,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await runtime.stop()
 
-    app = FastAPI(title="imagegen", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    # /docs and /redoc are imagegen's own (api/docs_pages.py): their assets come from the package.
+    app = FastAPI(
+        title="imagegen",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.add_middleware(
         RequestLimits, max_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout_seconds
     )
@@ -61,7 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     openapi.install(app, settings)
-    for module in (system, generations, users, catalog, reports, admin, case_study):
+    for module in (system, docs_pages, generations, users, catalog, reports, admin, case_study):
         app.include_router(module.router)
     if settings.metrics:
         app.include_router(metrics.router)
