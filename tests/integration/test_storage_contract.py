@@ -295,6 +295,34 @@ async def test_a_models_settings_read_alone_match_the_catalog_and_an_edit_shows_
     assert (await storage.catalog()).models["model-a"] == ModelSettings("model-a", 0.5, 7, False)
 
 
+BINDING = (
+    {
+        "engine": "comfyui",
+        "settings": {"base_url": "http://gpu-1:8188", "workflow": {"1": {"inputs": {"t": "{{prompt}}"}}}},
+    },
+    {"engine": "openai", "settings": {"model": "dall-e-3", "api_key_env": "OPENAI_API_KEY", "resize": True}},
+)
+
+
+async def test_a_models_binding_and_prices_round_trip_and_unbinding_leaves_nothing(storage: Storage) -> None:
+    bound = ModelSettings("model-a", 0.2, 9, True, deployments=BINDING, prices={"512x512": 2, "1024x1024": 7})
+    before = await storage.config_version()
+
+    await storage.put_model(bound)
+
+    assert await storage.config_version() != before  # a binding or price edit is a catalog edit
+    assert await storage.model_settings("model-a") == bound
+    assert (await storage.catalog()).models["model-a"] == bound
+    assert (await storage.catalog()).cost_of("512x512", "model-a") == 2
+    assert (await storage.catalog()).cost_of("1024x1792", "model-a") == 4  # no price of its own
+    assert (await storage.catalog()).cost_of("512x512", "model-b") == 1
+
+    await storage.put_model(ModelSettings("model-a", 0.2, 9, True))
+
+    assert await storage.model_settings("model-a") == ModelSettings("model-a", 0.2, 9, True)
+    assert (await storage.catalog()).cost_of("512x512", "model-a") == 1
+
+
 async def test_a_users_requests_page_newest_first_and_filter_by_status(storage: Storage) -> None:
     # Three share a timestamp: the cursor must still neither skip nor repeat any of them.
     made = [await enqueue(storage, created_at=T0 + MINUTE * min(n, 3)) for n in range(7)]
@@ -403,6 +431,44 @@ async def test_every_catalog_edit_and_key_revocation_changes_the_version_and_a_s
     assert await balance(storage, "testUser1") == 100
     _, created = await storage.debit_and_enqueue(new, await storage.config_version())
     assert created
+
+
+# -- keys: listed with their ids, creation, last use and revocation -------------------------------
+async def test_a_users_keys_are_listed_oldest_first_with_their_revocation_and_every_key_with_none(
+    storage: Storage,
+) -> None:
+    first = await storage.add_api_key("k-first", "hash-first", "testUser2", T0)
+    second = await storage.add_api_key("k-second", "hash-second", "testUser2", T0 + MINUTE)
+    await storage.add_api_key("k-admin", "hash-admin", None, T0)
+    assert await storage.revoke_api_key(first.id, T0 + 2 * MINUTE)
+
+    listed = [k for k in await storage.list_api_keys("testUser2") if k.id.startswith("k-")]
+    every = {k.id: k for k in await storage.list_api_keys(None)}
+
+    assert [(k.id, k.user_id, k.created_at, k.revoked_at) for k in listed] == [
+        ("k-first", "testUser2", T0, T0 + 2 * MINUTE),
+        ("k-second", "testUser2", T0 + MINUTE, None),
+    ]
+    assert second.id in every and every["k-admin"].is_admin
+    assert {k.user_id for k in every.values()} >= {None, "testUser1", "testUser2"}  # the first start's
+    assert await storage.list_api_keys("nobody") == []
+
+
+async def test_a_keys_last_use_moves_forward_only_and_changes_no_configuration(storage: Storage) -> None:
+    key = await storage.add_api_key("k-used", "hash-used", "testUser1", T0)
+    version = await storage.config_version()
+
+    await storage.record_key_uses({key.id: T0 + 2 * MINUTE, "k-unknown": T0})
+    await storage.record_key_uses({key.id: T0 + MINUTE})  # an older note, from a slower process
+
+    found = await storage.find_api_key("hash-used")
+    assert found is not None and found.last_used_at == T0 + 2 * MINUTE
+    assert await storage.config_version() == version  # no cached create is made stale by a use
+    assert await storage.revoke_api_key(key.id, T0 + 3 * MINUTE)
+    await storage.record_key_uses({key.id: T0 + 4 * MINUTE})
+    assert await storage.find_api_key("hash-used") is None  # a use after revocation revives nothing
+    (listed,) = [k for k in await storage.list_api_keys("testUser1") if k.id == key.id]
+    assert (listed.revoked_at, listed.last_used_at) == (T0 + 3 * MINUTE, T0 + 4 * MINUTE)
 
 
 # -- a claimed create: the creator runs the job (a Cloud Function) --------------------------------

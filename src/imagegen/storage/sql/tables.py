@@ -143,6 +143,9 @@ models = Table(
     Column("failure_rate", Float, nullable=False),
     Column("latency_ms", Integer, nullable=False),
     Column("enabled", Boolean, nullable=False),
+    # The binding's deployments (a JSON list; NULL: the simulated engine) and {size: credits}.
+    Column("deployments", JSON, nullable=True),
+    Column("prices", JSON, nullable=True),
 )
 
 styles = Table(
@@ -176,6 +179,7 @@ api_keys = Table(
     Column("user_id", String(128), ForeignKey("users.id"), nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("revoked_at", UTCDateTime, nullable=True),
+    Column("last_used_at", UTCDateTime, nullable=True),
 )
 
 reports = Table(
