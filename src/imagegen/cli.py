@@ -125,6 +125,10 @@ def serve(
     processes: Annotated[
         int | None, typer.Option(help="HTTP API processes for api/all [env IMAGEGEN_PROCESSES; 1]")
     ] = None,
+    models: Annotated[
+        str | None,
+        typer.Option(help="Claim only these models' jobs, e.g. sdxl,flux [env IMAGEGEN_MODELS; all]"),
+    ] = None,
 ) -> None:
     """Serve imagegen: by default one process runs the HTTP API, the job workers and the scheduler."""
     overrides = {
@@ -136,6 +140,7 @@ def serve(
         "workers": workers,
         "role": role.value if role else None,
         "processes": processes,
+        "models": models,
     }
     settings = _settings(**overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
