@@ -32,7 +32,7 @@ def read_catalog(conn: Connection) -> Catalog:
 
 
 def read_model(conn: Connection, name: str) -> ModelSettings | None:
-    row = conn.execute(sql.MODELS.where(t.models.c.name == name)).first()
+    row = conn.execute(sql.MODEL, {"p_name": name}).first()
     return None if row is None else model_from(row)
 
 
