@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from imagegen import __version__, logs
+from imagegen import __version__, console, logs
 from imagegen import metrics as process_metrics
 from imagegen.api import (
     admin,
@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     if settings.metrics:
         app.include_router(metrics.router)
+    console.install(app)
     if settings.bench_routes:
         app.include_router(system.bench_router)
     return app

@@ -6,6 +6,7 @@ are gathered here so that callers write `service.create_generation(...)`.
 """
 
 from imagegen.service.audit import verify
+from imagegen.service.bindings import bind_model, model_settings, set_prices, unbind_model
 from imagegen.service.catalog import CATALOG_KINDS, model_queues, set_model, set_option
 from imagegen.service.checks import check_cursor, check_idempotency_key, check_user_id
 from imagegen.service.config_cache import ConfigCache
@@ -35,12 +36,14 @@ from imagegen.service.keys import (
     IssuedKey,
     Principal,
     authenticate,
+    authenticate_hash,
     hash_key,
     issue_key,
     list_keys,
     new_key,
     revoke_key,
 )
+from imagegen.service.overview import Overview, overview
 from imagegen.service.reports import (
     BASELINE_WEEKS,
     get_report,
@@ -49,6 +52,7 @@ from imagegen.service.reports import (
     parse_period,
     report_history,
     run_report,
+    weeks_between,
 )
 
 __all__ = [
@@ -59,8 +63,11 @@ __all__ = [
     "ConfigCache",
     "FirstStart",
     "IssuedKey",
+    "Overview",
     "Principal",
     "authenticate",
+    "authenticate_hash",
+    "bind_model",
     "cancel_generation",
     "check_cursor",
     "check_idempotency_key",
@@ -84,15 +91,21 @@ __all__ = [
     "list_reports",
     "mark_expected",
     "model_queues",
+    "model_settings",
     "move_credits",
     "new_key",
+    "overview",
     "parse_period",
     "prepare_generation",
     "report_history",
+    "revoke_key",
     "run_report",
     "set_model",
     "set_option",
+    "set_prices",
+    "unbind_model",
     "user_totals",
     "verify",
     "wait_until_done",
+    "weeks_between",
 ]

@@ -84,7 +84,12 @@ async def revoke_key(storage: Keys, key_id: str, now: datetime) -> None:
 async def authenticate(storage: Keys, key: str | None) -> ApiKey:
     if not key:
         raise Unauthenticated(MISSING_KEY)
-    found = await storage.find_api_key(hash_key(key))
+    return await authenticate_hash(storage, hash_key(key))
+
+
+async def authenticate_hash(storage: Keys, key_hash: str) -> ApiKey:
+    """The active key with this hash (the console's session keeps the hash, never the key)."""
+    found = await storage.find_api_key(key_hash)
     if found is None:
         raise Unauthenticated(UNKNOWN_KEY)
     return found
