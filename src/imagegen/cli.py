@@ -102,6 +102,9 @@ def _fail(message: str, code: int = 2, problems: Any = None) -> NoReturn:
     raise typer.Exit(code)
 
 
+HEALTHCHECK_SECONDS = 20
+
+
 class Role(StrEnum):
     all = "all"
     api = "api"
@@ -178,6 +181,10 @@ def _serve_http(settings: Settings, overrides: dict[str, Any]) -> None:
         access_log=False,  # IMAGEGEN_ACCESS_LOG: imagegen's own, with the request id (api/observe.py)
         log_config=None,  # the format of imagegen.logs, configured in each process
         log_level=settings.log_level.lower(),
+        # The supervisor kills an API process that does not answer its ping in this many seconds:
+        # uvicorn's 5 s were missed by processes still importing on a loaded machine (load 14 on
+        # 2 cores: every child killed and replaced, over and over, and the server never ready).
+        timeout_worker_healthcheck=HEALTHCHECK_SECONDS,
     )
 
 

@@ -72,9 +72,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     openapi.install(app, settings)
     for module in (system, docs_pages, generations, users, catalog, reports, admin, case_study):
         app.include_router(module.router)
-    console.install(app)
     if settings.metrics:
         app.include_router(metrics.router)
+    console.install(app)
     if settings.bench_routes:
         app.include_router(system.bench_router)
     return app

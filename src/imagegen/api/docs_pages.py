@@ -16,6 +16,7 @@ from importlib.resources import files
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Match
 
 from imagegen.domain.errors import NotFound
 
@@ -77,4 +78,6 @@ def _openapi_url(app: FastAPI) -> str:
 
 
 def _has_console(app: FastAPI) -> bool:
-    return any(getattr(route, "path", None) == CONSOLE for route in app.routes)
+    # Asked of the router itself: FastAPI keeps included routers as entries with no `path`.
+    probe = {"type": "http", "path": CONSOLE, "method": "GET", "root_path": "", "headers": []}
+    return any(route.matches(probe)[0] is Match.FULL for route in app.router.routes)
