@@ -331,6 +331,7 @@ class Server:
     api_processes: int = 1
     workers: int = 4  # job threads: in the one process on SQLite, in the worker process on PostgreSQL
     worker_process: bool = False
+    env: dict[str, str] = field(default_factory=dict)  # more settings for every process
     port: int = field(default_factory=free_port)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     started_pids: set[int] = field(default_factory=set)
@@ -384,7 +385,7 @@ class Server:
         return "\n".join(tails)
 
     def _spawn(self, name: str, args: list[str], extra: dict[str, str]) -> subprocess.Popen[bytes]:
-        env = server_env(self.database, self.port, extra)
+        env = server_env(self.database, self.port, {**self.env, **extra})
         log = (self.database.data_dir / f"{name}-{self.port}.log").open("ab")
         # A session of its own, so that stop() can signal the process and the children it forks.
         process = subprocess.Popen(

@@ -29,6 +29,7 @@ it in sys.modules, and dataclasses then cannot resolve string annotations
 """
 
 import asyncio
+import contextvars
 import functools
 import json
 import logging
@@ -42,7 +43,7 @@ from typing import Any, TypeVar
 
 from firebase_functions import https_fn, options, scheduler_fn
 
-from imagegen import service
+from imagegen import request_id, service
 from imagegen.api import answers, inputs
 from imagegen.background import jobs, scheduler
 from imagegen.background.engines import JobEngines
@@ -81,7 +82,8 @@ def runner() -> asyncio.Runner:
 
 
 def run(work: Coroutine[Any, Any, T]) -> T:
-    return runner().run(work)
+    # In the caller's context, not the runner's own: the invocation's request id goes along.
+    return runner().run(work, context=contextvars.copy_context())
 
 
 @dataclass
@@ -149,17 +151,31 @@ def _case_study(handler: Handler) -> Callable[[https_fn.Request], https_fn.Respo
 
     @functools.wraps(handler)
     def wrapped(request: https_fn.Request) -> https_fn.Response:
+        # The request's id, as the app's middleware makes it (imagegen.request_id): on the log
+        # lines, in the error bodies, echoed in X-Request-ID.
+        given = request.headers.get(request_id.HEADER)
+        rid = request_id.from_client(given.encode("latin-1", "replace") if given is not None else None)
+        token = request_id.current.set(rid)
         try:
-            return run(handler(request))
-        except ImagegenError as exc:
-            if exc.status >= 500:
-                log.error("%s %s: %s", request.method, request.path, exc.message)
-            return _answer(answers.case_study_error(exc))
-        except Exception:
-            log.exception("unexpected error on %s %s", request.method, request.path)
-            return _answer(answers.unexpected(case_study=True))
+            response = _handled(handler, request)
+        finally:
+            request_id.current.reset(token)
+        response.headers[request_id.HEADER] = rid
+        return response
 
     return wrapped
+
+
+def _handled(handler: Handler, request: https_fn.Request) -> https_fn.Response:
+    try:
+        return run(handler(request))
+    except ImagegenError as exc:
+        if exc.status >= 500:
+            log.error("%s %s: %s", request.method, request.path, exc.message)
+        return _answer(answers.case_study_error(exc))
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return _answer(answers.unexpected(case_study=True))
 
 
 def _method_not_allowed() -> https_fn.Response:

@@ -34,7 +34,8 @@ def issue_admin_key(server: Server) -> tuple[str, str]:
     async def issue() -> tuple[str, str]:
         storage = SqlStorage(f"sqlite:///{server.data_dir / 'imagegen.db'}")
         try:
-            return await service.issue_key(storage, None, utcnow())
+            issued = await service.issue_key(storage, None, utcnow())
+            return issued.id, issued.key
         finally:
             await storage.close()
 

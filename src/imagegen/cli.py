@@ -24,7 +24,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from imagegen import service
+from imagegen import logs, metrics, service
 from imagegen.clock import utcnow
 from imagegen.domain import reports
 from imagegen.domain.catalog import ModelSettings
@@ -102,6 +102,9 @@ def _fail(message: str, code: int = 2, problems: Any = None) -> NoReturn:
     raise typer.Exit(code)
 
 
+HEALTHCHECK_SECONDS = 20
+
+
 class Role(StrEnum):
     all = "all"
     api = "api"
@@ -143,14 +146,22 @@ def serve(
         "models": models,
     }
     settings = _settings(**overrides)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # httpx logs each request's whole URL at INFO: a webhook's query may carry the receiver's token.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    # Migrate and load the initial data once, before any child process or thread races to do it.
-    asyncio.run(_prepare(settings))
+    logs.configure(settings.log_format, settings.log_level)
     if not settings.serves_http:
+        asyncio.run(_prepare(settings))
         _run_background(settings)
         return
+    # Before anything counts: the API processes share this directory's counts (imagegen.metrics).
+    shared = metrics.make_multiprocess_dir()
+    try:
+        _serve_http(settings, overrides)
+    finally:
+        metrics.remove_multiprocess_dir(shared)
+
+
+def _serve_http(settings: Settings, overrides: dict[str, Any]) -> None:
+    # Migrate and load the initial data once, before any child process or thread races to do it.
+    asyncio.run(_prepare(settings))
     import uvicorn
 
     from imagegen import serving
@@ -167,8 +178,13 @@ def serve(
         workers=settings.processes,
         http=serving.PROTOCOL,  # httptools with header limits and timeouts (see imagegen.serving)
         timeout_keep_alive=settings.keep_alive_seconds,
-        access_log=False,
-        log_level="info",
+        access_log=False,  # IMAGEGEN_ACCESS_LOG: imagegen's own, with the request id (api/observe.py)
+        log_config=None,  # the format of imagegen.logs, configured in each process
+        log_level=settings.log_level.lower(),
+        # The supervisor kills an API process that does not answer its ping in this many seconds:
+        # uvicorn's 5 s were missed by processes still importing on a loaded machine (load 14 on
+        # 2 cores: every child killed and replaced, over and over, and the server never ready).
+        timeout_worker_healthcheck=HEALTHCHECK_SECONDS,
     )
 
 

@@ -25,10 +25,10 @@ from imagegen.domain.idempotency import Idempotency, StoredResponse
 from imagegen.domain.keys import ApiKey
 from imagegen.domain.ledger import NO_FILTER, EntryType, LedgerEntry, LedgerFilter
 from imagegen.domain.paging import Page
-from imagegen.domain.queues import ModelQueue
+from imagegen.domain.queues import ModelQueue, WorkerSeen
 from imagegen.domain.reports import GroupCount
 from imagegen.domain.users import User
-from imagegen.domain.webhooks import WebhookDelivery
+from imagegen.domain.webhooks import DeliveryState, WebhookDelivery
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,14 @@ class CatalogStore(Protocol):
         """One model's settings as stored now (what a job reads before it generates)."""
 
     async def put_model(self, model: ModelSettings) -> None: ...
+    async def update_model(
+        self, name: str, change: Callable[[ModelSettings | None], ModelSettings]
+    ) -> ModelSettings:
+        """Reads model `name` (None if it is not in the catalog) and writes `change(current)` in
+        one transaction, so that two edits of one model (its settings, binding, prices) never
+        lose one another. `change` is pure and may run more than once; what it raises is raised,
+        with nothing written. A change that changes nothing writes nothing."""
+
     async def put_option(self, kind: str, name: str, *, enabled: bool, cost: int | None = None) -> None: ...
 
 
@@ -81,6 +89,9 @@ class Credits(Protocol):
 
     async def create_user(self, user_id: str, credits: int, now: datetime) -> User: ...
     async def get_user(self, user_id: str) -> User | None: ...
+    async def find_users(self, prefix: str, limit: int) -> list[User]:
+        """Up to `limit` users whose id starts with `prefix` (case-sensitive), by id."""
+
     async def move_credits(
         self,
         user_id: str,
@@ -144,6 +155,9 @@ class Jobs(Protocol):
     async def set_progress(self, request_id: str, worker_id: str, fraction: float) -> bool:
         """Notes a running job's progress (0..1) if `worker_id` still holds it; whether it did."""
 
+    async def lease_holders(self) -> list[WorkerSeen]:
+        """The workers whose leases hold running jobs, by id (domain/queues.py `workers_seen`)."""
+
     async def queues(self, now: datetime) -> list[ModelQueue]:
         """Per model with jobs pending or running: their counts and the oldest pending one."""
 
@@ -191,6 +205,9 @@ class Outbox(Protocol):
     ) -> list[WebhookDelivery]: ...
     async def webhook_delivered(self, delivery_id: str, now: datetime) -> None: ...
     async def webhook_failed(self, delivery_id: str, error: str, retry_at: datetime | None) -> None: ...
+    async def request_webhooks(self, request_id: str) -> list[DeliveryState]:
+        """A request's webhook deliveries, oldest first (what the console shows of one request)."""
+
     async def get_meta(self, key: str) -> str | None: ...
     async def put_meta_once(self, key: str, value: str) -> str:
         """Stores `value` under `key` unless one is there; the value that is kept."""

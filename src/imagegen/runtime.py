@@ -11,11 +11,12 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from imagegen import service
+from imagegen import metrics, service
 from imagegen.background.completions import Completions
 from imagegen.background.engines import JobEngines
 from imagegen.background.key_uses import record_key_uses
 from imagegen.background.listener import listen
+from imagegen.background.metrics_server import serve_metrics
 from imagegen.background.scheduler import Scheduler
 from imagegen.background.signal import JobSignal
 from imagegen.background.tasks import Tasks
@@ -136,6 +137,7 @@ class Runtime:
 
     @classmethod
     async def build(cls, settings: Settings) -> Runtime:
+        metrics.enable(settings.metrics)
         images = open_image_store(settings.image_store_url, settings.images_dir)
         return cls(settings, await open_storage(settings), images)
 
@@ -148,6 +150,8 @@ class Runtime:
         if settings.runs_jobs:
             self._workers().start(self.tasks)
             self.tasks.start("imagegen-webhooks", (await self._dispatcher()).run())
+        if settings.metrics_port is not None and not settings.serves_http:
+            self.tasks.start("imagegen-metrics", serve_metrics(self.storage, settings))
         if settings.runs_scheduler:
             self.tasks.start("imagegen-scheduler", Scheduler(self.storage, settings).run())
 

@@ -122,6 +122,17 @@ class Settings(BaseSettings):
         False, description="Serve POST /_bench/noop, a route that does nothing: the benchmarks' ceiling"
     )
     default_page_size: int = Field(50, ge=1)
+    log_format: Literal["text", "json"] = Field("text", description="Log lines as text or JSON objects")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Least level logged")
+    access_log: bool = Field(False, description="One INFO line per HTTP request (method, path, status, time)")
+    request_ids: bool = Field(True, description="X-Request-ID on answers, log lines and error bodies")
+    metrics: bool = Field(True, description="Count requests and jobs and serve GET /metrics")
+    metrics_token: str | None = Field(
+        None, description="A bearer token that may read /metrics (besides an admin key); 16+ characters"
+    )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Worker and scheduler processes serve /metrics on this port"
+    )
     key_use_interval_seconds: float = Field(
         60.0, gt=0, le=3600, description="How often a process writes its keys' last use (lastUsedAt)"
     )
@@ -147,6 +158,20 @@ class Settings(BaseSettings):
         if len(names) > MAX_SERVED_MODELS:
             raise ValueError(f"IMAGEGEN_MODELS names at most {MAX_SERVED_MODELS} models")
         return ",".join(names)
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _any_case(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        return value.lower() if value.lower() in ("text", "json") else value.upper()
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _long_token(cls, token: str | None) -> str | None:
+        if token is not None and (len(token) < 16 or not token.isascii() or not token.isprintable()):
+            raise ValueError("IMAGEGEN_METRICS_TOKEN must be 16 or more printable ASCII characters")
+        return token
 
     @model_validator(mode="after")
     def _refuse_public_no_auth(self) -> Settings:

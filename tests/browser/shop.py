@@ -17,7 +17,8 @@ SLOW_MODEL = "model-slow"  # its jobs hold both workers for the whole module: la
 
 def shop_server(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Server]:
     """Two workers, the models' own failure rates and latencies (no override), some history."""
-    server = Server(tmp_path_factory.mktemp(name) / "var", {"IMAGEGEN_WORKERS": "2"}, [])
+    env = {"IMAGEGEN_WORKERS": "2", "IMAGEGEN_WEBHOOK_ALLOW_PRIVATE": "1"}
+    server = Server(tmp_path_factory.mktemp(name) / "var", env, [])
     server.start()
     try:
         with server.client(server.keys()["admin"]) as admin:
@@ -42,12 +43,21 @@ def _seed(admin: httpx.Client) -> None:
             [("shop-alice", "model-a", "512x512"), ("shop-bob", "model-b", "1024x1024")] * 6
         )
     ]
+    # A webhook nobody answers (port 9 is discard's): its deliveries fail and wait for a retry.
+    hook = {"webhook": "http://127.0.0.1:9/hook", "webhookEvents": ["start", "completed"]}
+    ids.append(create(admin, "shop-bob", model="model-b", prompt="with a webhook", **hook)["id"])
     wait_for(admin, ids, {"completed", "failed"})
     slow = {"failureRate": 0.0, "latencyMs": 600_000, "enabled": True}
     assert admin.put(f"/v1/admin/models/{SLOW_MODEL}", json=slow).status_code == 200
     blockers = [create(admin, "shop-alice", model=SLOW_MODEL)["id"] for _ in range(2)]
     wait_for(admin, blockers, {"running"})
     assert admin.post("/v1/reports", json={}).status_code == 201
+
+
+def hooked(admin: httpx.Client) -> str:
+    """The seeded request with a webhook."""
+    page = admin.get("/v1/generations", params={"userId": "shop-bob", "limit": "100"}).json()
+    return next(item["id"] for item in page["items"] if item["webhook"])
 
 
 def create(admin: httpx.Client, user: str, **fields: Any) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.shop import SLOW_MODEL, create, shop_server, shot
+from tests.browser.shop import SLOW_MODEL, create, hooked, shop_server, shot
 from tests.support import Server
 
 pytestmark = pytest.mark.slow
@@ -44,6 +44,7 @@ def test_a_new_generation_appears_on_the_overview_without_a_reload(
     page.wait_for_selector(f"#latest a:has-text('{new['id']}')")
     assert page.url.endswith("/console")
     assert page.locator("#in-flight").inner_text() != "0"
+    assert page.locator("#workers tbody tr").count() == 2  # the two holding the slow jobs
     shot(page, screenshots, "overview")
 
 
@@ -66,8 +67,11 @@ def test_cancel_a_pending_generation_refunds_it(page: Any, server: Server, scree
 
 def test_grant_credits_with_a_reason(page: Any, server: Server, screenshots: Path) -> None:
     page.goto("/console/users")
-    page.fill("input[name=q]", "shop-alice")
+    page.fill("input[name=q]", "shop-")
     page.click("text=Find")
+    assert page.locator("#found tbody tr").count() == 2
+    shot(page, screenshots, "users-found")
+    page.click("#found a:has-text('shop-alice')")
     page.wait_for_url("**/console/users/shop-alice")
     before = int(page.inner_text("#balance"))
     page.fill("#grant input[name=amount]", "25")
@@ -92,30 +96,27 @@ def test_issue_a_key_then_revoke_it_and_see_it_refused(page: Any, server: Server
     _revoke(page, key_id)
     page.wait_for_selector(".flash")
     assert "revoked" in page.inner_text(".flash")
+    assert page.locator(f"#keys tr:has-text('{key_id}') button").count() == 0  # listed as revoked
     with server.client(key) as user:
         refused = user.get("/v1/users/shop-bob")
     assert refused.status_code == 401
 
 
 def _revoke(page: Any, key_id: str) -> None:
-    """The key list's button when the page lists keys; the key-id form otherwise."""
-    row = page.locator(f"#keys tr:has-text('{key_id}') button")
-    if row.count():
-        row.click()
-    else:
-        page.fill("#keys input[name=key_id]", key_id)
-        page.click("#keys button.danger")
+    page.click(f"#keys tr:has-text('{key_id}') button")
 
 
 def test_every_page_with_data(page: Any, server: Server, screenshots: Path) -> None:
     with server.client(server.keys()["admin"]) as admin:
         finished = admin.get("/v1/generations", params={"status": "completed", "limit": "1"}).json()
+        with_webhook = hooked(admin)
     done = finished["items"][0]["id"]
     pages = {
         "overview-full": "/console",
         "generations": "/console/generations",
         "generations-filtered": "/console/generations?model=model-a&status=failed",
         "generation-completed": f"/console/generations/{done}",
+        "generation-webhook": f"/console/generations/{with_webhook}",
         "users": "/console/users",
         "user-bob": "/console/users/shop-bob",
         "catalog": "/console/catalog",
@@ -128,6 +129,9 @@ def test_every_page_with_data(page: Any, server: Server, screenshots: Path) -> N
         shot(page, screenshots, name)
     page.goto(f"/console/generations/{done}")
     assert page.locator("img.image").evaluate("img => img.naturalWidth") > 0
+    page.goto(f"/console/generations/{with_webhook}")
+    assert page.locator("#webhooks tbody tr").count() >= 1
+    assert "start" in page.inner_text("#webhooks")
     page.goto("/console/reports")
     page.click("td a >> nth=0")
     page.wait_for_selector("iframe.report")

@@ -128,3 +128,7 @@ def test_a_refused_action_answers_its_status_with_the_reason(server: Server, bro
         assert admin.get("/v1/users/console-poor").json()["credits"] == 3
     missing = browser.get("/console/generations/no-such-request")
     assert missing.status_code == 404
+    bad = browser.get("/console/users", params={"q": "no spaces/here"})
+    assert bad.status_code == 400 and "Search with the start of a user id" in bad.text
+    stale = browser.get("/console/generations", params={"since": "yesterday"})
+    assert stale.status_code == 400 and "since must be a time" in stale.text

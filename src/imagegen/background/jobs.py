@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from imagegen import metrics
 from imagegen.background.engines import JobEngines
 from imagegen.clock import utcnow
 from imagegen.domain.catalog import ModelSettings
@@ -71,7 +73,50 @@ async def run_job(
     known_settings: ModelSettings | None = None,
 ) -> JobOutcome:
     """`known_settings`: the model's settings as of the request's debit (a Cloud Function's cached
-    catalog, whose version the debit checked), else read now: an admin's edit applies at once."""
+    catalog, whose version the debit checked), else read now: an admin's edit applies at once.
+
+    Its end is one INFO line (ids, outcome, duration) and the job metrics (metrics.py).
+    """
+    started = time.monotonic()
+    outcome = await _run(storage, engines, images, request, worker_id, limits, known_settings)
+    reported(request, worker_id, outcome, time.monotonic() - started)
+    return outcome
+
+
+def reported(request: GenerationRequest, worker_id: str, outcome: JobOutcome, seconds: float) -> None:
+    if outcome.status in ("completed", "failed"):
+        refunded = request.cost if outcome.status == "failed" else 0
+        metrics.generation_finished(request.model, outcome.status, refunded=refunded)
+    metrics.job_ran(request.model, outcome.status, seconds)
+    fields = {
+        "generationId": request.id,
+        "userId": request.user_id,
+        "model": request.model,
+        "workerId": worker_id,
+        "outcome": outcome.status,
+        "durationMs": round(seconds * 1000, 1),
+    }
+    log.info(
+        "job %s %s: user %s, model %s, worker %s, %.0f ms",
+        request.id,
+        outcome.status,
+        request.user_id,
+        request.model,
+        worker_id,
+        seconds * 1000,
+        extra={"fields": fields},
+    )
+
+
+async def _run(
+    storage: JobStorage,
+    engines: JobEngines,
+    images: ImageStore,
+    request: GenerationRequest,
+    worker_id: str,
+    limits: JobLimits,
+    known_settings: ModelSettings | None,
+) -> JobOutcome:
     settings = known_settings or await storage.model_settings(request.model)
     if settings is None:
         return await _fail(
@@ -206,7 +251,15 @@ async def recover_expired_jobs(storage: Jobs, now: datetime, *, max_attempts: in
     for job in await storage.expired_jobs(now):
         if job.attempts >= max_attempts:
             error = f"worker lost {job.attempts} times; giving up"
-            failed += await storage.fail_and_refund(job.id, error, now, lease_expired=True)
+            if await storage.fail_and_refund(job.id, error, now, lease_expired=True):
+                failed += 1
+                metrics.generation_finished(job.model, "failed", refunded=job.cost)
+                log.info(
+                    "job %s failed: user %s, model %s, %s",
+                    job.id, job.user_id, job.model, error,
+                    extra={"fields": {"generationId": job.id, "userId": job.user_id, "model": job.model,
+                                      "outcome": "failed", "error": error}},
+                )  # fmt: skip
         else:
             requeued += await storage.requeue(job.id, now)
     if requeued or failed:

@@ -18,22 +18,23 @@ from imagegen.reporting import render_html
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 LEDGER_PAGE = 25
+SEARCH_LIMIT = 50
 MAX_BACKFILL_WEEKS = 53  # one request runs at most a year of weeks
 
 
 @router.get("/users")
 async def users(console: ConsoleDep) -> Response:
-    """Search by user id: an exact id opens the user's page."""
+    """Search by the start of a user id; the one user found, with exactly that id, opens at once."""
     wanted = console.request.query_params.get("q", "").strip()
     if not wanted:
-        return console.page("users.html", query="", nav="users")
+        return console.page("users.html", query="", found=None, nav="users")
     try:
-        user = await service.get_user(console.runtime.storage, wanted)
+        found = await service.find_users(console.runtime.storage, wanted, SEARCH_LIMIT)
     except ImagegenError as error:
-        return console.page(
-            "users.html", 404 if error.status == 404 else 400, query=wanted, error=error.message, nav="users"
-        )
-    return console.done(f"/console/users/{user.id}", f"Found user {user.id}.")
+        return console.page("users.html", 400, query=wanted, found=None, error=error.message, nav="users")
+    if len(found) == 1 and found[0].id == wanted:
+        return console.done(f"/console/users/{wanted}", f"Found user {wanted}.")
+    return console.page("users.html", query=wanted, found=found, limit=SEARCH_LIMIT, nav="users")
 
 
 @router.get("/users/{user_id}")
@@ -44,10 +45,17 @@ async def user(user_id: str, console: ConsoleDep) -> Response:
         found, totals = await service.user_totals(storage, user_id)
         page = await service.ledger_page(storage, user_id, limit=LEDGER_PAGE, cursor=cursor, where=NO_FILTER)
         recent = await service.list_generations(storage, user_id, None, limit=10, cursor=None)
+        keys = await service.list_keys(storage, user_id)
     except ImagegenError as error:
         return console.refused(error)
     return console.page(
-        "user.html", user=found, totals=totals, ledger=page, generations=recent.items, nav="users"
+        "user.html",
+        user=found,
+        totals=totals,
+        ledger=page,
+        generations=recent.items,
+        keys=keys,
+        nav="users",
     )
 
 

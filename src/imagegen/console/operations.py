@@ -23,14 +23,18 @@ PAGE = 50
 @router.get("")
 async def overview(console: ConsoleDep) -> Response:
     data = await service.overview(console.runtime.storage, utcnow())
-    return console.page("overview.html", view=data, nav="overview")
+    return console.page("overview.html", view=data, lease=_lease(console), nav="overview")
 
 
 @router.get("/live")
 async def live(console: ConsoleDep) -> Response:
     """The overview's figures alone: what the page's script swaps in every few seconds."""
     data = await service.overview(console.runtime.storage, utcnow())
-    return console.page("_live.html", view=data)
+    return console.page("_live.html", view=data, lease=_lease(console))
+
+
+def _lease(console: ConsoleDep) -> timedelta:
+    return timedelta(seconds=console.runtime.settings.job_lease_seconds)
 
 
 @router.get("/generations")
@@ -111,8 +115,10 @@ async def generation(request_id: str, console: ConsoleDep) -> Response:
         cursor = page.next_cursor
         if cursor is None:
             break
+    deliveries = await service.generation_webhooks(storage, request.id)
     return console.page(
         "generation.html",
+        deliveries=deliveries,
         item=request,
         entries=entries,
         timeline=_timeline(request, entries),

@@ -144,6 +144,7 @@ async def signed_in(request: Request, runtime: RuntimeDep) -> Console:
         raise SignInNeeded("Your key was revoked or is unknown: you are signed out.") from exc
     if not principal.is_admin:
         raise SignInNeeded("The console needs an admin key.")
+    runtime.key_uses.seen(principal.key_id)  # as the API's routes do (the keys' "last used")
     form: dict[str, str] = {}
     if request.method == "POST":
         form = await read_form(request)

@@ -23,6 +23,25 @@ class ModelQueue:
 
 
 @dataclass(frozen=True)
+class WorkerSeen:
+    """A worker that holds running jobs now (its leases name it): how many, and until when its
+    latest lease runs (a heartbeat moves it on; a worker that holds none is not seen)."""
+
+    worker_id: str
+    jobs: int
+    lease_until: datetime
+
+
+def workers_seen(leases: Iterable[tuple[str, datetime]]) -> list[WorkerSeen]:
+    """One WorkerSeen per lease owner, from the (owner, lease end) of each running job, by id."""
+    held: dict[str, tuple[int, datetime]] = {}
+    for owner, until in leases:
+        jobs, latest = held.get(owner, (0, until))
+        held[owner] = (jobs + 1, max(latest, until))
+    return [WorkerSeen(owner, jobs, until) for owner, (jobs, until) in sorted(held.items())]
+
+
+@dataclass(frozen=True)
 class QueueCount:
     """What an adapter counts: the jobs of one model in one status (pending or running)."""
 

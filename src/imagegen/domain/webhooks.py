@@ -258,6 +258,20 @@ class WebhookDelivery:
     created_at: datetime
 
 
+@dataclass(frozen=True)
+class DeliveryState:
+    """A delivery as an operator sees it: where it stands, how often it was tried, why it failed."""
+
+    id: str
+    event: str
+    url: str
+    state: str  # pending | delivered | abandoned
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
 DELIVERY_ID_PREFIX = "msg_"
 
 

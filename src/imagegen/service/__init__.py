@@ -12,6 +12,7 @@ from imagegen.service.checks import check_cursor, check_idempotency_key, check_u
 from imagegen.service.config_cache import ConfigCache
 from imagegen.service.credits import (
     create_user,
+    find_users,
     get_credits,
     get_user,
     ledger_page,
@@ -24,6 +25,7 @@ from imagegen.service.generations import (
     cancel_generation,
     create_generation,
     fingerprint,
+    generation_webhooks,
     get_generation,
     is_terminal,
     list_generations,
@@ -76,6 +78,8 @@ __all__ = [
     "create_generation",
     "create_user",
     "fingerprint",
+    "generation_webhooks",
+    "find_users",
     "first_start",
     "get_credits",
     "get_generation",

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Protocol
 
 from imagegen.domain.errors import InvalidInput, UserNotFound
+from imagegen.domain.generation import ID_RULE, valid_id
 from imagegen.domain.ledger import EntryType, LedgerEntry, LedgerFilter
 from imagegen.domain.paging import Page
 from imagegen.domain.users import User
@@ -24,6 +25,13 @@ async def get_user(storage: Credits, user_id: str) -> User:
     if user is None:
         raise UserNotFound(user_id)
     return user
+
+
+async def find_users(storage: Credits, prefix: str, limit: int) -> list[User]:
+    """Users whose id starts with `prefix` (the console's search)."""
+    if not prefix or not valid_id(prefix):
+        raise InvalidInput(f"Search with the start of a user id: {ID_RULE}")
+    return await storage.find_users(prefix, limit)
 
 
 async def get_credits(

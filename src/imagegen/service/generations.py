@@ -32,7 +32,8 @@ from imagegen.domain.generation import ID_RULE, GenerationRequest, NewGeneration
 from imagegen.domain.ids import new_id
 from imagegen.domain.paging import Page
 from imagegen.domain.validation import InvalidGeneration, parse_generation, parse_webhook
-from imagegen.ports import CatalogStore, Generations, Keys, Lease
+from imagegen.domain.webhooks import DeliveryState
+from imagegen.ports import CatalogStore, Generations, Keys, Lease, Outbox
 from imagegen.service.checks import check_cursor, check_idempotency_key, check_user_id
 from imagegen.service.config_cache import ConfigCache
 from imagegen.service.keys import UNKNOWN_KEY
@@ -209,3 +210,10 @@ async def cancel_generation(storage: Generations, request_id: str, now: datetime
 
 def is_terminal(request: GenerationRequest) -> bool:
     return request.status.terminal
+
+
+async def generation_webhooks(storage: Outbox, request_id: str) -> list[DeliveryState]:
+    """A request's webhook deliveries, oldest first, with where each stands."""
+    if not valid_id(request_id):
+        raise InvalidInput(f"Invalid request id '{request_id[:80]}': {ID_RULE}")
+    return await storage.request_webhooks(request_id)

@@ -1,7 +1,8 @@
 """The operator's overview: the last hour's generations, the queues, what is in flight.
 
 Computed from existing reads: the reports' `group_counts` over twelve five-minute buckets (one
-indexed range read each), and the pending and running requests as `list_requests` pages them. The
+indexed range read each), the queue per model (`Jobs.queues`, through `model_queues`), and the
+workers whose leases hold running jobs (`Jobs.lease_holders`). The
 figures of the last hour count the requests *created* in it: their debits, and the refunds of the
 ones among them that failed or were canceled (docs/console.md).
 """
@@ -13,13 +14,13 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from imagegen.domain.generation import GenerationRequest, Status
+from imagegen.domain.queues import ModelQueue, WorkerSeen
 from imagegen.domain.reports import GroupCount
 from imagegen.ports import Generations, Reports
+from imagegen.service.catalog import QueueReader, model_queues
 
 BUCKET = timedelta(minutes=5)
 BUCKETS = 12  # the last hour
-QUEUE_SCAN = 1000  # pending or running requests counted at most (past it the counts say "at least")
-PAGE = 200
 
 
 @dataclass(frozen=True)
@@ -35,14 +36,6 @@ class Bucket:
 
 
 @dataclass(frozen=True)
-class ModelQueue:
-    model: str
-    pending: int
-    running: int
-    oldest_pending: datetime | None
-
-
-@dataclass(frozen=True)
 class Overview:
     now: datetime
     buckets: list[Bucket]
@@ -50,7 +43,7 @@ class Overview:
     debited: int
     refunded: int
     queues: list[ModelQueue]
-    queue_truncated: bool
+    workers: list[WorkerSeen]
     latest: list[GenerationRequest]
 
     @property
@@ -72,7 +65,7 @@ class Overview:
         return self.created / (BUCKETS * BUCKET.total_seconds() / 60)
 
 
-class OverviewStorage(Generations, Reports, Protocol):
+class OverviewStorage(Generations, Reports, QueueReader, Protocol):
     """The reads the overview is made of."""
 
 
@@ -90,9 +83,10 @@ async def overview(storage: OverviewStorage, now: datetime, *, latest: int = 10)
             debited += row.cost
             if Status(row.status).refunded:
                 refunded += row.cost
-    queues, truncated = await _queues(storage)
+    queues = await model_queues(storage, now)
+    workers = await storage.lease_holders()
     recent = (await storage.list_requests(None, None, latest, None)).items
-    return Overview(now, buckets, by_status, debited, refunded, queues, truncated, recent)
+    return Overview(now, buckets, by_status, debited, refunded, queues, workers, recent)
 
 
 def _bucket(start: datetime, rows: list[GroupCount]) -> Bucket:
@@ -100,31 +94,3 @@ def _bucket(start: datetime, rows: list[GroupCount]) -> Bucket:
         return sum(row.count for row in rows if row.status == status)
 
     return Bucket(start, sum(row.count for row in rows), count("completed"), count("failed"))
-
-
-async def _queues(storage: Generations) -> tuple[list[ModelQueue], bool]:
-    pending: dict[str, list[datetime]] = {}
-    running: dict[str, int] = {}
-    truncated = False
-    for status in (Status.PENDING, Status.RUNNING):
-        seen, cursor = 0, None
-        while True:
-            page = await storage.list_requests(None, status, PAGE, cursor)
-            for request in page.items:
-                if status is Status.PENDING:
-                    pending.setdefault(request.model, []).append(request.created_at)
-                else:
-                    running[request.model] = running.get(request.model, 0) + 1
-            seen += len(page.items)
-            cursor = page.next_cursor
-            if cursor is None:
-                break
-            if seen >= QUEUE_SCAN:
-                truncated = True
-                break
-    models = sorted(set(pending) | set(running))
-    queues = [
-        ModelQueue(m, len(pending.get(m, [])), running.get(m, 0), min(pending[m]) if m in pending else None)
-        for m in models
-    ]
-    return queues, truncated

@@ -4,6 +4,7 @@ cool-down, output checks and cancel across the protocol servers."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -73,7 +74,14 @@ def test_a_canceled_generation_interrupts_comfyui_and_ends_canceled() -> None:
     with ComfyUIServer(run_seconds=30) as comfyui:
         binding = parse_binding("model-a", {"deployments": [comfy(comfyui.url)]}, Registry.discover())
         run = Run(60)
-        threading.Timer(0.3, run.cancel).start()
+
+        def cancel_once_it_runs() -> None:  # not on a timer: a loaded machine may not have sent it yet
+            deadline = time.monotonic() + 30
+            while comfyui.running_id() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            run.cancel()
+
+        threading.Thread(target=cancel_once_it_runs, daemon=True).start()
         with pytest.raises(GenerationCanceled):
             fleet().generate(binding, REQUEST, run)
         assert len(comfyui.interrupts) == 1

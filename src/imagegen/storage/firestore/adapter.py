@@ -24,10 +24,10 @@ from imagegen.domain.idempotency import Idempotency, StoredResponse
 from imagegen.domain.keys import ApiKey
 from imagegen.domain.ledger import NO_FILTER, EntryType, LedgerEntry, LedgerFilter
 from imagegen.domain.paging import Page
-from imagegen.domain.queues import ModelQueue
+from imagegen.domain.queues import ModelQueue, WorkerSeen
 from imagegen.domain.reports import GroupCount
 from imagegen.domain.users import User
-from imagegen.domain.webhooks import WebhookDelivery
+from imagegen.domain.webhooks import DeliveryState, WebhookDelivery
 from imagegen.ports import Lease
 from imagegen.storage.firestore.database import FirestoreDatabase
 from imagegen.storage.threads import Threads
@@ -93,6 +93,11 @@ class FirestoreStorage:
     async def put_model(self, model: ModelSettings) -> None:
         await self._on_thread(self.database.put_model, model)
 
+    async def update_model(
+        self, name: str, change: Callable[[ModelSettings | None], ModelSettings]
+    ) -> ModelSettings:
+        return await self._on_thread(self.database.update_model, name, change)
+
     async def put_option(self, kind: str, name: str, *, enabled: bool, cost: int | None = None) -> None:
         await self._on_thread(self.database.put_option, kind, name, enabled=enabled, cost=cost)
 
@@ -102,6 +107,9 @@ class FirestoreStorage:
 
     async def get_user(self, user_id: str) -> User | None:
         return await self._on_thread(self.database.get_user, user_id)
+
+    async def find_users(self, prefix: str, limit: int) -> list[User]:
+        return await self._on_thread(self.database.find_users, prefix, limit)
 
     async def move_credits(
         self,
@@ -175,6 +183,9 @@ class FirestoreStorage:
     async def set_progress(self, request_id: str, worker_id: str, fraction: float) -> bool:
         return await self._on_thread(self.database.set_progress, request_id, worker_id, fraction)
 
+    async def lease_holders(self) -> list[WorkerSeen]:
+        return await self._on_thread(self.database.lease_holders)
+
     async def queues(self, now: datetime) -> list[ModelQueue]:
         return await self._on_thread(self.database.queues, now)
 
@@ -225,6 +236,9 @@ class FirestoreStorage:
 
     async def webhook_failed(self, delivery_id: str, error: str, retry_at: datetime | None) -> None:
         await self._on_thread(self.database.webhook_failed, delivery_id, error, retry_at)
+
+    async def request_webhooks(self, request_id: str) -> list[DeliveryState]:
+        return await self._on_thread(self.database.request_webhooks, request_id)
 
     async def get_meta(self, key: str) -> str | None:
         return await self._on_thread(self.database.get_meta, key)

@@ -11,6 +11,8 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
+from google.cloud.firestore_v1.base_query import FieldFilter
+
 from imagegen.domain.errors import UserExists, UserNotFound
 from imagegen.domain.ids import random_id
 from imagegen.domain.ledger import (
@@ -56,6 +58,19 @@ class FirestoreCredits(FirestoreParts):
             return None
         data = snap.to_dict() or {}
         return User(snap.id, int(data["credits"]), d.required_utc(data["createdAt"]))
+
+    @translated
+    def find_users(self, prefix: str, limit: int) -> list[User]:
+        """Ids in document-id order from `prefix` on: those with the prefix come first, together."""
+        start = FieldFilter("__name__", ">=", self._users().document(prefix))
+        query = self._users().where(filter=start).order_by("__name__").limit(limit)
+        found = []
+        for snap in query.stream():
+            if not snap.id.startswith(prefix):
+                break
+            data = snap.to_dict() or {}
+            found.append(User(snap.id, int(data["credits"]), d.required_utc(data["createdAt"])))
+        return found
 
     @translated
     def move_credits(

@@ -16,7 +16,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from imagegen.domain.generation import GenerationRequest, Move, Status
-from imagegen.domain.queues import QUEUED, ModelQueue, QueueCount, model_queues
+from imagegen.domain.queues import QUEUED, ModelQueue, QueueCount, WorkerSeen, model_queues, workers_seen
 from imagegen.ports import Lease
 from imagegen.storage.firestore import docs as d
 from imagegen.storage.firestore.conditional import Reads, Writes, commit_unchanged
@@ -209,6 +209,17 @@ class FirestoreJobs(FirestoreRefunds):
             return {"progress": min(1.0, max(0.0, fraction))} if holds else None
 
         return self._conditional_update(self._requests().document(request_id), decide) is not None
+
+    @translated
+    def lease_holders(self) -> list[WorkerSeen]:
+        query = self._requests().where(filter=cond("status", "==", Status.RUNNING.value))
+        leases = []
+        for snap in query.select(["leaseOwner", "leaseExpiresAt"]).stream():
+            data = snap.to_dict() or {}
+            owner, until = data.get("leaseOwner"), d.utc(data.get("leaseExpiresAt"))
+            if owner and until is not None:
+                leases.append((str(owner), until))
+        return workers_seen(leases)
 
     @translated
     def queues(self, now: datetime) -> list[ModelQueue]:

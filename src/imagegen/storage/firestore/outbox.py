@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from imagegen.domain.webhooks import WebhookDelivery
+from imagegen.domain.webhooks import DeliveryState, WebhookDelivery
 from imagegen.storage.firestore import docs as d
 from imagegen.storage.firestore.errors import run_transaction, translated
 from imagegen.storage.firestore.parts import FirestoreParts, Transaction, cond
@@ -60,6 +60,26 @@ class FirestoreOutbox(FirestoreParts):
         else:
             changes["nextAttemptAt"] = d.aware(retry_at)
         self._update_if_exists(self.db.collection(d.WEBHOOKS).document(delivery_id), changes)
+
+    @translated
+    def request_webhooks(self, request_id: str) -> list[DeliveryState]:
+        query = self.db.collection(d.WEBHOOKS).where(filter=cond("generationRequestId", "==", request_id))
+        states = []
+        for snap in query.stream():
+            data = snap.to_dict() or {}
+            states.append(
+                DeliveryState(
+                    snap.id,
+                    data["event"],
+                    data["url"],
+                    data["state"],
+                    int(data.get("attempts") or 0),
+                    data.get("lastError"),
+                    d.required_utc(data["createdAt"]),
+                    d.utc(data.get("deliveredAt")),
+                )
+            )
+        return sorted(states, key=lambda state: (state.created_at, state.id))
 
     @translated
     def get_meta(self, key: str) -> str | None:

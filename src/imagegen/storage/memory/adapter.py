@@ -101,4 +101,6 @@ class MemoryStorage(
             draft = copy.deepcopy(self._state)
             counts = Import(draft, now).run(records)
             self._state = draft  # every line went in: keep it all
+            if counts["models"]:
+                self._config_version += 1  # a catalog edit, as put_model
             return counts

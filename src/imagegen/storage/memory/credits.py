@@ -35,6 +35,12 @@ class MemoryCredits(MemoryParts):
             user = self._state.users.get(user_id)
             return None if user is None else User(user.id, user.credits, user.created_at)
 
+    async def find_users(self, prefix: str, limit: int) -> list[User]:
+        with self._lock:
+            found = sorted(u for u in self._state.users if u.startswith(prefix))[:limit]
+            rows = [self._state.users[user_id] for user_id in found]
+            return [User(row.id, row.credits, row.created_at) for row in rows]
+
     async def move_credits(
         self,
         user_id: str,

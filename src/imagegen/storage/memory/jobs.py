@@ -12,7 +12,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from imagegen.domain.generation import GenerationRequest, Move, Status
-from imagegen.domain.queues import QUEUED, ModelQueue, QueueCount, model_queues
+from imagegen.domain.queues import QUEUED, ModelQueue, QueueCount, WorkerSeen, model_queues, workers_seen
 from imagegen.ports import Lease
 from imagegen.storage.memory.refunds import MemoryRefunds
 
@@ -120,6 +120,15 @@ class MemoryJobs(MemoryRefunds):
                 return False
             stored.request = replace(stored.request, progress=min(1.0, max(0.0, fraction)))
             return True
+
+    async def lease_holders(self) -> list[WorkerSeen]:
+        with self._lock:
+            leases = [
+                (s.lease_owner, s.lease_expires_at)
+                for s in self._state.requests.values()
+                if s.request.status is Status.RUNNING and s.lease_owner and s.lease_expires_at
+            ]
+        return workers_seen(leases)
 
     async def queues(self, now: datetime) -> list[ModelQueue]:
         counts: dict[tuple[str, Status], QueueCount] = {}

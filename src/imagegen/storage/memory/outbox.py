@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime
 
-from imagegen.domain.webhooks import WebhookDelivery
+from imagegen.domain.webhooks import DeliveryState, WebhookDelivery
 from imagegen.storage.memory.parts import MemoryParts
 
 
@@ -35,6 +35,7 @@ class MemoryOutbox(MemoryParts):
             stored = self._state.deliveries.get(delivery_id)
             if stored is not None:
                 stored.state, stored.lease_expires_at, stored.last_error = "delivered", None, None
+                stored.delivered_at = now
 
     async def webhook_failed(self, delivery_id: str, error: str, retry_at: datetime | None) -> None:
         with self._lock:
@@ -54,3 +55,23 @@ class MemoryOutbox(MemoryParts):
     async def put_meta_once(self, key: str, value: str) -> str:
         with self._lock:
             return self._state.meta.setdefault(key, value)
+
+    async def request_webhooks(self, request_id: str) -> list[DeliveryState]:
+        with self._lock:
+            rows = [
+                r for r in self._state.deliveries.values() if r.delivery.generation_request_id == request_id
+            ]
+            states = [
+                DeliveryState(
+                    r.delivery.id,
+                    r.delivery.event,
+                    r.delivery.url,
+                    r.state,
+                    r.delivery.attempts,
+                    r.last_error,
+                    r.delivery.created_at,
+                    r.delivered_at,
+                )
+                for r in rows
+            ]
+        return sorted(states, key=lambda state: (state.created_at, state.id))

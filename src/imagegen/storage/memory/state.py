@@ -70,6 +70,7 @@ class DeliveryRow:
     state: str = "pending"  # pending | delivered | abandoned
     lease_expires_at: datetime | None = None
     last_error: str | None = None
+    delivered_at: datetime | None = None
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from imagegen.domain.errors import (
@@ -185,6 +185,18 @@ class SqlCredits(SqlParts):
     def get_user(self, user_id: str) -> User | None:
         with self.tx.read() as conn:
             return find_user(conn, user_id)
+
+    @retrying
+    def find_users(self, prefix: str, limit: int) -> list[User]:
+        """A scan of the users (substr, not LIKE: SQLite's LIKE ignores case), for the console."""
+        query = (
+            select(t.users.c.id, t.users.c.credits, t.users.c.created_at)
+            .where(func.substr(t.users.c.id, 1, len(prefix)) == prefix)
+            .order_by(t.users.c.id)
+            .limit(limit)
+        )
+        with self.tx.read() as conn:
+            return [User(*row) for row in conn.execute(query).all()]
 
     @retrying
     def move_credits(

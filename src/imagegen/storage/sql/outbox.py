@@ -10,7 +10,7 @@ from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from imagegen.domain.generation import GenerationRequest
-from imagegen.domain.webhooks import WebhookDelivery, delivery_of
+from imagegen.domain.webhooks import DeliveryState, WebhookDelivery, delivery_of
 from imagegen.storage.sql import tables as t
 from imagegen.storage.sql.errors import retrying
 from imagegen.storage.sql.parts import SqlParts
@@ -87,6 +87,18 @@ class SqlOutbox(SqlParts):
             values["next_attempt_at"] = retry_at
         with self.tx.write() as conn:
             conn.execute(update(wd).where(wd.c.id == delivery_id).values(values))
+
+    @retrying
+    def request_webhooks(self, request_id: str) -> list[DeliveryState]:
+        """A scan of the outbox by request (no index: it is read for one request's page)."""
+        columns = (wd.c.id, wd.c.event, wd.c.url, wd.c.state, wd.c.attempts, wd.c.last_error)
+        query = (
+            select(*columns, wd.c.created_at, wd.c.delivered_at)
+            .where(wd.c.generation_request_id == request_id)
+            .order_by(wd.c.created_at, wd.c.id)
+        )
+        with self.tx.read() as conn:
+            return [DeliveryState(*row) for row in conn.execute(query).all()]
 
     @retrying
     def get_meta(self, key: str) -> str | None:
