@@ -128,6 +128,10 @@ def serve(
     processes: Annotated[
         int | None, typer.Option(help="HTTP API processes for api/all [env IMAGEGEN_PROCESSES; 1]")
     ] = None,
+    models: Annotated[
+        str | None,
+        typer.Option(help="Claim only these models' jobs, e.g. sdxl,flux [env IMAGEGEN_MODELS; all]"),
+    ] = None,
 ) -> None:
     """Serve imagegen: by default one process runs the HTTP API, the job workers and the scheduler."""
     overrides = {
@@ -139,6 +143,7 @@ def serve(
         "workers": workers,
         "role": role.value if role else None,
         "processes": processes,
+        "models": models,
     }
     settings = _settings(**overrides)
     logs.configure(settings.log_format, settings.log_level)

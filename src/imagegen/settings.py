@@ -13,7 +13,10 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from imagegen.domain.generation import valid_id
 from imagegen.domain.webhooks import secret_is_valid as webhook_secret_is_valid
+
+MAX_SERVED_MODELS = 30  # Firestore's limit for a claim's `in` filter
 
 
 class Settings(BaseSettings):
@@ -41,6 +44,11 @@ class Settings(BaseSettings):
     processes: int = Field(1, ge=1, le=64, description="HTTP API processes (uvicorn workers)")
     no_auth: bool = Field(False, description="Skip API keys; only on a loopback address")
     workers: int = Field(4, ge=0, le=256, description="Job workers in this process")
+    models: str | None = Field(
+        None,
+        description="The models whose jobs this process's workers run, comma-separated "
+        "(default: every model); other models' jobs wait for a worker that serves them",
+    )
 
     # The case study's variable name, kept without our prefix so its scripts still work.
     ai_failure_rate: float | None = Field(
@@ -53,6 +61,19 @@ class Settings(BaseSettings):
 
     job_lease_seconds: float = Field(30.0, gt=0)
     job_max_attempts: int = Field(3, ge=1)
+    job_timeout_seconds: float = Field(
+        600.0,
+        gt=0,
+        le=86_400,
+        description="A generation's time limit, every attempt, back-off and fail-over included; "
+        "past it the job fails and is refunded (each attempt is also limited by its deployment's timeout_s)",
+    )
+    cancel_check_seconds: float = Field(
+        0.5,
+        gt=0,
+        le=10,
+        description="How often a worker reads its running jobs' status (a cancel is noticed within this)",
+    )
     recovery_interval_seconds: float = Field(5.0, gt=0)
     poll_interval_seconds: float = Field(0.5, gt=0)
     wait_timeout_seconds: float = Field(
@@ -139,6 +160,19 @@ class Settings(BaseSettings):
             raise ValueError("IMAGEGEN_METRICS_TOKEN must be 16 or more printable ASCII characters")
         return token
 
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        bad = [name for name in names if not valid_id(name)]
+        if not names or bad:
+            raise ValueError(f"IMAGEGEN_MODELS must be model names separated by commas, got {value!r}")
+        if len(names) > MAX_SERVED_MODELS:
+            raise ValueError(f"IMAGEGEN_MODELS names at most {MAX_SERVED_MODELS} models")
+        return ",".join(names)
+
     @model_validator(mode="after")
     def _refuse_public_no_auth(self) -> Settings:
         if self.no_auth and not is_loopback(self.host):
@@ -159,6 +193,11 @@ class Settings(BaseSettings):
     @property
     def runs_scheduler(self) -> bool:
         return self.role in ("all", "scheduler")
+
+    @property
+    def served_models(self) -> frozenset[str] | None:
+        """The models this process's workers claim jobs of; None: every model."""
+        return None if self.models is None else frozenset(self.models.split(","))
 
     @property
     def sql_url(self) -> str:

@@ -719,14 +719,23 @@ async def test_cancel_refunds_a_pending_request_exactly_once(storage: Storage) -
     assert await storage.claim_job(Lease("w-1", T0 + LEASE), T0) is None
 
 
-async def test_cancel_leaves_a_running_request_alone(storage: Storage) -> None:
+async def test_a_running_request_canceled_is_refunded_once_and_its_worker_cannot_end_it(
+    storage: Storage,
+) -> None:
     await enqueue(storage)
     job = await claim(storage, "w-1")
 
-    assert not await storage.cancel_and_refund(job.id, T0)
+    assert await storage.cancel_and_refund(job.id, T0)
 
-    assert (await storage.get_request(job.id)).status is Status.RUNNING  # type: ignore[union-attr]
-    assert await balance(storage, "testUser1") == 99
+    assert (await storage.get_request(job.id)).status is Status.CANCELED  # type: ignore[union-attr]
+    assert not await storage.complete(job.id, "w-1", "/images/late.png", T0 + MINUTE)
+    assert not await storage.fail_and_refund(job.id, "late", T0 + MINUTE, worker_id="w-1")
+    assert not await storage.set_progress(job.id, "w-1", 0.5)
+    assert not await storage.cancel_and_refund(job.id, T0 + MINUTE)
+    assert await storage.expired_jobs(T0 + 10 * LEASE) == []
+    assert await balance(storage, "testUser1") == 100
+    assert await entries_for(storage, "testUser1", job.id) == {EntryType.DEDUCTION: 1, EntryType.REFUND: 1}
+    assert await storage.violations() == []
 
 
 async def test_canceling_an_unknown_request_returns_false(storage: Storage) -> None:

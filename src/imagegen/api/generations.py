@@ -63,6 +63,9 @@ class Generation(BaseModel):
     completedAt: str | None  # noqa: N815
     webhook: str | None
     webhookEvents: list[str]  # noqa: N815
+    progress: float = Field(
+        description="0 to 1: as the engine reports it while running (at most once a second); 1 once completed"
+    )
 
 
 class GenerationPage(BaseModel):

@@ -172,8 +172,18 @@ class FirestoreStorage:
     async def requeue(self, request_id: str, now: datetime) -> bool:
         return await self._on_thread(self.database.requeue, request_id, now)
 
+    async def set_progress(self, request_id: str, worker_id: str, fraction: float) -> bool:
+        return await self._on_thread(self.database.set_progress, request_id, worker_id, fraction)
+
     async def queues(self, now: datetime) -> list[ModelQueue]:
         return await self._on_thread(self.database.queues, now)
+
+    # -- engine slots -----------------------------------------------------------------------
+    async def take_slot(self, key: str, limit: int, holder: str, until: datetime, now: datetime) -> bool:
+        return await self._on_thread(self.database.take_slot, key, limit, holder, until, now)
+
+    async def release_slot(self, key: str, holder: str) -> None:
+        await self._on_thread(self.database.release_slot, key, holder)
 
     # -- api keys ---------------------------------------------------------------------------
     async def add_api_key(self, key_id: str, key_hash: str, user_id: str | None, now: datetime) -> ApiKey:

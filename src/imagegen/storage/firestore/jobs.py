@@ -70,6 +70,7 @@ class FirestoreJobs(FirestoreRefunds):
             "leaseOwner": worker_id,
             "leaseExpiresAt": d.aware(lease_until),
             "attempts": int(data.get("attempts") or 0) + 1,
+            "progress": None,
             "startedAt": data.get("startedAt") or d.aware(now),
         }
         request = d.request_from(snap.id, {**data, **changes})
@@ -198,6 +199,14 @@ class FirestoreJobs(FirestoreRefunds):
             if not Move.REQUEUE.allows(Status(data["status"])) or expires is None or expires >= now:
                 return None
             return {"status": Move.REQUEUE.target.value, "leaseOwner": None, "leaseExpiresAt": None}
+
+        return self._conditional_update(self._requests().document(request_id), decide) is not None
+
+    @translated
+    def set_progress(self, request_id: str, worker_id: str, fraction: float) -> bool:
+        def decide(data: dict[str, Any]) -> dict[str, Any] | None:
+            holds = data.get("status") == Status.RUNNING.value and data.get("leaseOwner") == worker_id
+            return {"progress": min(1.0, max(0.0, fraction))} if holds else None
 
         return self._conditional_update(self._requests().document(request_id), decide) is not None
 

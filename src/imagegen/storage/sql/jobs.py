@@ -145,6 +145,13 @@ class SqlJobs(SqlParts):
             return result.rowcount == 1
 
     @retrying
+    def set_progress(self, request_id: str, worker_id: str, fraction: float) -> bool:
+        held = and_(gr.c.id == request_id, gr.c.lease_owner == worker_id, sql.status_is(Status.RUNNING.value))
+        with self.tx.write() as conn:
+            result = conn.execute(update(gr).where(held).values(progress=min(1.0, max(0.0, fraction))))
+            return result.rowcount == 1
+
+    @retrying
     def queues(self, now: datetime) -> list[ModelQueue]:
         query = (
             select(gr.c.model, gr.c.status, func.count(), func.min(gr.c.created_at))

@@ -171,6 +171,7 @@ _claimed_values: dict[str, Any] = {
     "lease_owner": bindparam("p_worker"),
     "lease_expires_at": bindparam("p_lease_until", type_=t.UTCDateTime()),
     "attempts": gr.c.attempts + 1,
+    "progress": None,
     "started_at": func.coalesce(gr.c.started_at, bindparam("p_now", type_=t.UTCDateTime())),
 }
 
