@@ -84,6 +84,7 @@ async def run_job(
 
 
 def reported(request: GenerationRequest, worker_id: str, outcome: JobOutcome, seconds: float) -> None:
+    # A cancel is counted where it is refunded (the cancel route), not here where it is seen.
     if outcome.status in ("completed", "failed"):
         refunded = request.cost if outcome.status == "failed" else 0
         metrics.generation_finished(request.model, outcome.status, refunded=refunded)
