@@ -27,9 +27,11 @@ from rich.progress import (
 from imagegen import service
 from imagegen.clock import utcnow
 from imagegen.domain import reports
+from imagegen.domain.catalog import ModelSettings
 from imagegen.domain.errors import ImagegenError
 from imagegen.domain.generation import iso
 from imagegen.domain.keys import ApiKey
+from imagegen.engines.registry import Registry
 from imagegen.ports import Storage
 from imagegen.reporting import render_html, render_markdown
 from imagegen.runtime import Runtime, open_storage
@@ -41,11 +43,13 @@ app = typer.Typer(
 )
 users_app = typer.Typer(help="Manage users.", no_args_is_help=True)
 credits_app = typer.Typer(help="Move credits.", no_args_is_help=True)
+models_app = typer.Typer(help="Bind models to engines, set their own prices.", no_args_is_help=True)
 keys_app = typer.Typer(
     help="Manage API keys on the server's machine (how to recover a lost admin key).", no_args_is_help=True
 )
 app.add_typer(users_app, name="users")
 app.add_typer(credits_app, name="credits")
+app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
 
 DatabaseUrl = Annotated[
@@ -88,11 +92,13 @@ def _with_storage(
     try:
         return asyncio.run(command())
     except ImagegenError as exc:
-        _fail(exc.message, code=1)
+        _fail(exc.message, code=1, problems=exc.details.get("problems"))
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
+def _fail(message: str, code: int = 2, problems: Any = None) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    for problem in problems if isinstance(problems, list) else ():
+        typer.secho(f"  {problem.field}: {problem.message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
 
@@ -273,6 +279,88 @@ def credits_grant(
         lambda storage: service.move_credits(storage, user_id, amount, reason, utcnow()),
     )
     typer.echo(f"{entry.type.value} of {entry.credits} to {user_id}: balance {entry.balance_after}")
+
+
+@models_app.command("show")
+def models_show(
+    model: Annotated[str, typer.Argument(help="The catalog model")],
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Print a model's settings, binding and own prices as JSON."""
+    found = _with_storage(database_url, data_dir, lambda storage: service.model_settings(storage, model))
+    _print_model(found)
+
+
+@models_app.command("bind")
+def models_bind(
+    model: Annotated[str, typer.Argument(help="The catalog model")],
+    file: Annotated[
+        Path, typer.Argument(help='The binding, {"deployments": [...]} (docs/engines.md); - for stdin')
+    ],
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Bind a model to its deployments, validated first (every problem is listed); replaces its binding."""
+    try:
+        data = json.loads(sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        _fail(f"cannot read a JSON binding from {file}: {exc}")
+    registry = Registry.discover()
+    bound = _with_storage(
+        database_url, data_dir, lambda storage: service.bind_model(storage, registry, model, data)
+    )
+    _print_model(bound)
+
+
+@models_app.command("unbind")
+def models_unbind(
+    model: Annotated[str, typer.Argument(help="The catalog model")],
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Drop a model's binding: it runs the simulated engine (its failure rate and latency) again."""
+    _print_model(_with_storage(database_url, data_dir, lambda storage: service.unbind_model(storage, model)))
+
+
+@models_app.command("prices")
+def models_prices(
+    model: Annotated[str, typer.Argument(help="The catalog model")],
+    prices: Annotated[list[str] | None, typer.Argument(help="SIZE=CREDITS ..., replacing its prices")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Drop its prices: the sizes' costs apply")] = False,
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Show a model's own prices, or set them (SIZE=CREDITS ...) or --clear them."""
+    if clear and prices:
+        _fail("give prices or --clear, not both")
+    if not clear and not prices:
+        found = _with_storage(database_url, data_dir, lambda storage: service.model_settings(storage, model))
+        typer.echo(json.dumps(dict(found.prices)))
+        return
+    wanted: dict[str, object] = {}
+    for pair in prices or ():
+        size, sep, credits = pair.partition("=")
+        if not sep:
+            _fail(f"'{pair}' is not SIZE=CREDITS")
+        wanted[size] = int(credits) if credits.strip().lstrip("-").isdigit() else credits
+    updated = _with_storage(
+        database_url, data_dir, lambda storage: service.set_prices(storage, model, wanted)
+    )
+    typer.echo(json.dumps(dict(updated.prices)))
+
+
+def _print_model(model: ModelSettings) -> None:
+    body = {
+        "name": model.name,
+        "failureRate": model.failure_rate,
+        "latencyMs": model.latency_ms,
+        "enabled": model.enabled,
+        "engines": [d["engine"] for d in model.deployments] or ["simulated"],
+        "deployments": model.binding_json()["deployments"],
+        "prices": dict(model.prices),
+    }
+    typer.echo(json.dumps(body, indent=2, ensure_ascii=False))
 
 
 @app.command("export")

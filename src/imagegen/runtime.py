@@ -20,6 +20,7 @@ from imagegen.background.tasks import Tasks
 from imagegen.background.webhooks import Dispatcher, signing_secret
 from imagegen.background.workers import WorkerPool
 from imagegen.clock import utcnow
+from imagegen.engines.registry import Registry
 from imagegen.models.simulated import SimulatedModel
 from imagegen.ports import ImageStore, Storage
 from imagegen.ratelimit import RateLimiter
@@ -115,6 +116,8 @@ class Runtime:
     key_uses: KeyUses = field(default_factory=KeyUses)  # the keys' last use, written in the background
     limiter: RateLimiter = field(init=False)
     config: ConfigCache = field(init=False)  # the create path's catalog and keys
+    # The engines installed here (entry points): what a binding set through this process may name.
+    engines: Registry = field(default_factory=Registry.discover)
 
     def __post_init__(self) -> None:
         self.limiter = RateLimiter(self.settings.rate_per_user_per_second, self.settings.rate_burst_per_user)

@@ -69,3 +69,25 @@ def test_a_key_revoked_in_another_process_is_refused_on_the_next_create(pair: tu
     assert refused.status_code == 401 and refused.json()["code"] == "unauthenticated"
     assert case_study.status_code == 401
     assert credits == 99  # only the first create was debited
+
+
+def test_a_models_price_and_binding_set_in_another_process_apply_to_the_next_create(
+    pair: tuple[Server, Server],
+) -> None:
+    cached, other = pair
+    admin_key = cached.keys()["admin"]
+    binding = {"deployments": [{"engine": "simulated", "settings": {"failure_rate": 0}}]}
+    with cached.client(admin_key) as admin_a, other.client(admin_key) as admin_b:
+        _, key = new_user_key(admin_a, "modelprice", 100)
+        with cached.client(key) as client:
+            before = client.post("/v1/generations", json={**GENERATION, "userId": "modelprice"})
+            assert admin_b.put("/v1/admin/models/model-a/prices", json={"512x512": 5}).status_code == 200
+            assert admin_b.put("/v1/admin/models/model-a/deployments", json=binding).status_code == 200
+            after = client.post("/v1/generations", json={**GENERATION, "userId": "modelprice"})
+            listed = {m["name"]: m["prices"] for m in client.get("/v1/catalog").json()["models"]}
+        seen = admin_a.get("/v1/admin/models/model-a").json()
+    assert GENERATION["model"] == "model-a" and GENERATION["size"] == "512x512"
+    assert (before.json()["cost"], after.json()["cost"]) == (1, 5)
+    assert listed["model-a"]["512x512"] == 5
+    assert seen["engines"] == ["simulated"] and seen["deployments"] == binding["deployments"]
+    assert seen["prices"] == {"512x512": 5}

@@ -6,6 +6,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
 
+from imagegen.domain.catalog import ModelSettings
 from imagegen.storage.sql.adapter import SqlStorage
 from imagegen.storage.sql.database import MIGRATIONS
 
@@ -34,4 +35,26 @@ async def test_upgrading_a_used_database_counts_each_users_requests_in_flight(da
 
     with storage.engine.connect() as conn:
         assert conn.execute(text("SELECT in_flight FROM users WHERE id = 'u'")).scalar_one() == 3
+    await storage.close()
+
+
+async def test_upgrading_keeps_existing_models_unbound_at_their_sizes_costs(database_url: str) -> None:
+    storage = SqlStorage(database_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with storage.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "base")  # the PostgreSQL fixture's database comes migrated
+        command.upgrade(config, "0005")
+    with storage.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO models (name, failure_rate, latency_ms, enabled)"
+                " VALUES ('model-old', 0.25, 40, true)"
+            )
+        )
+
+    await storage.migrate()
+
+    assert await storage.model_settings("model-old") == ModelSettings("model-old", 0.25, 40, True)
     await storage.close()

@@ -295,6 +295,34 @@ async def test_a_models_settings_read_alone_match_the_catalog_and_an_edit_shows_
     assert (await storage.catalog()).models["model-a"] == ModelSettings("model-a", 0.5, 7, False)
 
 
+BINDING = (
+    {
+        "engine": "comfyui",
+        "settings": {"base_url": "http://gpu-1:8188", "workflow": {"1": {"inputs": {"t": "{{prompt}}"}}}},
+    },
+    {"engine": "openai", "settings": {"model": "dall-e-3", "api_key_env": "OPENAI_API_KEY", "resize": True}},
+)
+
+
+async def test_a_models_binding_and_prices_round_trip_and_unbinding_leaves_nothing(storage: Storage) -> None:
+    bound = ModelSettings("model-a", 0.2, 9, True, deployments=BINDING, prices={"512x512": 2, "1024x1024": 7})
+    before = await storage.config_version()
+
+    await storage.put_model(bound)
+
+    assert await storage.config_version() != before  # a binding or price edit is a catalog edit
+    assert await storage.model_settings("model-a") == bound
+    assert (await storage.catalog()).models["model-a"] == bound
+    assert (await storage.catalog()).cost_of("512x512", "model-a") == 2
+    assert (await storage.catalog()).cost_of("1024x1792", "model-a") == 4  # no price of its own
+    assert (await storage.catalog()).cost_of("512x512", "model-b") == 1
+
+    await storage.put_model(ModelSettings("model-a", 0.2, 9, True))
+
+    assert await storage.model_settings("model-a") == ModelSettings("model-a", 0.2, 9, True)
+    assert (await storage.catalog()).cost_of("512x512", "model-a") == 1
+
+
 async def test_a_users_requests_page_newest_first_and_filter_by_status(storage: Storage) -> None:
     # Three share a timestamp: the cursor must still neither skip nor repeat any of them.
     made = [await enqueue(storage, created_at=T0 + MINUTE * min(n, 3)) for n in range(7)]

@@ -12,14 +12,16 @@ from imagegen import service
 from imagegen.api.answers import ledger_entry
 from imagegen.api.auth import AdminDep, RuntimeDep
 from imagegen.api.catalog import CatalogOut, catalog_body
-from imagegen.api.common import body_schema, strict_body
+from imagegen.api.common import body_schema, json_body, strict_body
 from imagegen.api.errors import documented
 from imagegen.api.idempotency import idempotent
 from imagegen.api.users import Entry
 from imagegen.background.webhooks import signing_secret
 from imagegen.clock import utcnow
+from imagegen.domain.catalog import ModelSettings
 from imagegen.domain.generation import iso
 from imagegen.domain.keys import ApiKey
+from imagegen.settings import Settings
 
 # Answers that carry a key or a secret: no browser, proxy or CDN may keep a copy.
 NO_STORE = {"Cache-Control": "no-store"}
@@ -49,6 +51,22 @@ class ModelIn(BaseModel):
     failureRate: float | None = Field(None, ge=0, le=1)  # noqa: N815
     latencyMs: int | None = Field(None, ge=0, le=600_000)  # noqa: N815
     enabled: bool | None = None
+
+
+class DeploymentIn(BaseModel):
+    engine: str = Field(examples=["comfyui"])
+    settings: dict[str, Any] = Field(default_factory=dict, description="the engine's (docs/engines.md)")
+
+
+class BindingIn(BaseModel):
+    deployments: list[DeploymentIn] = Field(min_length=1, max_length=8)
+
+
+PRICES_SCHEMA = {
+    "type": "object",
+    "additionalProperties": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+    "examples": [{"1024x1024": 5}],
+}
 
 
 class NewUserOut(BaseModel):
@@ -227,15 +245,79 @@ async def put_model(name: str, request: Request, runtime: RuntimeDep, _admin: Ad
         latency_ms=body.latencyMs,
         enabled=body.enabled,
     )
+    return model_body(model, runtime.settings)
+
+
+@router.get("/models/{name}", summary="A model's settings, binding and own prices")
+async def get_model(name: str, runtime: RuntimeDep, _admin: AdminDep) -> dict[str, Any]:
+    return model_body(await service.model_settings(runtime.storage, name), runtime.settings)
+
+
+@router.get("/models/{name}/deployments", summary="A model's binding ({deployments: []}: simulated)")
+async def get_deployments(name: str, runtime: RuntimeDep, _admin: AdminDep) -> dict[str, Any]:
+    return binding_body(await service.model_settings(runtime.storage, name))
+
+
+@router.put(
+    "/models/{name}/deployments",
+    summary="Bind a model to its deployments (validated: 422 lists every problem)",
+    openapi_extra=body_schema(BindingIn),
+)
+async def put_deployments(
+    name: str, request: Request, runtime: RuntimeDep, _admin: AdminDep
+) -> dict[str, Any]:
+    data = await json_body(request)
+    model = await service.bind_model(runtime.storage, runtime.engines, name, data)
+    return binding_body(model)
+
+
+@router.delete("/models/{name}/deployments", summary="Unbind a model: it runs the simulated engine")
+async def delete_deployments(name: str, runtime: RuntimeDep, _admin: AdminDep) -> dict[str, Any]:
+    return binding_body(await service.unbind_model(runtime.storage, name))
+
+
+@router.get("/models/{name}/prices", summary="A model's own prices {size: credits}")
+async def get_prices(name: str, runtime: RuntimeDep, _admin: AdminDep) -> dict[str, int]:
+    return dict((await service.model_settings(runtime.storage, name)).prices)
+
+
+@router.put(
+    "/models/{name}/prices",
+    summary="Set a model's own prices, overriding its sizes' costs",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": PRICES_SCHEMA}},
+        }
+    },
+)
+async def put_prices(name: str, request: Request, runtime: RuntimeDep, _admin: AdminDep) -> dict[str, int]:
+    data = await json_body(request)
+    return dict((await service.set_prices(runtime.storage, name, data)).prices)
+
+
+@router.delete("/models/{name}/prices", summary="Drop a model's own prices: its sizes' costs apply")
+async def delete_prices(name: str, runtime: RuntimeDep, _admin: AdminDep) -> dict[str, int]:
+    return dict((await service.set_prices(runtime.storage, name, {})).prices)
+
+
+def model_body(model: ModelSettings, settings: Settings) -> dict[str, Any]:
+    overridden = settings.ai_failure_rate is not None or settings.model_latency_ms is not None
     return {
         "name": model.name,
         "failureRate": model.failure_rate,
         "latencyMs": model.latency_ms,
         "enabled": model.enabled,
         # AI_FAILURE_RATE / IMAGEGEN_MODEL_LATENCY_MS, when set, apply to every model instead.
-        "overriddenByEnvironment": runtime.settings.ai_failure_rate is not None
-        or runtime.settings.model_latency_ms is not None,
+        "overriddenByEnvironment": overridden,
+        "engines": [d["engine"] for d in model.deployments] or ["simulated"],
+        "deployments": model.binding_json()["deployments"],
+        "prices": dict(model.prices),
     }
+
+
+def binding_body(model: ModelSettings) -> dict[str, Any]:
+    return {"model": model.name, **model.binding_json()}
 
 
 @router.get(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from imagegen.api.auth import PrincipalDep, RuntimeDep
 from imagegen.api.errors import documented
@@ -19,6 +19,9 @@ class ModelOut(BaseModel):
     name: str
     failureRate: float  # noqa: N815
     latencyMs: int  # noqa: N815
+    prices: dict[str, int] = Field(
+        description="What each enabled size costs with this model: its own price, else the size's cost"
+    )
 
 
 class SizeOut(BaseModel):
@@ -41,6 +44,7 @@ def catalog_body(catalog: Catalog, settings: Settings) -> dict[str, Any]:
                 "name": m.name,
                 "failureRate": _override(settings.ai_failure_rate, m.failure_rate),
                 "latencyMs": _override(settings.model_latency_ms, m.latency_ms),
+                "prices": {s: catalog.cost_of(s, m.name) for s in sorted(catalog.sizes, key=size_order)},
             }
             for m in sorted(catalog.models.values(), key=lambda m: m.name)
             if m.enabled

@@ -2,16 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 
 @dataclass(frozen=True)
 class ModelSettings:
+    """One catalog model as stored: what the simulated engine does with it, its binding, its prices.
+
+    `deployments` is the stored binding: the ordered deployments, each `{"engine": name,
+    "settings": {...}}` as `imagegen.engines.binding` validated and normalized them (the domain
+    keeps the JSON; `engines.binding.parse_binding` turns it into engines). Empty: the model runs
+    the simulated engine with `failure_rate` and `latency_ms`. `prices` maps a size to this
+    model's price in credits, overriding the size's cost.
+    """
+
     name: str
     failure_rate: float = 0.05
     latency_ms: int = 300
     enabled: bool = True
+    deployments: tuple[Mapping[str, Any], ...] = ()
+    prices: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def bound(self) -> bool:
+        return bool(self.deployments)
+
+    def binding_json(self) -> dict[str, Any]:
+        """The binding as the admin API, the CLI and parse_binding take it."""
+        return {"deployments": [dict(d) for d in self.deployments]}
 
 
 @dataclass(frozen=True)
@@ -37,7 +58,11 @@ class Catalog:
             "size": tuple(sorted(self.sizes, key=size_order)),
         }
 
-    def cost_of(self, size: str) -> int:
+    def cost_of(self, size: str, model: str | None = None) -> int:
+        """What a request of this size costs: the model's own price when it sets one."""
+        settings = self.models.get(model) if model is not None else None
+        if settings is not None and size in settings.prices:
+            return settings.prices[size]
         return self.sizes[size]
 
 

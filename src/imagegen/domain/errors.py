@@ -28,6 +28,13 @@ class InvalidBinding(ImagegenError):
     status = 422
 
 
+class InvalidPrices(ImagegenError):
+    """A model's own prices do not validate; `problems` lists each size's."""
+
+    code = "invalid_prices"
+    status = 422
+
+
 class Unauthenticated(ImagegenError):
     code = "unauthenticated"
     status = 401
@@ -60,6 +67,13 @@ class GenerationNotFound(NotFound):
 
     def __init__(self, request_id: str) -> None:
         super().__init__("Generation request not found", id=request_id)
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"No model '{name}' in the catalog", model=name)
 
 
 class Conflict(ImagegenError):

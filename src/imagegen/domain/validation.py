@@ -6,10 +6,11 @@ never set a request's cost, status or id.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-from imagegen.domain.catalog import Catalog
+from imagegen.domain.catalog import Catalog, size_order
+from imagegen.domain.errors import InvalidPrices
 from imagegen.domain.generation import ID_RULE, WEBHOOK_EVENTS, GenerationSpec, valid_id
 from imagegen.domain.webhooks import url_problem
 
@@ -157,3 +158,28 @@ def parse_webhook(body: Mapping[str, object], *, allow_private: bool) -> tuple[s
         message = f"webhookEvents must be a list of: {allowed}"
         raise InvalidGeneration([Problem("webhookEvents", message, WEBHOOK_EVENTS)])
     return url, frozenset(events)
+
+
+MAX_PRICE = 1_000_000  # credits, as a size's cost
+
+
+def parse_prices(model: str, data: object, sizes: Collection[str]) -> dict[str, int]:
+    """A model's own prices `{size: credits}`, each a catalog size and a positive whole number of
+    credits, or InvalidPrices listing every problem. `{}` leaves every size at its cost."""
+    if not isinstance(data, Mapping):
+        raise InvalidPrices(
+            f"Invalid prices for model '{model}'",
+            model=model,
+            problems=[Problem("prices", "must be an object {size: credits}")],
+        )
+    problems = []
+    allowed = tuple(sorted(sizes, key=size_order))
+    for size, credits in data.items():
+        if size not in sizes:
+            problems.append(Problem(f"prices.{size}", "not a catalog size", allowed))
+        # bool is an int in Python, not in JSON: true is not a price.
+        if isinstance(credits, bool) or not isinstance(credits, int) or not 1 <= credits <= MAX_PRICE:
+            problems.append(Problem(f"prices.{size}", f"must be a whole number of credits, 1 to {MAX_PRICE}"))
+    if problems:
+        raise InvalidPrices(f"Invalid prices for model '{model}'", model=model, problems=problems)
+    return {str(size): int(credits) for size, credits in data.items()}

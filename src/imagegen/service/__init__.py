@@ -6,6 +6,7 @@ are gathered here so that callers write `service.create_generation(...)`.
 """
 
 from imagegen.service.audit import verify
+from imagegen.service.bindings import bind_model, model_settings, set_prices, unbind_model
 from imagegen.service.catalog import CATALOG_KINDS, model_queues, set_model, set_option
 from imagegen.service.checks import check_cursor, check_idempotency_key, check_user_id
 from imagegen.service.config_cache import ConfigCache
@@ -68,6 +69,7 @@ __all__ = [
     "Principal",
     "authenticate",
     "authenticate_hash",
+    "bind_model",
     "cancel_generation",
     "check_cursor",
     "check_idempotency_key",
@@ -93,6 +95,7 @@ __all__ = [
     "list_reports",
     "mark_expected",
     "model_queues",
+    "model_settings",
     "move_credits",
     "new_key",
     "overview",
@@ -103,6 +106,8 @@ __all__ = [
     "run_report",
     "set_model",
     "set_option",
+    "set_prices",
+    "unbind_model",
     "user_totals",
     "verify",
     "wait_until_done",

@@ -126,7 +126,7 @@ def prepare_generation(
     return NewGeneration(
         id=new_id(),
         spec=spec,
-        cost=catalog.cost_of(spec.size),
+        cost=catalog.cost_of(spec.size, spec.model),
         created_at=now,
         idempotency_key=idempotency_key,
         fingerprint=fingerprint({**asdict(spec), "webhook": webhook, "events": sorted(events)})

@@ -83,8 +83,21 @@ def model_from(name: str, data: dict[str, Any]) -> ModelSettings:
         float(data.get("failureRate", 0.05)),
         int(data.get("latencyMs", 300)),
         bool(data.get("enabled", True)),
+        deployments=tuple(data.get("deployments") or ()),
+        prices={str(size): int(credits) for size, credits in (data.get("prices") or {}).items()},
     )
 
 
 def model_doc(model: ModelSettings) -> dict[str, Any]:
-    return {"failureRate": model.failure_rate, "latencyMs": model.latency_ms, "enabled": model.enabled}
+    """models/{name}: failureRate, latencyMs, enabled, deployments (the binding), prices {size: credits}.
+
+    The whole document is written on every edit (`set`, not a merge): an unbound model's
+    `deployments` is an empty list, so unbinding leaves nothing behind.
+    """
+    return {
+        "failureRate": model.failure_rate,
+        "latencyMs": model.latency_ms,
+        "enabled": model.enabled,
+        "deployments": [dict(d) for d in model.deployments],
+        "prices": dict(model.prices),
+    }

@@ -8,6 +8,8 @@
                                         leaseExpiresAt, idempotencyKey, fingerprint, source, webhook,
                                         webhookEvents
     generationKeys/{sha256(user, key)}  requestId, userId, key, fingerprint (one per Idempotency-Key)
+    models/{name}                       failureRate, latencyMs, enabled, deployments (the binding),
+                                        prices ({size: credits}); see catalog.model_doc
 
 `inFlight` counts the user's requests pending or running (the in-flight limit reads it);
 `ledgerSeq` counts a user's entries; each entry's `seq` orders the ledger (newest first) even when two

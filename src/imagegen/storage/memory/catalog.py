@@ -6,6 +6,9 @@ as on the other adapters.
 
 from __future__ import annotations
 
+import copy
+from dataclasses import replace
+
 from imagegen.domain.catalog import Catalog, ModelSettings
 from imagegen.domain.errors import InvalidInput
 from imagegen.storage.memory.parts import MemoryParts
@@ -31,7 +34,10 @@ class MemoryCatalog(MemoryParts):
 
     async def put_model(self, model: ModelSettings) -> None:
         with self._lock:
-            self._state.models[model.name] = model
+            # A copy: the caller's dicts are not the stored ones (as a database's row is not).
+            self._state.models[model.name] = replace(
+                model, deployments=copy.deepcopy(model.deployments), prices=dict(model.prices)
+            )
             self._config_version += 1
 
     async def put_option(self, kind: str, name: str, *, enabled: bool, cost: int | None = None) -> None:

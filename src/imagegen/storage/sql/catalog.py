@@ -17,7 +17,7 @@ from imagegen.storage.sql import statements as sql
 from imagegen.storage.sql import tables as t
 from imagegen.storage.sql.errors import retrying
 from imagegen.storage.sql.parts import SqlParts
-from imagegen.storage.sql.rows import model_from
+from imagegen.storage.sql.rows import model_from, model_values
 
 OPTION_TABLES = {"styles": t.styles, "colors": t.colors, "sizes": t.sizes}
 
@@ -46,7 +46,7 @@ def read_snapshot(conn: Connection) -> tuple[str, Catalog]:
 
 
 def write_model(conn: Connection, model: ModelSettings) -> None:
-    values = {"failure_rate": model.failure_rate, "latency_ms": model.latency_ms, "enabled": model.enabled}
+    values = model_values(model)
     changed = conn.execute(update(t.models).where(t.models.c.name == model.name).values(values))
     if changed.rowcount == 0:
         conn.execute(insert(t.models).values(name=model.name, **values))
@@ -68,14 +68,7 @@ def write_option(conn: Connection, kind: str, name: str, *, enabled: bool, cost:
 
 def insert_catalog(conn: Connection, catalog: Catalog) -> None:
     for model in catalog.models.values():
-        conn.execute(
-            insert(t.models).values(
-                name=model.name,
-                failure_rate=model.failure_rate,
-                latency_ms=model.latency_ms,
-                enabled=model.enabled,
-            )
-        )
+        conn.execute(insert(t.models).values(name=model.name, **model_values(model)))
     conn.execute(insert(t.styles), [{"name": name, "enabled": True} for name in sorted(catalog.styles)])
     conn.execute(insert(t.colors), [{"name": name, "enabled": True} for name in sorted(catalog.colors)])
     conn.execute(

@@ -70,7 +70,25 @@ def entry_from(row: Row[Any]) -> LedgerEntry:
 
 
 def model_from(row: Any) -> ModelSettings:
-    return ModelSettings(row.name, row.failure_rate, row.latency_ms, row.enabled)
+    return ModelSettings(
+        row.name,
+        row.failure_rate,
+        row.latency_ms,
+        row.enabled,
+        deployments=tuple(row.deployments or ()),
+        prices={str(size): int(credits) for size, credits in (row.prices or {}).items()},
+    )
+
+
+def model_values(model: ModelSettings) -> dict[str, Any]:
+    """The columns of a model's row (NULL for an unbound model or one without prices of its own)."""
+    return {
+        "failure_rate": model.failure_rate,
+        "latency_ms": model.latency_ms,
+        "enabled": model.enabled,
+        "deployments": [dict(d) for d in model.deployments] or None,
+        "prices": dict(model.prices) or None,
+    }
 
 
 def _events(stored: str | None) -> frozenset[str]:

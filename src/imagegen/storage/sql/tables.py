@@ -143,6 +143,9 @@ models = Table(
     Column("failure_rate", Float, nullable=False),
     Column("latency_ms", Integer, nullable=False),
     Column("enabled", Boolean, nullable=False),
+    # The binding's deployments (a JSON list; NULL: the simulated engine) and {size: credits}.
+    Column("deployments", JSON, nullable=True),
+    Column("prices", JSON, nullable=True),
 )
 
 styles = Table(

@@ -7,7 +7,7 @@ Numbered 0007: 0006 is taken by the model bindings' migration on another branch;
 lands, this one revises 0005 (the merge sets it to 0006).
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-07 01:40:00
 """
 
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

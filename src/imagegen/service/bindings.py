@@ -1,0 +1,141 @@
+"""A model's binding to engines and its own prices, edited at run time (admin API, CLI, import).
+
+A binding is validated when it is set, with the process's engine registry and the catalog's sizes
+(`engines.binding.parse_binding`), and stored as the JSON it normalizes to; jobs read it with the
+model's settings before they generate, so an edit is in effect on the next job in every process.
+Like every catalog edit it changes the configuration version.
+
+Credentials are never stored: a deployment names the environment variable holding its key
+(`api_key_env`), and a binding in which a field is named like a credential, or a value looks like
+one (`sk-...`, `Bearer ...`, `key=...`), is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+from imagegen.domain.catalog import ModelSettings
+from imagegen.domain.errors import InvalidBinding, ModelNotFound
+from imagegen.domain.validation import Problem, parse_prices
+from imagegen.engines.binding import parse_binding
+from imagegen.engines.registry import Registry
+from imagegen.ports import CatalogStore
+
+SECRET_FIELD = re.compile(r"(?i)(api[_-]?key|secret|password|passwd|token|authorization|credential)")
+SECRET_VALUE = re.compile(
+    r"(?i)(\bbearer\s+\S{8,}|\b(?:sk|rk|pk)-[A-Za-z0-9_-]{8,}|\b(api[_-]?key|token|secret|password)=[^\s&]+)"
+)
+ALLOWED_FIELDS = frozenset({"api_key_env"})  # names a variable, checked by the engine's settings
+CREDENTIAL = "looks like a credential: keys are never stored, name the variable holding it in api_key_env"
+MAX_DEPTH = 16  # binding -> deployments -> settings -> workflow -> node -> inputs -> [link]: 7
+MAX_BINDING_BYTES = 256 * 1024
+RESERVED_KEY = re.compile(r"__.*__")
+
+
+async def model_settings(storage: CatalogStore, name: str) -> ModelSettings:
+    """A catalog model as stored (enabled or not), or ModelNotFound."""
+    found = await storage.model_settings(name)
+    if found is None:
+        raise ModelNotFound(name[:80])
+    return found
+
+
+async def bind_model(storage: CatalogStore, registry: Registry, name: str, data: object) -> ModelSettings:
+    """Binds `name` to the deployments in `data` ({"deployments": [...]}), replacing its binding."""
+    catalog = await storage.catalog()
+    current = catalog.models.get(name)
+    if current is None:
+        raise ModelNotFound(name[:80])
+    deployments = binding_deployments(name, data, registry, catalog.sizes)
+    updated = replace(current, deployments=deployments)
+    await storage.put_model(updated)
+    return updated
+
+
+def binding_deployments(
+    name: str, data: object, registry: Registry, sizes: dict[str, int]
+) -> tuple[dict[str, Any], ...]:
+    """The deployments to store for `data`: validated, normalized, free of credentials."""
+    unstorable = storable_problems(data)
+    if unstorable:
+        raise InvalidBinding(f"Invalid binding for model '{name}'", model=name, problems=unstorable)
+    problems = list(credential_problems(data))
+    try:
+        binding = parse_binding(name, data, registry, sizes=sizes)
+    except InvalidBinding as exc:
+        named = {p.field for p in problems}
+        problems += [p for p in exc.details["problems"] if p.field not in named]  # type: ignore[attr-defined]
+    if problems:
+        raise InvalidBinding(f"Invalid binding for model '{name}'", model=name, problems=problems)
+    return tuple(binding.to_json()["deployments"])
+
+
+async def unbind_model(storage: CatalogStore, name: str) -> ModelSettings:
+    """Drops the binding: the model runs the simulated engine again, with its failure rate."""
+    current = await model_settings(storage, name)
+    updated = replace(current, deployments=())
+    if current.deployments:
+        await storage.put_model(updated)
+    return updated
+
+
+async def set_prices(storage: CatalogStore, name: str, data: object) -> ModelSettings:
+    """Replaces the model's own prices ({size: credits}; {} charges every size its cost)."""
+    catalog = await storage.catalog()
+    current = catalog.models.get(name)
+    if current is None:
+        raise ModelNotFound(name[:80])
+    updated = replace(current, prices=parse_prices(name, data, catalog.sizes))
+    await storage.put_model(updated)
+    return updated
+
+
+def storable_problems(data: object) -> list[Problem]:
+    """What would make a binding unstorable on some backend, refused alike on all of them.
+
+    Firestore nests maps 20 deep at most, reserves `__names__` and empty field names and keeps
+    a document under 1 MiB; PostgreSQL's text refuses NUL.
+    """
+    try:
+        text = json.dumps(data, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        return [Problem("deployments", "must be plain JSON")]
+    if len(text.encode()) > MAX_BINDING_BYTES:
+        return [Problem("deployments", f"is over {MAX_BINDING_BYTES // 1024} KiB of JSON")]
+    problems: list[Problem] = []
+    stack: list[tuple[object, str, int]] = [(data, "", 0)]
+    while stack and not problems:
+        value, where, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            problems.append(Problem(where, f"is nested more than {MAX_DEPTH} deep"))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                field = f"{where}.{key}" if where else str(key)
+                if not key or RESERVED_KEY.fullmatch(key) or "\x00" in key:
+                    problems.append(Problem(field, "is not a field name that can be stored"))
+                stack.append((item, field, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value))
+        elif isinstance(value, str) and "\x00" in value:
+            problems.append(Problem(where, "must not contain NUL characters"))
+    return problems
+
+
+def credential_problems(data: object, where: str = "") -> Iterator[Problem]:
+    """Fields named like a credential, and values that look like one, anywhere in `data`."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            field = f"{where}.{key}" if where else str(key)
+            if isinstance(key, str) and key not in ALLOWED_FIELDS and SECRET_FIELD.search(key):
+                yield Problem(field, CREDENTIAL)
+            else:
+                yield from credential_problems(value, field)
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            yield from credential_problems(value, f"{where}[{index}]")
+    elif isinstance(data, str) and SECRET_VALUE.search(data):
+        yield Problem(where, CREDENTIAL)
