@@ -29,6 +29,7 @@ it in sys.modules, and dataclasses then cannot resolve string annotations
 """
 
 import asyncio
+import contextvars
 import functools
 import json
 import logging
@@ -42,16 +43,18 @@ from typing import Any, TypeVar
 
 from firebase_functions import https_fn, options, scheduler_fn
 
-from imagegen import service
+from imagegen import request_id, service
 from imagegen.api import answers, inputs
 from imagegen.background import jobs, scheduler
+from imagegen.background.engines import JobEngines
 from imagegen.background.webhooks import Dispatcher, signing_secret
+from imagegen.background.workers import job_limits
 from imagegen.clock import utcnow
 from imagegen.domain import reports
 from imagegen.domain.errors import BodyTooLarge, ImagegenError, InvalidInput
 from imagegen.domain.generation import GenerationRequest, Status
 from imagegen.domain.ids import new_id
-from imagegen.models.simulated import SimulatedModel
+from imagegen.engines.registry import Registry
 from imagegen.ports import ImageStore, Lease, Storage
 from imagegen.ratelimit import RateLimiter
 from imagegen.service.config_cache import ConfigCache
@@ -79,7 +82,8 @@ def runner() -> asyncio.Runner:
 
 
 def run(work: Coroutine[Any, Any, T]) -> T:
-    return runner().run(work)
+    # In the caller's context, not the runner's own: the invocation's request id goes along.
+    return runner().run(work, context=contextvars.copy_context())
 
 
 @dataclass
@@ -87,7 +91,7 @@ class Deployment:
     settings: Settings
     storage: Storage
     config: ConfigCache  # the catalog and the keys, as this instance last read them
-    model: SimulatedModel
+    engines: JobEngines  # the instance's engines: one registry and Fleet, kept across invocations
     images: ImageStore
     limiter: RateLimiter
     worker_id: str
@@ -107,15 +111,22 @@ def deployment() -> Deployment:
         url = f"{FIRESTORE_SCHEME}{project}"
     instance = os.environ.get("K_REVISION") or socket.gethostname()
     storage = open_storage_adapter(url)
+    worker_id = f"functions:{instance}:{os.getpid()}:{new_id(6)}"
     return Deployment(
         settings=settings,
         storage=storage,
         config=ConfigCache(storage),
-        model=SimulatedModel(failure_rate=settings.ai_failure_rate, latency_ms=settings.model_latency_ms),
+        engines=JobEngines(
+            Registry.discover(),
+            failure_rate=settings.ai_failure_rate,
+            latency_ms=settings.model_latency_ms,
+            shared_slots=storage,  # each deployment's concurrency, across every instance
+            owner=worker_id,
+        ),
         # Functions have only a local /tmp: set IMAGEGEN_IMAGE_STORE_URL to a bucket (docs/firebase.md).
         images=open_image_store(settings.image_store_url, settings.images_dir),
         limiter=RateLimiter(settings.rate_per_user_per_second, settings.rate_burst_per_user),
-        worker_id=f"functions:{instance}:{os.getpid()}:{new_id(6)}",
+        worker_id=worker_id,
     )
 
 
@@ -140,17 +151,31 @@ def _case_study(handler: Handler) -> Callable[[https_fn.Request], https_fn.Respo
 
     @functools.wraps(handler)
     def wrapped(request: https_fn.Request) -> https_fn.Response:
+        # The request's id, as the app's middleware makes it (imagegen.request_id): on the log
+        # lines, in the error bodies, echoed in X-Request-ID.
+        given = request.headers.get(request_id.HEADER)
+        rid = request_id.from_client(given.encode("latin-1", "replace") if given is not None else None)
+        token = request_id.current.set(rid)
         try:
-            return run(handler(request))
-        except ImagegenError as exc:
-            if exc.status >= 500:
-                log.error("%s %s: %s", request.method, request.path, exc.message)
-            return _answer(answers.case_study_error(exc))
-        except Exception:
-            log.exception("unexpected error on %s %s", request.method, request.path)
-            return _answer(answers.unexpected(case_study=True))
+            response = _handled(handler, request)
+        finally:
+            request_id.current.reset(token)
+        response.headers[request_id.HEADER] = rid
+        return response
 
     return wrapped
+
+
+def _handled(handler: Handler, request: https_fn.Request) -> https_fn.Response:
+    try:
+        return run(handler(request))
+    except ImagegenError as exc:
+        if exc.status >= 500:
+            log.error("%s %s: %s", request.method, request.path, exc.message)
+        return _answer(answers.case_study_error(exc))
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return _answer(answers.unexpected(case_study=True))
 
 
 def _method_not_allowed() -> https_fn.Response:
@@ -226,7 +251,13 @@ async def finish(dep: Deployment, created: GenerationRequest, fresh: bool) -> Ge
         snapshot = dep.config.snapshot()
         known = snapshot[1].models.get(created.model) if snapshot else None
         outcome = await jobs.run_job(
-            dep.storage, dep.model, dep.images, created, dep.worker_id, known_settings=known
+            dep.storage,
+            dep.engines,
+            dep.images,
+            created,
+            dep.worker_id,
+            limits=job_limits(dep.settings),
+            known_settings=known,
         )
         if outcome.status == "completed":
             # As written by the completion: no need to read it back.
@@ -246,7 +277,13 @@ async def finish(dep: Deployment, created: GenerationRequest, fresh: bool) -> Ge
 
 async def run_one(dep: Deployment) -> bool:
     job = await jobs.run_one(
-        dep.storage, dep.model, dep.images, dep.worker_id, dep.settings.job_lease_seconds
+        dep.storage,
+        dep.engines,
+        dep.images,
+        dep.worker_id,
+        dep.settings.job_lease_seconds,
+        limits=job_limits(dep.settings),
+        models=dep.settings.served_models,
     )
     return job is not None
 

@@ -69,7 +69,7 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> Server:
+    def start(self, timeout: float = 60.0) -> Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "IMAGEGEN_DATA_DIR": str(self.data_dir), **self.env}
         command = [IMAGEGEN, "serve", "--port", str(self.port), *self.args]

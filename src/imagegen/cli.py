@@ -24,7 +24,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from imagegen import service
+from imagegen import logs, metrics, service
 from imagegen.clock import utcnow
 from imagegen.domain import reports
 from imagegen.domain.catalog import ModelSettings
@@ -125,6 +125,10 @@ def serve(
     processes: Annotated[
         int | None, typer.Option(help="HTTP API processes for api/all [env IMAGEGEN_PROCESSES; 1]")
     ] = None,
+    models: Annotated[
+        str | None,
+        typer.Option(help="Claim only these models' jobs, e.g. sdxl,flux [env IMAGEGEN_MODELS; all]"),
+    ] = None,
 ) -> None:
     """Serve imagegen: by default one process runs the HTTP API, the job workers and the scheduler."""
     overrides = {
@@ -136,16 +140,25 @@ def serve(
         "workers": workers,
         "role": role.value if role else None,
         "processes": processes,
+        "models": models,
     }
     settings = _settings(**overrides)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # httpx logs each request's whole URL at INFO: a webhook's query may carry the receiver's token.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    # Migrate and load the initial data once, before any child process or thread races to do it.
-    asyncio.run(_prepare(settings))
+    logs.configure(settings.log_format, settings.log_level)
     if not settings.serves_http:
+        asyncio.run(_prepare(settings))
         _run_background(settings)
         return
+    # Before anything counts: the API processes share this directory's counts (imagegen.metrics).
+    shared = metrics.make_multiprocess_dir()
+    try:
+        _serve_http(settings, overrides)
+    finally:
+        metrics.remove_multiprocess_dir(shared)
+
+
+def _serve_http(settings: Settings, overrides: dict[str, Any]) -> None:
+    # Migrate and load the initial data once, before any child process or thread races to do it.
+    asyncio.run(_prepare(settings))
     import uvicorn
 
     from imagegen import serving
@@ -162,8 +175,9 @@ def serve(
         workers=settings.processes,
         http=serving.PROTOCOL,  # httptools with header limits and timeouts (see imagegen.serving)
         timeout_keep_alive=settings.keep_alive_seconds,
-        access_log=False,
-        log_level="info",
+        access_log=False,  # IMAGEGEN_ACCESS_LOG: imagegen's own, with the request id (api/observe.py)
+        log_config=None,  # the format of imagegen.logs, configured in each process
+        log_level=settings.log_level.lower(),
     )
 
 

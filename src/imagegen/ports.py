@@ -73,6 +73,14 @@ class CatalogStore(Protocol):
         """One model's settings as stored now (what a job reads before it generates)."""
 
     async def put_model(self, model: ModelSettings) -> None: ...
+    async def update_model(
+        self, name: str, change: Callable[[ModelSettings | None], ModelSettings]
+    ) -> ModelSettings:
+        """Reads model `name` (None if it is not in the catalog) and writes `change(current)` in
+        one transaction, so that two edits of one model (its settings, binding, prices) never
+        lose one another. `change` is pure and may run more than once; what it raises is raised,
+        with nothing written. A change that changes nothing writes nothing."""
+
     async def put_option(self, kind: str, name: str, *, enabled: bool, cost: int | None = None) -> None: ...
 
 
@@ -116,7 +124,9 @@ class Generations(Protocol):
         self, user_id: str | None, status: Status | None, limit: int, cursor: str | None
     ) -> Page[GenerationRequest]: ...
     async def cancel_and_refund(self, request_id: str, now: datetime) -> bool:
-        """Cancels a pending request and refunds it; False if it was not pending."""
+        """Cancels a pending or running request and refunds it; False if it had ended. A running
+        one's worker notices (it reads the status) and stops; its complete or fail then does
+        nothing."""
 
 
 class Jobs(Protocol):
@@ -142,11 +152,25 @@ class Jobs(Protocol):
     ) -> bool: ...
     async def expired_jobs(self, now: datetime) -> list[GenerationRequest]: ...
     async def requeue(self, request_id: str, now: datetime) -> bool: ...
+    async def set_progress(self, request_id: str, worker_id: str, fraction: float) -> bool:
+        """Notes a running job's progress (0..1) if `worker_id` still holds it; whether it did."""
+
     async def lease_holders(self) -> list[WorkerSeen]:
         """The workers whose leases hold running jobs, by id (domain/queues.py `workers_seen`)."""
 
     async def queues(self, now: datetime) -> list[ModelQueue]:
         """Per model with jobs pending or running: their counts and the oldest pending one."""
+
+
+class EngineSlots(Protocol):
+    """Each deployment's `concurrency` across every process: numbered slots held under a lease, so
+    a holder that dies frees its slot when the lease runs out."""
+
+    async def take_slot(self, key: str, limit: int, holder: str, until: datetime, now: datetime) -> bool:
+        """Takes a free one of slots 0..limit-1 of deployment `key` for `holder` until `until` (a
+        slot whose lease ran out by `now` is free); whether it got one."""
+
+    async def release_slot(self, key: str, holder: str) -> None: ...
 
 
 class Keys(Protocol):
@@ -227,6 +251,7 @@ class Storage(
     Credits,
     Generations,
     Jobs,
+    EngineSlots,
     Keys,
     IdempotencyStore,
     Outbox,

@@ -5,15 +5,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from imagegen import service
+from imagegen import metrics, service
 from imagegen.background.completions import Completions
+from imagegen.background.engines import JobEngines
 from imagegen.background.key_uses import record_key_uses
 from imagegen.background.listener import listen
+from imagegen.background.metrics_server import serve_metrics
 from imagegen.background.scheduler import Scheduler
 from imagegen.background.signal import JobSignal
 from imagegen.background.tasks import Tasks
@@ -21,7 +24,6 @@ from imagegen.background.webhooks import Dispatcher, signing_secret
 from imagegen.background.workers import WorkerPool
 from imagegen.clock import utcnow
 from imagegen.engines.registry import Registry
-from imagegen.models.simulated import SimulatedModel
 from imagegen.ports import ImageStore, Storage
 from imagegen.ratelimit import RateLimiter
 from imagegen.service.config_cache import ConfigCache
@@ -118,13 +120,24 @@ class Runtime:
     config: ConfigCache = field(init=False)  # the create path's catalog and keys
     # The engines installed here (entry points): what a binding set through this process may name.
     engines: Registry = field(default_factory=Registry.discover)
+    job_engines: JobEngines = field(init=False)  # what this process's workers generate with
 
     def __post_init__(self) -> None:
         self.limiter = RateLimiter(self.settings.rate_per_user_per_second, self.settings.rate_burst_per_user)
+        settings = self.settings
+        self.job_engines = JobEngines(
+            self.engines,
+            failure_rate=settings.ai_failure_rate,
+            latency_ms=settings.model_latency_ms,
+            threads=2 * max(1, settings.workers),
+            shared_slots=self.storage,  # each deployment's concurrency, across every process
+            owner=f"{socket.gethostname()}:{os.getpid()}",
+        )
         self.config = ConfigCache(self.storage)
 
     @classmethod
     async def build(cls, settings: Settings) -> Runtime:
+        metrics.enable(settings.metrics)
         images = open_image_store(settings.image_store_url, settings.images_dir)
         return cls(settings, await open_storage(settings), images)
 
@@ -137,13 +150,15 @@ class Runtime:
         if settings.runs_jobs:
             self._workers().start(self.tasks)
             self.tasks.start("imagegen-webhooks", (await self._dispatcher()).run())
+        if settings.metrics_port is not None and not settings.serves_http:
+            self.tasks.start("imagegen-metrics", serve_metrics(self.storage, settings))
         if settings.runs_scheduler:
             self.tasks.start("imagegen-scheduler", Scheduler(self.storage, settings).run())
 
     def _workers(self) -> WorkerPool:
-        settings = self.settings
-        model = SimulatedModel(failure_rate=settings.ai_failure_rate, latency_ms=settings.model_latency_ms)
-        return WorkerPool(self.storage, model, self.images, settings, self.signal, self.completions.finished)
+        return WorkerPool(
+            self.storage, self.job_engines, self.images, self.settings, self.signal, self.completions.finished
+        )
 
     async def _dispatcher(self) -> Dispatcher:
         secret = await signing_secret(self.storage, self.settings)
@@ -154,4 +169,5 @@ class Runtime:
         self.signal.wake_all()
         await self.tasks.stop()
         await self.key_uses.flush(self.storage)  # the last interval's uses
+        self.job_engines.close()
         await self.storage.close()

@@ -13,7 +13,10 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from imagegen.domain.generation import valid_id
 from imagegen.domain.webhooks import secret_is_valid as webhook_secret_is_valid
+
+MAX_SERVED_MODELS = 30  # Firestore's limit for a claim's `in` filter
 
 
 class Settings(BaseSettings):
@@ -41,6 +44,11 @@ class Settings(BaseSettings):
     processes: int = Field(1, ge=1, le=64, description="HTTP API processes (uvicorn workers)")
     no_auth: bool = Field(False, description="Skip API keys; only on a loopback address")
     workers: int = Field(4, ge=0, le=256, description="Job workers in this process")
+    models: str | None = Field(
+        None,
+        description="The models whose jobs this process's workers run, comma-separated "
+        "(default: every model); other models' jobs wait for a worker that serves them",
+    )
 
     # The case study's variable name, kept without our prefix so its scripts still work.
     ai_failure_rate: float | None = Field(
@@ -53,6 +61,19 @@ class Settings(BaseSettings):
 
     job_lease_seconds: float = Field(30.0, gt=0)
     job_max_attempts: int = Field(3, ge=1)
+    job_timeout_seconds: float = Field(
+        600.0,
+        gt=0,
+        le=86_400,
+        description="A generation's time limit, every attempt, back-off and fail-over included; "
+        "past it the job fails and is refunded (each attempt is also limited by its deployment's timeout_s)",
+    )
+    cancel_check_seconds: float = Field(
+        0.5,
+        gt=0,
+        le=10,
+        description="How often a worker reads its running jobs' status (a cancel is noticed within this)",
+    )
     recovery_interval_seconds: float = Field(5.0, gt=0)
     poll_interval_seconds: float = Field(0.5, gt=0)
     wait_timeout_seconds: float = Field(
@@ -101,6 +122,17 @@ class Settings(BaseSettings):
         False, description="Serve POST /_bench/noop, a route that does nothing: the benchmarks' ceiling"
     )
     default_page_size: int = Field(50, ge=1)
+    log_format: Literal["text", "json"] = Field("text", description="Log lines as text or JSON objects")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Least level logged")
+    access_log: bool = Field(False, description="One INFO line per HTTP request (method, path, status, time)")
+    request_ids: bool = Field(True, description="X-Request-ID on answers, log lines and error bodies")
+    metrics: bool = Field(True, description="Count requests and jobs and serve GET /metrics")
+    metrics_token: str | None = Field(
+        None, description="A bearer token that may read /metrics (besides an admin key); 16+ characters"
+    )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Worker and scheduler processes serve /metrics on this port"
+    )
     key_use_interval_seconds: float = Field(
         60.0, gt=0, le=3600, description="How often a process writes its keys' last use (lastUsedAt)"
     )
@@ -113,6 +145,33 @@ class Settings(BaseSettings):
                 "IMAGEGEN_WEBHOOK_SECRET must be whsec_ followed by a base64 key of 24 bytes or more"
             )
         return secret
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        bad = [name for name in names if not valid_id(name)]
+        if not names or bad:
+            raise ValueError(f"IMAGEGEN_MODELS must be model names separated by commas, got {value!r}")
+        if len(names) > MAX_SERVED_MODELS:
+            raise ValueError(f"IMAGEGEN_MODELS names at most {MAX_SERVED_MODELS} models")
+        return ",".join(names)
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _any_case(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        return value.lower() if value.lower() in ("text", "json") else value.upper()
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _long_token(cls, token: str | None) -> str | None:
+        if token is not None and (len(token) < 16 or not token.isascii() or not token.isprintable()):
+            raise ValueError("IMAGEGEN_METRICS_TOKEN must be 16 or more printable ASCII characters")
+        return token
 
     @model_validator(mode="after")
     def _refuse_public_no_auth(self) -> Settings:
@@ -134,6 +193,11 @@ class Settings(BaseSettings):
     @property
     def runs_scheduler(self) -> bool:
         return self.role in ("all", "scheduler")
+
+    @property
+    def served_models(self) -> frozenset[str] | None:
+        """The models this process's workers claim jobs of; None: every model."""
+        return None if self.models is None else frozenset(self.models.split(","))
 
     @property
     def sql_url(self) -> str:

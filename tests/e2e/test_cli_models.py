@@ -78,3 +78,18 @@ def test_models_bind_refuses_a_bad_binding_listing_each_problem(tmp_path: Path) 
         and "prices.9x9" in bad_price.stderr
     )
     assert still["deployments"] == [] and still["prices"] == {}
+
+
+def test_a_binding_and_prices_survive_imagegen_export_and_import(tmp_path: Path) -> None:
+    source, target = ["--data-dir", str(tmp_path / "a")], ["--data-dir", str(tmp_path / "b")]
+    (tmp_path / "binding.json").write_text(json.dumps(BINDING))
+    run_cli("models", "bind", "model-b", str(tmp_path / "binding.json"), *source)
+    run_cli("models", "prices", "model-b", "1024x1792=9", *source)
+    shown = run_cli("models", "show", "model-b", *source).stdout
+
+    run_cli("export", str(tmp_path / "all.jsonl"), *source)
+    imported = run_cli("import", str(tmp_path / "all.jsonl"), *target)
+
+    assert "1 models" in imported.stdout  # model-a is as the target's first start made it
+    assert run_cli("models", "show", "model-b", *target).stdout == shown
+    assert "OPENAI_API_KEY" in shown and "sk-" not in (tmp_path / "all.jsonl").read_text()

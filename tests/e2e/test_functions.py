@@ -221,16 +221,18 @@ async def test_create_errors_are_the_sql_deployments(
     def key(keyring: dict[str, str]) -> str | None:
         return {"user": keyring["testUser1"], "admin": keyring["admin"]}.get(who or "", who)
 
-    on_functions = create(functions, key(keys), body)
+    rid = {"X-Request-ID": f"compare-{case}"}  # both name it in their body: the same one
+    on_functions = create(functions, key(keys), body, headers=rid)
     on_sql = httpx.post(
         f"{sql_url}/createGenerationRequest",
         json=body,
-        headers={"Authorization": f"Bearer {key(sql_keys)}"} if key(sql_keys) else {},
+        headers={**rid, "Authorization": f"Bearer {key(sql_keys)}"} if key(sql_keys) else rid,
         timeout=30,
     )
 
     assert on_functions.status_code == on_sql.status_code
     assert on_functions.json() == on_sql.json()
+    assert on_functions.json()["requestId"] == on_functions.headers["x-request-id"] == f"compare-{case}"
 
 
 async def test_insufficient_credits_is_a_400_and_debits_nothing(

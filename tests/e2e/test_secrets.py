@@ -91,11 +91,17 @@ def test_a_symlink_in_place_of_the_keys_file_is_not_followed(tmp_path: Path, tar
     assert "admin" in keys_in(data_dir / "initial-keys.1.txt")
 
 
-def test_a_whole_run_logs_no_key_and_no_secret(servers: ServerFactory) -> None:
+JSON_DEBUG_ACCESS = {"IMAGEGEN_LOG_FORMAT": "json", "IMAGEGEN_LOG_LEVEL": "DEBUG", "IMAGEGEN_ACCESS_LOG": "1"}
+
+
+@pytest.mark.parametrize("logs", [{}, JSON_DEBUG_ACCESS], ids=["text", "json-debug-access-log"])
+def test_a_whole_run_logs_no_key_and_no_secret(servers: ServerFactory, logs: dict[str, str]) -> None:
     receiver = Receiver()
     receiver.thread.start()
     try:
-        server = servers.start(IMAGEGEN_WEBHOOK_ALLOW_PRIVATE="1", IMAGEGEN_WEBHOOK_MAX_RETRY_SECONDS="2")
+        server = servers.start(
+            IMAGEGEN_WEBHOOK_ALLOW_PRIVATE="1", IMAGEGEN_WEBHOOK_MAX_RETRY_SECONDS="2", **logs
+        )
         secrets = _exercise(server, receiver)
     finally:
         receiver.http.shutdown()
@@ -123,6 +129,8 @@ def _exercise(server: Server, receiver: Receiver) -> list[str]:
         secret = secret_answer.json()["secret"]
         assert admin.delete(f"/v1/admin/keys/{issued['keyId']}").status_code == 204
         admin.post("/v1/admin/users", json={"userId": "x" * 10, "credits": "many"})  # 422
+        assert admin.get("/metrics").status_code == 200
+        assert admin.get("/v1/admin/users/dave/keys").status_code == 200
     cli = run_cli("users", "create", "erin", "--credits", "5", "--data-dir", str(server.data_dir))
     erin = cli.stdout.strip().splitlines()[-1]
     with server.client(dave) as client:

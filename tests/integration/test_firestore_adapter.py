@@ -224,6 +224,7 @@ async def test_an_import_of_many_batches_and_users_imports_whole(firestore_clean
         "generationRequests": 900,
         "transactions": 0,
         "reports": 0,
+        "models": 0,
     }
     assert await balance(target, "bulk") == 3
     assert [e.reason for e in await whole_ledger(target, "bulk")] == ["import: opening balance"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import replace
@@ -20,17 +20,17 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Connection, func, insert, select, text
+from sqlalchemy import Connection, event, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
 from imagegen.domain.errors import InsufficientCredits, StaleConfig
-from imagegen.domain.generation import NewGeneration
+from imagegen.domain.generation import NewGeneration, Status
 from imagegen.domain.ledger import EntryType
 from imagegen.storage.sql import tables as t
 from imagegen.storage.sql.adapter import SqlStorage
 from imagegen.storage.sql.calls import Batch
 from imagegen.storage.sql.generations import Debit
-from tests.integration.builders import T0, balance, new_generation
+from tests.integration.builders import T0, balance, enqueue, lease, new_generation
 from tests.support import migrated_sql
 
 Call = Callable[[Connection, Batch], Any]
@@ -385,3 +385,34 @@ async def test_the_loop_never_waits_for_a_writer_of_another_process_and_its_call
         other.close()
         await storage.close()
     assert ticks == 20 and credits == 15
+
+
+@pytest.fixture
+async def on_sqlite(sqlite_url: str) -> AsyncIterator[SqlStorage]:
+    async for storage in migrated_sql(sqlite_url):
+        yield storage
+
+
+async def test_on_sqlite_the_claims_and_completions_of_jobs_that_end_together_share_a_transaction(
+    on_sqlite: SqlStorage,
+) -> None:
+    sql = on_sqlite
+    jobs = [await enqueue(sql) for _ in range(6)]
+    writes: list[str] = []
+    event.listen(sql.engine, "begin", lambda conn: writes.append("begin"))
+
+    async def while_the_writer_is_busy(calls: list[Awaitable[Any]]) -> list[Any]:
+        with one_batch(sql):  # the writer is held: what the workers send meanwhile queues up
+            tasks = [asyncio.ensure_future(call) for call in calls]
+            await asyncio.sleep(0.05)
+        return await asyncio.gather(*tasks)
+
+    claimed = await while_the_writer_is_busy([sql.claim_job(lease(f"w{n}"), T0) for n in range(6)])
+    assert sorted(job.id for job in claimed) == sorted(job.id for job in jobs)  # each once
+    assert len(writes) == 2  # the held call's transaction, then all six claims in one
+    writes.clear()
+    done = await while_the_writer_is_busy(
+        [sql.complete(job.id, f"w{n}", f"/images/{job.id}.png", T0) for n, job in enumerate(claimed)]
+    )
+    assert done == [True] * 6 and len(writes) == 2
+    assert [(await sql.get_request(job.id)).status for job in jobs] == [Status.COMPLETED] * 6  # type: ignore[union-attr]

@@ -78,15 +78,17 @@ async def test_a_nul_character_is_refused_before_any_backend_sees_it(storage: St
     assert (await storage.list_requests(None, None, 10, None)).items == []
 
 
-async def test_canceling_a_running_request_is_an_invalid_state(storage: Storage) -> None:
+async def test_canceling_a_running_request_refunds_it_and_a_second_cancel_is_an_invalid_state(
+    storage: Storage,
+) -> None:
     await enqueue(storage)
     job = await claim(storage, "w-1")
 
+    assert (await service.cancel_generation(storage, job.id, T0)).status is Status.CANCELED
+
     with pytest.raises(InvalidState):
         await service.cancel_generation(storage, job.id, T0)
-
-    assert (await storage.get_request(job.id)).status is Status.RUNNING  # type: ignore[union-attr]
-    assert await balance(storage, "testUser1") == 99
+    assert await balance(storage, "testUser1") == 100
 
 
 async def test_recovery_requeues_below_max_attempts_and_fails_and_refunds_at_max(storage: Storage) -> None:

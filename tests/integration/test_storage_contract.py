@@ -9,6 +9,7 @@ credits, testUser2: 10; 512x512 costs 1, 1024x1024 3, 1024x1792 4).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 
@@ -321,6 +322,48 @@ async def test_a_models_binding_and_prices_round_trip_and_unbinding_leaves_nothi
 
     assert await storage.model_settings("model-a") == ModelSettings("model-a", 0.2, 9, True)
     assert (await storage.catalog()).cost_of("512x512", "model-a") == 1
+
+
+async def test_concurrent_edits_of_one_model_each_keep_the_others_fields(storage: Storage) -> None:
+    fields = [
+        {"failure_rate": 0.5},
+        {"latency_ms": 7},
+        {"deployments": BINDING},
+        {"prices": {"512x512": 2}},
+        {"enabled": False},
+    ] * 2
+
+    def setting(changes: dict[str, object]) -> Callable[[ModelSettings | None], ModelSettings]:
+        def change(current: ModelSettings | None) -> ModelSettings:
+            assert current is not None
+            return replace(current, **changes)  # type: ignore[arg-type]
+
+        return change
+
+    await asyncio.gather(*(storage.update_model("model-a", setting(f)) for f in fields))
+
+    assert await storage.model_settings("model-a") == ModelSettings(
+        "model-a", 0.5, 7, False, deployments=BINDING, prices={"512x512": 2}
+    )
+
+
+async def test_updating_a_model_reads_none_for_a_new_one_and_a_raise_writes_nothing(storage: Storage) -> None:
+    version = await storage.config_version()
+
+    def refuse(current: ModelSettings | None) -> ModelSettings:
+        raise InvalidInput("no")
+
+    with pytest.raises(InvalidInput):
+        await storage.update_model("model-a", refuse)
+    unchanged = await storage.update_model("model-a", lambda current: current or ModelSettings("x"))
+    assert await storage.config_version() == version  # nothing changed: nothing written
+    created = await storage.update_model(
+        "model-new", lambda current: current or ModelSettings("model-new", 0.1)
+    )
+
+    assert unchanged == await storage.model_settings("model-a")
+    assert created == await storage.model_settings("model-new") == ModelSettings("model-new", 0.1)
+    assert await storage.config_version() != version
 
 
 async def test_a_users_requests_page_newest_first_and_filter_by_status(storage: Storage) -> None:
@@ -719,14 +762,23 @@ async def test_cancel_refunds_a_pending_request_exactly_once(storage: Storage) -
     assert await storage.claim_job(Lease("w-1", T0 + LEASE), T0) is None
 
 
-async def test_cancel_leaves_a_running_request_alone(storage: Storage) -> None:
+async def test_a_running_request_canceled_is_refunded_once_and_its_worker_cannot_end_it(
+    storage: Storage,
+) -> None:
     await enqueue(storage)
     job = await claim(storage, "w-1")
 
-    assert not await storage.cancel_and_refund(job.id, T0)
+    assert await storage.cancel_and_refund(job.id, T0)
 
-    assert (await storage.get_request(job.id)).status is Status.RUNNING  # type: ignore[union-attr]
-    assert await balance(storage, "testUser1") == 99
+    assert (await storage.get_request(job.id)).status is Status.CANCELED  # type: ignore[union-attr]
+    assert not await storage.complete(job.id, "w-1", "/images/late.png", T0 + MINUTE)
+    assert not await storage.fail_and_refund(job.id, "late", T0 + MINUTE, worker_id="w-1")
+    assert not await storage.set_progress(job.id, "w-1", 0.5)
+    assert not await storage.cancel_and_refund(job.id, T0 + MINUTE)
+    assert await storage.expired_jobs(T0 + 10 * LEASE) == []
+    assert await balance(storage, "testUser1") == 100
+    assert await entries_for(storage, "testUser1", job.id) == {EntryType.DEDUCTION: 1, EntryType.REFUND: 1}
+    assert await storage.violations() == []
 
 
 async def test_canceling_an_unknown_request_returns_false(storage: Storage) -> None:

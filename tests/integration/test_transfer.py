@@ -107,6 +107,7 @@ async def test_a_database_exported_and_imported_into_a_fresh_one_has_the_same_ba
         + len(await whole_ledger(storage, "testUser2"))
         + len(await whole_ledger(storage, "alice")),
         "reports": 1,
+        "models": 2,
         "usersCreatedAsReferenced": 0,
     }
     assert await snapshot(second) == await snapshot(storage)

@@ -234,16 +234,21 @@ async def test_canceling_a_pending_generation_refunds_it_once(storage: MemorySto
     ]
 
 
-async def test_canceling_a_running_generation_is_an_invalid_state_and_refunds_nothing(
+async def test_canceling_a_running_generation_refunds_it_once_and_its_worker_cannot_end_it(
     storage: MemoryStorage,
 ) -> None:
     await create(storage)
     job = await claim(storage, "w-1")
 
-    with pytest.raises(InvalidState, match="running"):
-        await service.cancel_generation(storage, job.id, T0)
+    canceled = await service.cancel_generation(storage, job.id, T0)
 
-    assert await balance(storage, "testUser1") == 99
+    assert canceled.status is Status.CANCELED
+    assert await balance(storage, "testUser1") == 100
+    assert not await storage.complete(job.id, "w-1", "/images/late.png", T0 + MINUTE)
+    assert not await storage.fail_and_refund(job.id, "late", T0 + MINUTE, worker_id="w-1")
+    with pytest.raises(InvalidState, match="canceled"):
+        await service.cancel_generation(storage, job.id, T0)
+    assert await balance(storage, "testUser1") == 100
 
 
 async def test_canceling_an_unknown_generation_is_not_found(storage: MemoryStorage) -> None:

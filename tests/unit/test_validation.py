@@ -74,7 +74,9 @@ def test_user_ids_outside_the_documented_characters_are_refused(user_id: str) ->
 def test_the_lifecycle_allows_only_its_transitions() -> None:
     assert can_move(Status.PENDING, Status.RUNNING) and can_move(Status.PENDING, Status.CANCELED)
     assert can_move(Status.RUNNING, Status.PENDING)  # a dead worker's job goes back to the queue
-    assert not can_move(Status.COMPLETED, Status.FAILED) and not can_move(Status.RUNNING, Status.CANCELED)
+    assert can_move(Status.RUNNING, Status.CANCELED)  # canceled while running: its worker stops
+    assert not can_move(Status.COMPLETED, Status.FAILED) and not can_move(Status.COMPLETED, Status.CANCELED)
+    assert not any(can_move(s, other) for s in Status if s.terminal for other in Status)
     assert {s for s in Status if s.terminal} == {Status.COMPLETED, Status.FAILED, Status.CANCELED}
 
 

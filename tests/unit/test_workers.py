@@ -9,12 +9,13 @@ from pathlib import Path
 
 from imagegen import service
 from imagegen.background.completions import Completions
+from imagegen.background.engines import JobEngines
 from imagegen.background.signal import JobSignal
 from imagegen.background.tasks import Tasks
 from imagegen.background.workers import WorkerPool
 from imagegen.clock import utcnow
 from imagegen.domain.generation import GenerationRequest, Status
-from imagegen.models.simulated import SimulatedModel
+from imagegen.engines.registry import Registry
 from imagegen.ports import Lease
 from imagegen.settings import Settings
 from imagegen.storage.folder_images import FolderImageStore
@@ -70,14 +71,18 @@ async def test_signals_raised_while_every_worker_was_busy_are_not_a_backlog() ->
     assert time.monotonic() - started >= 0.25
 
 
+def engines(failure_rate: float | None = None, latency_ms: int | None = None) -> JobEngines:
+    return JobEngines(Registry.discover(), failure_rate=failure_rate, latency_ms=latency_ms)
+
+
 class CountedClaims(MemoryStorage):
     """The in-memory storage, counting how often a job is looked for."""
 
     claims = 0
 
-    async def claim_job(self, lease: Lease, now: object) -> GenerationRequest | None:  # type: ignore[override]
+    async def claim_job(self, lease: Lease, now: object, models: object = None) -> GenerationRequest | None:  # type: ignore[override]
         self.claims += 1
-        return await super().claim_job(lease, now)  # type: ignore[arg-type]
+        return await super().claim_job(lease, now, models)  # type: ignore[arg-type]
 
 
 async def test_idle_workers_look_once_per_signal_burst_then_wait_for_the_polling_interval() -> None:
@@ -86,7 +91,7 @@ async def test_idle_workers_look_once_per_signal_burst_then_wait_for_the_polling
     for _ in range(5000):  # a burst of creates, all of it claimed by workers elsewhere
         signal.enqueued()
     settings = Settings(workers=2, poll_interval_seconds=0.5)
-    pool = WorkerPool(storage, SimulatedModel(), None, settings, signal)  # type: ignore[arg-type]
+    pool = WorkerPool(storage, engines(), None, settings, signal)  # type: ignore[arg-type]
     tasks = Tasks()
 
     pool.start(tasks)
@@ -106,7 +111,7 @@ async def test_a_worker_runs_a_queued_job_to_its_image_and_reports_its_end(tmp_p
     images = FolderImageStore(tmp_path)
     settings = Settings(workers=1, poll_interval_seconds=5, data_dir=tmp_path)
     pool = WorkerPool(
-        storage, SimulatedModel(failure_rate=0, latency_ms=0), images, settings, signal, completions.finished
+        storage, engines(failure_rate=0, latency_ms=0), images, settings, signal, completions.finished
     )
     tasks = Tasks()
 
@@ -129,8 +134,9 @@ async def test_a_worker_stopped_during_a_job_finishes_it_first(tmp_path: Path) -
         storage, BODY, service.CreateRules(max_prompt_length=100), now=utcnow()
     )
     settings = Settings(workers=1, poll_interval_seconds=5, data_dir=tmp_path)
-    model = SimulatedModel(failure_rate=0, latency_ms=300, jitter=0)
-    pool = WorkerPool(storage, model, FolderImageStore(tmp_path), settings, signal)
+    pool = WorkerPool(
+        storage, engines(failure_rate=0, latency_ms=300), FolderImageStore(tmp_path), settings, signal
+    )
     tasks = Tasks()
     pool.start(tasks)
     await asyncio.sleep(0.1)  # the worker is drawing

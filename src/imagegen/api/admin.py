@@ -81,19 +81,6 @@ class IssuedKey(BaseModel):
     apiKey: str = Field(description="Shown this once; stored hashed")  # noqa: N815
 
 
-class QueueOut(BaseModel):
-    model: str
-    pending: int = Field(description="Jobs waiting for a worker")
-    running: int = Field(description="Jobs a worker holds now")
-    oldestPendingAt: str | None = Field(description="When the oldest waiting job was created")  # noqa: N815
-    oldestPendingAgeSeconds: float | None = Field(description="How long it has waited")  # noqa: N815
-
-
-class QueuesOut(BaseModel):
-    at: str
-    queues: list[QueueOut]
-
-
 class KeyOut(BaseModel):
     id: str
     userId: str | None = Field(description="null: an admin key")  # noqa: N815
@@ -107,6 +94,19 @@ class KeyOut(BaseModel):
 class KeyPage(BaseModel):
     items: list[KeyOut]
     nextCursor: str | None = Field(description="Always null: a user's keys come in one page")  # noqa: N815
+
+
+class QueueOut(BaseModel):
+    model: str
+    pending: int = Field(description="Jobs waiting for a worker")
+    running: int = Field(description="Jobs a worker holds now")
+    oldestPendingAt: str | None = Field(description="When the oldest waiting job was created")  # noqa: N815
+    oldestPendingAgeSeconds: float | None = Field(description="How long it has waited")  # noqa: N815
+
+
+class QueuesOut(BaseModel):
+    at: str
+    queues: list[QueueOut]
 
 
 class SigningSecret(BaseModel):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from imagegen import request_id
 from imagegen.api.inputs import absolute_url
 from imagegen.domain.errors import ImagegenError, InsufficientCredits, TooManyRequests, Unauthenticated
 from imagegen.domain.generation import GenerationRequest, Status, iso
@@ -62,13 +63,22 @@ def problem(status: int, code: str, detail: str, extra: dict[str, Any] | None = 
         "detail": detail,
         "code": code,
     }
-    return Answer(status, body, media_type=PROBLEM_JSON)
+    return Answer(status, _with_request_id(body), media_type=PROBLEM_JSON)
+
+
+def _with_request_id(body: dict[str, Any]) -> dict[str, Any]:
+    """Every error body names the request it answers (request_id.py), so a client's report of
+    an error finds its log lines."""
+    rid = request_id.get()
+    if rid is not None:
+        body["requestId"] = rid
+    return body
 
 
 def refusal(status: int, code: str, detail: str, *, case_study: bool) -> Answer:
     """An answer with a code and a message alone, in the route's style."""
     if case_study:
-        return Answer(status, {"error": detail, "code": code})
+        return Answer(status, _with_request_id({"error": detail, "code": code}))
     return problem(status, code, detail)
 
 
@@ -88,14 +98,14 @@ def case_study_error(exc: ImagegenError) -> Answer:
     """`{"error": message, "code": ...}` as the original functions answered (400 for credits)."""
     status = 400 if isinstance(exc, InsufficientCredits) else exc.status
     body = {**error_details(exc), "error": exc.message, "code": exc.code}
-    return Answer(status, body, error_headers(exc))
+    return Answer(status, _with_request_id(body), error_headers(exc))
 
 
 def validation_error(errors: list[dict[str, Any]], *, case_study: bool) -> Answer:
     """A body or parameter of the wrong shape: each `{"field", "message"}` listed."""
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
     if case_study:
-        return Answer(400, {"error": detail, "code": "validation_error", "errors": errors})
+        return Answer(400, _with_request_id({"error": detail, "code": "validation_error", "errors": errors}))
     return problem(422, "validation_error", detail, {"errors": errors})
 
 
@@ -111,7 +121,7 @@ def method_not_allowed() -> Answer:
 def unexpected(*, case_study: bool = False) -> Answer:
     """A bug of ours: nothing about it is shown, and the connection is closed after it."""
     if case_study:
-        return Answer(500, {"error": INTERNAL_ERROR, "code": "internal_error"})
+        return Answer(500, _with_request_id({"error": INTERNAL_ERROR, "code": "internal_error"}))
     answer = problem(500, "internal_error", INTERNAL_ERROR)
     # The server closes the connection after an unexpected error: say so, so that no client
     # sends its next request on a connection about to close.
@@ -151,7 +161,7 @@ def generation_answer(done: GenerationRequest, base_url: str) -> Answer:
         "status": done.status.value,
     }
     if done.status is Status.FAILED:
-        return Answer(500, {"error": FAILED_MESSAGE, "reason": done.error, **body})
+        return Answer(500, _with_request_id({"error": FAILED_MESSAGE, "reason": done.error, **body}))
     return Answer(200 if done.status.terminal else 202, body)
 
 

@@ -9,9 +9,23 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from imagegen import __version__, console
-from imagegen.api import admin, case_study, catalog, errors, generations, openapi, reports, system, users
+from imagegen import __version__, console, logs
+from imagegen import metrics as process_metrics
+from imagegen.api import (
+    admin,
+    case_study,
+    catalog,
+    docs_pages,
+    errors,
+    generations,
+    metrics,
+    openapi,
+    reports,
+    system,
+    users,
+)
 from imagegen.api.limits import RequestLimits
+from imagegen.api.observe import Observe
 from imagegen.runtime import Runtime
 from imagegen.settings import Settings
 
@@ -24,6 +38,8 @@ Authenticate with `Authorization: Bearer <key>`. A user key acts only on its own
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    logs.configure(settings.log_format, settings.log_level)  # each API process configures its own
+    process_metrics.enable(settings.metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -36,15 +52,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await runtime.stop()
 
-    app = FastAPI(title="imagegen", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    # /docs and /redoc are imagegen's own (api/docs_pages.py): their assets come from the package.
+    app = FastAPI(
+        title="imagegen",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.add_middleware(
         RequestLimits, max_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout_seconds
     )
+    # Outermost, so that the id is set for every answer, the body limits' refusals included.
+    app.add_middleware(
+        Observe, request_ids=settings.request_ids, metrics=settings.metrics, access_log=settings.access_log
+    )
     errors.install(app)
     openapi.install(app, settings)
-    for module in (system, generations, users, catalog, reports, admin, case_study):
+    for module in (system, docs_pages, generations, users, catalog, reports, admin, case_study):
         app.include_router(module.router)
     console.install(app)
+    if settings.metrics:
+        app.include_router(metrics.router)
     if settings.bench_routes:
         app.include_router(system.bench_router)
     return app

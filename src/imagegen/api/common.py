@@ -9,7 +9,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
-from imagegen import service
+from imagegen import metrics, service
 from imagegen.api import inputs
 from imagegen.clock import utcnow
 from imagegen.domain.generation import GenerationRequest
@@ -72,6 +72,7 @@ async def create_and_enqueue(
     )
     if fresh:
         runtime.signal.enqueued()
+        metrics.generation_created(created.model, created.cost)
     return created
 
 

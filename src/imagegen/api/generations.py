@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from imagegen import service
+from imagegen import metrics, service
 from imagegen.api.auth import Principal, PrincipalDep, RuntimeDep, creating_principal
 from imagegen.api.common import (
     create_and_enqueue,
@@ -63,6 +63,9 @@ class Generation(BaseModel):
     completedAt: str | None  # noqa: N815
     webhook: str | None
     webhookEvents: list[str]  # noqa: N815
+    progress: float = Field(
+        description="0 to 1: as the engine reports it while running (at most once a second); 1 once completed"
+    )
 
 
 class GenerationPage(BaseModel):
@@ -190,6 +193,7 @@ async def cancel_generation(
     async def run() -> JSONResponse:
         await _owned(runtime, principal, generation_id)
         canceled = await service.cancel_generation(runtime.storage, generation_id, utcnow())
+        metrics.generation_finished(canceled.model, "canceled", refunded=canceled.cost)
         return JSONResponse(resource(request, runtime, canceled))
 
     return await idempotent(request, runtime, principal, idempotency_key, {"cancel": generation_id}, run)

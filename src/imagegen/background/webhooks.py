@@ -24,6 +24,7 @@ from datetime import timedelta
 
 import httpx
 
+from imagegen import metrics
 from imagegen.clock import utcnow
 from imagegen.domain import webhooks
 from imagegen.domain.webhooks import WebhookDelivery
@@ -143,6 +144,7 @@ class Dispatcher:
             error = f"{type(exc).__name__}: {exc}"
         if error is None:
             await self.storage.webhook_delivered(delivery.id, utcnow())
+            metrics.webhook_attempt("delivered")
             return
         await self._failed(delivery, error, target.origin)
 
@@ -151,6 +153,7 @@ class Dispatcher:
         retry_at = webhooks.next_attempt(delivery.attempts, delivery.created_at, utcnow(), max_age=max_age)
         log.info("webhook %s to %s failed (%s); retry at %s", delivery.id, where, error, retry_at)
         await self.storage.webhook_failed(delivery.id, error, retry_at)
+        metrics.webhook_attempt("retry" if retry_at is not None else "gave_up")
 
     async def _post(
         self, client: httpx.AsyncClient, target: webhooks.WebhookTarget, body: bytes, headers: dict[str, str]

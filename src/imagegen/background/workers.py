@@ -1,9 +1,11 @@
 """The in-process workers: `settings.workers` job tasks, a heartbeat that extends their leases, and
 the recovery pass.
 
-Each worker runs one job at a time. Workers sleep on a JobSignal that a new job raises (or poll,
-for jobs enqueued by other processes); a lease that the heartbeat keeps fresh tells other processes
-the job is alive, and a periodic recovery pass requeues or refunds the jobs of workers that died.
+Each worker runs one job at a time, on the process's engines (one JobEngines for all its workers),
+and claims only the jobs of `settings.models` when set. Workers sleep on a JobSignal that a new job
+raises (or poll, for jobs enqueued by other processes); a lease that the heartbeat keeps fresh tells
+other processes the job is alive, and a periodic recovery pass requeues or refunds the jobs of
+workers that died.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Protocol
 
-from imagegen.background.jobs import JobStorage, lease_until, recover_expired_jobs, run_job
+from imagegen.background.engines import JobEngines
+from imagegen.background.jobs import JobLimits, JobStorage, lease_until, recover_expired_jobs, run_job
 from imagegen.background.signal import JobSignal
 from imagegen.background.tasks import Tasks
 from imagegen.clock import utcnow
 from imagegen.domain.ids import new_id
-from imagegen.models.base import ImageModel
 from imagegen.ports import IdempotencyStore, ImageStore, Lease
 from imagegen.settings import Settings
 
@@ -38,14 +40,15 @@ class WorkerPool:
     def __init__(
         self,
         storage: WorkerStorage,
-        model: ImageModel,
+        engines: JobEngines,
         images: ImageStore,
         settings: Settings,
         signal: JobSignal,
         on_finished: Callable[[str], None] = lambda request_id: None,
     ) -> None:
         self.storage = storage
-        self.model = model
+        self.engines = engines
+        self.limits = job_limits(settings)
         self.images = images
         self.settings = settings
         self.signal = signal
@@ -77,11 +80,13 @@ class WorkerPool:
     async def run_one(self, worker_id: str) -> bool:
         now = utcnow()
         lease = Lease(worker_id, lease_until(now, self.settings.job_lease_seconds))
-        job = await self.storage.claim_job(lease, now)
+        job = await self.storage.claim_job(lease, now, self.settings.served_models)
         if job is None:
             return False
         self._running[job.id] = worker_id
-        running = asyncio.ensure_future(run_job(self.storage, self.model, self.images, job, worker_id))
+        running = asyncio.ensure_future(
+            run_job(self.storage, self.engines, self.images, job, worker_id, limits=self.limits)
+        )
         try:
             await asyncio.shield(running)
         except asyncio.CancelledError:
@@ -122,3 +127,7 @@ class WorkerPool:
             except Exception:
                 log.exception("recovery pass failed; will retry")
             await asyncio.sleep(self.settings.recovery_interval_seconds)
+
+
+def job_limits(settings: Settings) -> JobLimits:
+    return JobLimits(timeout_s=settings.job_timeout_seconds, check_every_s=settings.cancel_check_seconds)

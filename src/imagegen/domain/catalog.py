@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -77,6 +78,30 @@ def size_order(size: str) -> tuple[int, str]:
 def parse_size(size: str) -> tuple[int, int]:
     width, _, height = size.partition("x")
     return int(width), int(height)
+
+
+def model_record(model: ModelSettings) -> dict[str, Any]:
+    """A model as an export/import record (the normalized dict every adapter's transfer uses)."""
+    return {
+        "collection": "models",
+        "id": model.name,
+        "failure_rate": model.failure_rate,
+        "latency_ms": model.latency_ms,
+        "enabled": model.enabled,
+        "deployments": [copy.deepcopy(dict(d)) for d in model.deployments],
+        "prices": dict(model.prices),
+    }
+
+
+def model_from_record(record: Mapping[str, Any]) -> ModelSettings:
+    return ModelSettings(
+        record["id"],
+        float(record["failure_rate"]),
+        int(record["latency_ms"]),
+        bool(record["enabled"]),
+        deployments=tuple(copy.deepcopy(record["deployments"])),
+        prices=dict(record["prices"]),
+    )
 
 
 @dataclass(frozen=True)

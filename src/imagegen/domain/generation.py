@@ -1,4 +1,5 @@
-"""Generation requests and their lifecycle: pending -> running -> completed | failed; pending -> canceled."""
+"""Generation requests and their lifecycle: pending -> running -> completed | failed; pending or
+running -> canceled."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ class Move(Enum):
     REQUEUE = (frozenset({Status.RUNNING}), Status.PENDING)  # its worker died: back in the queue
     COMPLETE = (frozenset({Status.RUNNING}), Status.COMPLETED)
     FAIL = (frozenset({Status.RUNNING}), Status.FAILED)
-    CANCEL = (frozenset({Status.PENDING}), Status.CANCELED)
+    CANCEL = (frozenset({Status.PENDING, Status.RUNNING}), Status.CANCELED)  # a running one: its worker stops
     CLOSE_UNDEBITED = (frozenset({Status.PENDING, Status.RUNNING}), Status.FAILED)  # imported, never paid
 
     def __init__(self, sources: frozenset[Status], target: Status) -> None:
@@ -101,6 +102,7 @@ class GenerationRequest:
     idempotency_key: str | None = None
     webhook: str | None = None
     webhook_events: frozenset[str] = frozenset()
+    progress: float | None = None  # 0..1, as the engine last reported it while running
 
     def wants_webhook(self, event: str) -> bool:
         return self.webhook is not None and event in self.webhook_events
@@ -131,7 +133,15 @@ def to_resource(request: GenerationRequest) -> dict[str, object]:
         "completedAt": iso(request.completed_at),
         "webhook": request.webhook,
         "webhookEvents": sorted(request.webhook_events),
+        "progress": progress_of(request),
     }
+
+
+def progress_of(request: GenerationRequest) -> float:
+    """0 until an engine reports progress, 1 once completed."""
+    if request.status is Status.COMPLETED:
+        return 1.0
+    return request.progress or 0.0
 
 
 def iso(value: datetime | None) -> str | None:

@@ -6,6 +6,7 @@ never set a request's cost, status or id.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
@@ -161,11 +162,14 @@ def parse_webhook(body: Mapping[str, object], *, allow_private: bool) -> tuple[s
 
 
 MAX_PRICE = 1_000_000  # credits, as a size's cost
+SIZE_NAME = re.compile(r"[1-9][0-9]{0,3}x[1-9][0-9]{0,3}")
 
 
-def parse_prices(model: str, data: object, sizes: Collection[str]) -> dict[str, int]:
+def parse_prices(model: str, data: object, sizes: Collection[str] | None) -> dict[str, int]:
     """A model's own prices `{size: credits}`, each a catalog size and a positive whole number of
-    credits, or InvalidPrices listing every problem. `{}` leaves every size at its cost."""
+    credits, or InvalidPrices listing every problem. `{}` leaves every size at its cost.
+
+    `sizes` None (an import, whose file carries no sizes) takes any WIDTHxHEIGHT."""
     if not isinstance(data, Mapping):
         raise InvalidPrices(
             f"Invalid prices for model '{model}'",
@@ -173,10 +177,12 @@ def parse_prices(model: str, data: object, sizes: Collection[str]) -> dict[str, 
             problems=[Problem("prices", "must be an object {size: credits}")],
         )
     problems = []
-    allowed = tuple(sorted(sizes, key=size_order))
+    allowed = tuple(sorted(sizes, key=size_order)) if sizes is not None else ()
     for size, credits in data.items():
-        if size not in sizes:
+        if sizes is not None and size not in sizes:
             problems.append(Problem(f"prices.{size}", "not a catalog size", allowed))
+        elif sizes is None and not (isinstance(size, str) and SIZE_NAME.fullmatch(size)):
+            problems.append(Problem(f"prices.{size}", "not a size like 1024x1024"))
         # bool is an int in Python, not in JSON: true is not a price.
         if isinstance(credits, bool) or not isinstance(credits, int) or not 1 <= credits <= MAX_PRICE:
             problems.append(Problem(f"prices.{size}", f"must be a whole number of credits, 1 to {MAX_PRICE}"))

@@ -30,10 +30,11 @@ class Fleet:
         environ: Mapping[str, str] | None = None,
         health: Health | None = None,
         policy: RetryPolicy | None = None,
+        slots: Slots | None = None,
     ) -> None:
         self.registry = registry
         self.health = health or Health()
-        self.slots = Slots()
+        self.slots = slots or Slots()  # per process, unless given ones shared across processes
         self._environ = os.environ if environ is None else environ
         self._policy = policy or RetryPolicy()
         self._engines: dict[str, Engine] = {}

@@ -7,7 +7,9 @@ another size is refused unless the deployment allows resizing (see docs/engines.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+import zlib
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -22,6 +24,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def checked_png(data: bytes, size: str, *, resize: bool) -> bytes:
     """PNG bytes of exactly `size`, or EngineError (DEPLOYMENT: this deployment sent something else)."""
     wanted = parse_size(size)
+    if data.startswith(PNG_SIGNATURE) and _whole_png_size(data) == wanted:
+        return data  # stored byte for byte: every chunk arrived whole, as its encoder wrote it
     image = _decoded(data)
     if image.size != wanted:
         if not resize:
@@ -29,9 +33,34 @@ def checked_png(data: bytes, size: str, *, resize: bool) -> bytes:
             raise errors.deployment(f"the engine returned a {got} image for a {size} request")
         # Cover, then crop the overflow evenly: an aspect change never distorts the picture.
         image = ImageOps.fit(image, wanted, Image.Resampling.LANCZOS)
-    elif data.startswith(PNG_SIGNATURE):
-        return data
     return _png(image)
+
+
+def _whole_png_size(data: bytes) -> tuple[int, int]:
+    """The size a PNG's header gives, once its chunks are checked without decoding its pixels: each
+    chunk within the data and matching its CRC, the header first, image data present, the end chunk
+    last with nothing after it. A truncated or damaged transfer fails here, at a small fraction of
+    the cost of decoding: decoding the pixels costs about what the simulated models pay to draw them."""
+    pos, end, seen = len(PNG_SIGNATURE), len(data), []
+    while pos + 12 <= end:
+        (length,) = struct.unpack_from(">I", data, pos)
+        kind = data[pos + 4 : pos + 8]
+        body_end = pos + 8 + length
+        if body_end + 4 > end:
+            break
+        (crc,) = struct.unpack_from(">I", data, body_end)
+        if zlib.crc32(memoryview(data)[pos + 4 : body_end]) != crc:
+            break
+        seen.append(kind)
+        pos = body_end + 4
+        if kind == b"IEND":
+            break
+    if pos != end or len(seen) < 3 or seen[0] != b"IHDR" or seen[-1] != b"IEND" or b"IDAT" not in seen:
+        raise errors.deployment("the engine's answer is not an image")
+    width, height = struct.unpack_from(">II", data, len(PNG_SIGNATURE) + 8)
+    if width * height > MAX_PIXELS:
+        raise errors.deployment(f"the engine returned an image of {width}x{height} pixels")
+    return width, height
 
 
 def _decoded(data: bytes) -> Image.Image:

@@ -9,6 +9,7 @@ which is how the routing is exercised without a GPU.
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Mapping
 from typing import Literal
 
@@ -22,6 +23,10 @@ from imagegen.engines.request import ImageRequest
 from imagegen.engines.run import Run
 from imagegen.engines.settings import EngineSettings
 from imagegen.models.simulated import SimulatedModel, draw_png
+
+# One drawing at a time per process, as SimulatedModel does: a drawing holds the GIL, so two at once
+# only take turns, and every turn is also taken from the event loop and the database's threads.
+_DRAWING = threading.Lock()
 
 
 class SimulatedSettings(EngineSettings):
@@ -48,7 +53,10 @@ class SimulatedEngine:
             failure = Failure.TRANSIENT if s.failure == "transient" else Failure.PERMANENT
             raise EngineError(f"{request.model} failed to generate the image (simulated)", failure)
         size = s.engine_size(request.size)
-        return draw_png(GenerationSpec("", request.model, request.style, request.color, size, request.prompt))
+        with _DRAWING:
+            return draw_png(
+                GenerationSpec("", request.model, request.style, request.color, size, request.prompt)
+            )
 
     def close(self) -> None:
         pass

@@ -1,5 +1,6 @@
 """In-process concurrency limits, one per deployment: a GPU box that runs one image at a time is
-sent one at a time by this process. (Limits across processes need storage: a later slice.)"""
+sent one at a time by this process. Workers share them across processes through storage
+(background/slots.py `SharedSlots`, which keeps this interface)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -47,17 +47,14 @@ async def model_settings(storage: CatalogStore, name: str) -> ModelSettings:
 async def bind_model(storage: CatalogStore, registry: Registry, name: str, data: object) -> ModelSettings:
     """Binds `name` to the deployments in `data` ({"deployments": [...]}), replacing its binding."""
     catalog = await storage.catalog()
-    current = catalog.models.get(name)
-    if current is None:
+    if name not in catalog.models:
         raise ModelNotFound(name[:80])
     deployments = binding_deployments(name, data, registry, catalog.sizes)
-    updated = replace(current, deployments=deployments)
-    await storage.put_model(updated)
-    return updated
+    return await storage.update_model(name, _replacing(name, deployments=deployments))
 
 
 def binding_deployments(
-    name: str, data: object, registry: Registry, sizes: dict[str, int]
+    name: str, data: object, registry: Registry, sizes: Collection[str] | None
 ) -> tuple[dict[str, Any], ...]:
     """The deployments to store for `data`: validated, normalized, free of credentials."""
     unstorable = storable_problems(data)
@@ -76,29 +73,35 @@ def binding_deployments(
 
 async def unbind_model(storage: CatalogStore, name: str) -> ModelSettings:
     """Drops the binding: the model runs the simulated engine again, with its failure rate."""
-    current = await model_settings(storage, name)
-    updated = replace(current, deployments=())
-    if current.deployments:
-        await storage.put_model(updated)
-    return updated
+    return await storage.update_model(name, _replacing(name, deployments=()))
 
 
 async def set_prices(storage: CatalogStore, name: str, data: object) -> ModelSettings:
     """Replaces the model's own prices ({size: credits}; {} charges every size its cost)."""
     catalog = await storage.catalog()
-    current = catalog.models.get(name)
-    if current is None:
+    if name not in catalog.models:
         raise ModelNotFound(name[:80])
-    updated = replace(current, prices=parse_prices(name, data, catalog.sizes))
-    await storage.put_model(updated)
-    return updated
+    prices = parse_prices(name, data, catalog.sizes)
+    return await storage.update_model(name, _replacing(name, prices=prices))
+
+
+def _replacing(name: str, **fields: Any) -> Callable[[ModelSettings | None], ModelSettings]:
+    """The change that sets `fields` on the stored model, read in the write's own transaction."""
+
+    def change(current: ModelSettings | None) -> ModelSettings:
+        if current is None:  # removed since it was looked up
+            raise ModelNotFound(name[:80])
+        return replace(current, **fields)
+
+    return change
 
 
 def storable_problems(data: object) -> list[Problem]:
     """What would make a binding unstorable on some backend, refused alike on all of them.
 
-    Firestore nests maps 20 deep at most, reserves `__names__` and empty field names and keeps
-    a document under 1 MiB; PostgreSQL's text refuses NUL.
+    Firestore nests maps 20 deep at most, stores no array directly inside an array, reserves
+    `__names__` and empty field names and keeps a document under 1 MiB; PostgreSQL's text
+    refuses NUL.
     """
     try:
         text = json.dumps(data, ensure_ascii=False)
@@ -119,6 +122,8 @@ def storable_problems(data: object) -> list[Problem]:
                     problems.append(Problem(field, "is not a field name that can be stored"))
                 stack.append((item, field, depth + 1))
         elif isinstance(value, list):
+            if any(isinstance(item, list) for item in value):
+                problems.append(Problem(where, "must not hold an array directly inside an array"))
             stack.extend((item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value))
         elif isinstance(value, str) and "\x00" in value:
             problems.append(Problem(where, "must not contain NUL characters"))

@@ -54,15 +54,17 @@ async def set_model(
 ) -> ModelSettings:
     if not valid_id(name):
         raise InvalidInput(f"Invalid model name '{name[:80]}': {ID_RULE}")
-    current = (await storage.catalog()).models.get(name) or ModelSettings(name)
-    updated = replace(
-        current,
-        failure_rate=current.failure_rate if failure_rate is None else failure_rate,
-        latency_ms=current.latency_ms if latency_ms is None else latency_ms,
-        enabled=current.enabled if enabled is None else enabled,
-    )
-    await storage.put_model(updated)
-    return updated
+
+    def change(stored: ModelSettings | None) -> ModelSettings:
+        current = stored or ModelSettings(name)  # a new model: unbound, at the sizes' costs
+        return replace(
+            current,
+            failure_rate=current.failure_rate if failure_rate is None else failure_rate,
+            latency_ms=current.latency_ms if latency_ms is None else latency_ms,
+            enabled=current.enabled if enabled is None else enabled,
+        )
+
+    return await storage.update_model(name, change)
 
 
 async def model_queues(storage: QueueReader, now: datetime) -> list[ModelQueue]:

@@ -201,7 +201,7 @@ async def cancel_generation(storage: Generations, request_id: str, now: datetime
     if not await storage.cancel_and_refund(request_id, now):
         request = await get_generation(storage, request_id)
         raise InvalidState(
-            f"Only a pending request can be canceled; this one is {request.status.value}",
+            f"Only a pending or running request can be canceled; this one is {request.status.value}",
             id=request_id,
             currentStatus=request.status.value,
         )

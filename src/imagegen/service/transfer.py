@@ -7,23 +7,34 @@
     {"collection": "transactions", "id": "...", "userId": "...", "type": "deduction", "credits": 1,
      "generationRequestId": "...", "timestamp": "..."}
     {"collection": "reports", "id": "2026-W47", ...the report document...}
+    {"collection": "models", "id": "model-a", "failureRate": 0.05, "latencyMs": 300, "enabled": true,
+     "deployments": [{"engine": "openai", "settings": {...}}], "prices": {"1024x1024": 5}}
 
 Every line is validated before it is stored; the first bad line aborts the whole import, whose
-storage transaction then rolls back, so nothing is half-imported.
+storage transaction then rolls back, so nothing is half-imported. A `models` line is validated as
+the admin API validates an edit (the binding with this process's engines; no credentials), except
+that its sizes are not checked against the catalog (an export carries no sizes), and it replaces
+the stored model of that name: a binding and its prices must survive a move to a new database,
+whose first start made the initial models unbound.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from imagegen.domain.errors import InvalidInput
+from imagegen.domain.catalog import ModelSettings, model_record
+from imagegen.domain.errors import InvalidBinding, InvalidInput, InvalidPrices
 from imagegen.domain.generation import ID_RULE, Status, valid_id
 from imagegen.domain.ledger import EntryType, signed_delta
+from imagegen.domain.validation import parse_prices
+from imagegen.engines.binding import MAX_DEPLOYMENTS
+from imagegen.engines.registry import Registry
+from imagegen.service.bindings import binding_deployments
 
 
 def _id(value: str) -> str:
@@ -76,6 +87,16 @@ class EntryRecord(_Record):
     timestamp: AwareDatetime
 
 
+class ModelRecord(_Record):
+    collection: Literal["models"]
+    id: Id
+    failure_rate: float = Field(0.05, ge=0, le=1, alias="failureRate")
+    latency_ms: int = Field(300, ge=0, le=600_000, alias="latencyMs")
+    enabled: bool = True
+    deployments: list[Any] = Field(default_factory=list, max_length=MAX_DEPLOYMENTS)
+    prices: dict[str, Any] = Field(default_factory=dict)
+
+
 class ReportRecord(_Record):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
     collection: Literal["reports"]
@@ -84,8 +105,10 @@ class ReportRecord(_Record):
     period_end: AwareDatetime = Field(alias="periodEnd")
 
 
-def parse_line(line_no: int, line: str) -> dict[str, Any] | None:
-    """A normalized record for the storage adapter, or None for a blank line."""
+def parse_line(line_no: int, line: str, registry: Registry | None = None) -> dict[str, Any] | None:
+    """A normalized record for the storage adapter, or None for a blank line.
+
+    `registry`: the engines a `models` line's binding may name (by default, those installed)."""
     if not line.strip():
         return None
     try:
@@ -98,10 +121,16 @@ def parse_line(line_no: int, line: str) -> dict[str, Any] | None:
     if parser is None:
         raise InvalidInput(f"line {line_no}: 'collection' must be one of {', '.join(PARSERS)}")
     try:
+        if parser is _model:
+            return _model(raw, registry or _installed())
         return parser(raw)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise InvalidInput(f"line {line_no}: {problems}") from exc
+    except (InvalidBinding, InvalidPrices) as exc:
+        found = exc.details.get("problems")
+        listed = "; ".join(f"{p.field}: {p.message}" for p in found) if isinstance(found, list) else ""
+        raise InvalidInput(f"line {line_no}: {exc.message}: {listed}") from exc
 
 
 def _user(raw: dict[str, Any]) -> dict[str, Any]:
@@ -141,17 +170,39 @@ def _report(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-PARSERS = {
+def _model(raw: dict[str, Any], registry: Registry) -> dict[str, Any]:
+    record = ModelRecord.model_validate(raw)
+    deployments: tuple[dict[str, Any], ...] = ()
+    if record.deployments:
+        deployments = binding_deployments(record.id, {"deployments": record.deployments}, registry, None)
+    prices = parse_prices(record.id, record.prices, None)
+    model = ModelSettings(
+        record.id, record.failure_rate, record.latency_ms, record.enabled, deployments, prices
+    )
+    return model_record(model)
+
+
+_registry: list[Registry] = []
+
+
+def _installed() -> Registry:
+    if not _registry:
+        _registry.append(Registry.discover())
+    return _registry[0]
+
+
+PARSERS: dict[str, Callable[..., dict[str, Any]]] = {
     "users": _user,
     "generationRequests": _request,
     "transactions": _entry,
     "reports": _report,
+    "models": _model,
 }
 
 
-def parse_lines(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+def parse_lines(lines: Iterable[str], registry: Registry | None = None) -> Iterator[dict[str, Any]]:
     for line_no, line in enumerate(lines, start=1):
-        record = parse_line(line_no, line)
+        record = parse_line(line_no, line, registry)
         if record is not None:
             yield record
 

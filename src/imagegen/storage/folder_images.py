@@ -18,6 +18,7 @@ class FolderImageStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._folders: set[Path] = set()  # shard folders known to exist: one mkdir each, not one a write
 
     async def put(self, image_id: str, png: bytes) -> str:
         return await asyncio.to_thread(self._write, image_id, png)
@@ -29,8 +30,14 @@ class FolderImageStore:
 
     def _write(self, image_id: str, png: bytes) -> str:
         path = self._path(image_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        if path.parent not in self._folders:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._folders.add(path.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        except FileNotFoundError:  # the folder was removed behind our back: make it again
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         with os.fdopen(fd, "wb") as out:
             out.write(png)
         os.replace(tmp, path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -36,6 +37,26 @@ def test_what_is_not_a_whole_image_is_refused(data: bytes) -> None:
     with pytest.raises(EngineError) as caught:
         checked_png(data, "512x512", resize=False)
     assert caught.value.failure is Failure.DEPLOYMENT
+    assert caught.value.message == "the engine's answer is not an image"
+
+
+def damaged(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda data: damaged(data, len(data) // 2),  # a byte of the image data (its CRC no longer matches)
+        lambda data: data + b"trailing bytes",
+        lambda data: data[:-12],  # no end chunk
+        lambda data: damaged(data, 12),  # the header chunk's name
+    ],
+    ids=["flipped-byte", "trailing", "no-end", "no-header"],
+)
+def test_a_png_whose_chunks_are_not_whole_is_refused_without_decoding(change: Any) -> None:
+    with pytest.raises(EngineError) as caught:
+        checked_png(change(png((512, 512))), "512x512", resize=False)
     assert caught.value.message == "the engine's answer is not an image"
 
 

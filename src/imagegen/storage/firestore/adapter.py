@@ -93,6 +93,11 @@ class FirestoreStorage:
     async def put_model(self, model: ModelSettings) -> None:
         await self._on_thread(self.database.put_model, model)
 
+    async def update_model(
+        self, name: str, change: Callable[[ModelSettings | None], ModelSettings]
+    ) -> ModelSettings:
+        return await self._on_thread(self.database.update_model, name, change)
+
     async def put_option(self, kind: str, name: str, *, enabled: bool, cost: int | None = None) -> None:
         await self._on_thread(self.database.put_option, kind, name, enabled=enabled, cost=cost)
 
@@ -175,11 +180,21 @@ class FirestoreStorage:
     async def requeue(self, request_id: str, now: datetime) -> bool:
         return await self._on_thread(self.database.requeue, request_id, now)
 
+    async def set_progress(self, request_id: str, worker_id: str, fraction: float) -> bool:
+        return await self._on_thread(self.database.set_progress, request_id, worker_id, fraction)
+
     async def lease_holders(self) -> list[WorkerSeen]:
         return await self._on_thread(self.database.lease_holders)
 
     async def queues(self, now: datetime) -> list[ModelQueue]:
         return await self._on_thread(self.database.queues, now)
+
+    # -- engine slots -----------------------------------------------------------------------
+    async def take_slot(self, key: str, limit: int, holder: str, until: datetime, now: datetime) -> bool:
+        return await self._on_thread(self.database.take_slot, key, limit, holder, until, now)
+
+    async def release_slot(self, key: str, holder: str) -> None:
+        await self._on_thread(self.database.release_slot, key, holder)
 
     # -- api keys ---------------------------------------------------------------------------
     async def add_api_key(self, key_id: str, key_hash: str, user_id: str | None, now: datetime) -> ApiKey:

@@ -6,6 +6,7 @@ that priced a create from a cached copy finds out at the debit (StaleConfig) and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from imagegen.domain.catalog import Catalog, ModelSettings
@@ -58,6 +59,23 @@ class FirestoreCatalog(FirestoreParts):
         batch.set(self.db.collection(d.MODELS).document(model.name), model_doc(model))
         self._bump_config(batch)
         batch.commit()
+
+    @translated
+    def update_model(
+        self, name: str, change: Callable[[ModelSettings | None], ModelSettings]
+    ) -> ModelSettings:
+        ref = self.db.collection(d.MODELS).document(name)
+
+        def update(tx: Transaction) -> ModelSettings:
+            snap = ref.get(transaction=tx)
+            current = model_from(name, snap.to_dict() or {}) if snap.exists else None
+            updated = change(current)
+            if updated != current:
+                tx.set(ref, model_doc(updated))
+                self._bump_config(tx)
+            return updated
+
+        return run_transaction(self.db, update)
 
     @translated
     def put_option(self, kind: str, name: str, *, enabled: bool, cost: int | None = None) -> None:

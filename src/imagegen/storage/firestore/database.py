@@ -32,6 +32,7 @@ from imagegen.storage.firestore.outbox import FirestoreOutbox
 from imagegen.storage.firestore.parts import Transaction
 from imagegen.storage.firestore.reports import FirestoreReports
 from imagegen.storage.firestore.schedule import FirestoreSchedule
+from imagegen.storage.firestore.slots import FirestoreSlots
 
 INITIAL_DATA_MARKER = "initial_data_loaded"
 SCHEMA_VERSION = 2  # 2: users count their requests in flight; keyed creates have a generationKeys doc
@@ -48,6 +49,7 @@ class FirestoreDatabase(
     FirestoreOutbox,
     FirestoreReports,
     FirestoreSchedule,
+    FirestoreSlots,
 ):
     @translated
     def migrate(self) -> None:

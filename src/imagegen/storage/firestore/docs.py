@@ -93,6 +93,7 @@ def request_from(doc_id: str, data: dict[str, Any]) -> GenerationRequest:
         idempotency_key=data.get("idempotencyKey"),
         webhook=data.get("webhook"),
         webhook_events=frozenset(data.get("webhookEvents") or ()),
+        progress=data.get("progress"),
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
+from imagegen import metrics
 from imagegen.domain.errors import Conflict, ImagegenError, InvalidInput, StorageUnavailable
 
 P = ParamSpec("P")
@@ -59,6 +60,7 @@ def run_transaction(client: firestore.Client, body: Callable[..., R], *args: Any
             if not _aborted(exc):
                 raise
         time.sleep(random.uniform(0, BACKOFF_SECONDS * min(attempt, 4)))
+    metrics.storage_error("contention")
     raise Contention(f"a transaction was aborted {MAX_ATTEMPTS} times by concurrent ones; try again")
 
 
@@ -81,8 +83,10 @@ def translate_errors() -> Iterator[None]:
     except ImagegenError:
         raise
     except gexc.Aborted as exc:
+        metrics.storage_error("contention")
         raise Contention(f"transaction conflict: {exc.message}") from exc
     except UNAVAILABLE as exc:
+        metrics.storage_error("unavailable")
         raise StorageUnavailable(f"Firestore unavailable: {_message(exc)}") from exc
     except gexc.AlreadyExists as exc:
         raise Conflict(f"already exists: {exc.message}") from exc

@@ -70,6 +70,7 @@ class FirestoreJobs(FirestoreRefunds):
             "leaseOwner": worker_id,
             "leaseExpiresAt": d.aware(lease_until),
             "attempts": int(data.get("attempts") or 0) + 1,
+            "progress": None,
             "startedAt": data.get("startedAt") or d.aware(now),
         }
         request = d.request_from(snap.id, {**data, **changes})
@@ -202,6 +203,13 @@ class FirestoreJobs(FirestoreRefunds):
         return self._conditional_update(self._requests().document(request_id), decide) is not None
 
     @translated
+    def set_progress(self, request_id: str, worker_id: str, fraction: float) -> bool:
+        def decide(data: dict[str, Any]) -> dict[str, Any] | None:
+            holds = data.get("status") == Status.RUNNING.value and data.get("leaseOwner") == worker_id
+            return {"progress": min(1.0, max(0.0, fraction))} if holds else None
+
+        return self._conditional_update(self._requests().document(request_id), decide) is not None
+
     @translated
     def lease_holders(self) -> list[WorkerSeen]:
         query = self._requests().where(filter=cond("status", "==", Status.RUNNING.value))
@@ -213,6 +221,7 @@ class FirestoreJobs(FirestoreRefunds):
                 leases.append((str(owner), until))
         return workers_seen(leases)
 
+    @translated
     def queues(self, now: datetime) -> list[ModelQueue]:
         """Reads the model and creation time of every queued job (the queue, not the history)."""
         counts: dict[tuple[str, Status], QueueCount] = {}

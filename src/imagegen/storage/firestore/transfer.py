@@ -1,4 +1,4 @@
-"""Export and import of users, requests, ledger entries and reports on Firestore.
+"""Export and import of models, users, requests, ledger entries and reports on Firestore.
 
 Records are the service layer's normalized dicts, as for the SQL adapter (storage/sql/transfer.py),
 with the same rules: idempotent by id, referenced-but-missing users created with 0 credits, users
@@ -13,10 +13,12 @@ be one transaction. The guarantee instead:
    parser raises at it), a document Firestore cannot store, or an overdraft of an existing user
    refuses the import with nothing written. The plan is staged in a temporary SQLite file, so memory
    stays flat whatever the file's size.
-2. Then the writes go in batches. Requests and reports are created first; each existing user's new
-   entries are written together with the move of that user's balance, in transactions of at most
-   400 entries (balance = ledger at every instant); each new user's document, with its final
-   balance and any opening adjustment, is created in one atomic batch after all its entries.
+2. Then the writes go in batches. Models (a models line replaces the stored model, with a new
+   configuration version in the same batch) are written first, then requests and reports are
+   created; each existing user's new entries are written together with the move of that user's
+   balance, in transactions of at most 400 entries (balance = ledger at every instant); each new
+   user's document, with its final balance and any opening adjustment, is created in one atomic
+   batch after all its entries.
 3. If writing stops midway (a crash, Firestore unavailable), what was written is consistent for
    every user whose document exists, and running the same import again completes it, skipping
    what is already there. A user created concurrently by the API while the import was writing is a
@@ -38,13 +40,17 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
+from imagegen.domain.catalog import model_from_record, model_record
 from imagegen.domain.errors import Conflict, InvalidInput
 from imagegen.domain.generation import Status
 from imagegen.domain.ids import random_id
 from imagegen.domain.ledger import EntryType, LedgerEntry
 from imagegen.storage.firestore import docs as d
+from imagegen.storage.firestore.catalog import model_doc, model_from
 from imagegen.storage.firestore.errors import run_transaction
+from imagegen.storage.firestore.parts import CONFIG_VERSION
 
+COLLECTIONS = ("users", "generationRequests", "transactions", "reports", "models")
 PAGE = 1000  # documents per export page
 LOOKUP = 300  # documents per existence check (one get_all)
 WRITES = 400  # documents per batch or transaction
@@ -70,6 +76,8 @@ REQUEST_FIELDS = {
 
 # -- export ---------------------------------------------------------------------------------------
 def export_records(db: firestore.Client) -> Iterator[dict[str, Any]]:
+    for snap in db.collection(d.MODELS).order_by("__name__").stream():  # the catalog's few models
+        yield model_record(model_from(snap.id, snap.to_dict() or {}))
     users = db.collection(d.USERS).order_by("__name__")
     for snap in _paged(users):
         data = snap.to_dict() or {}
@@ -161,7 +169,8 @@ class _Plan:
         self.now = now
         self.stage = sqlite3.connect(path)
         self.stage.executescript(STAGING)
-        self.counts = {name: 0 for name in ("users", "generationRequests", "transactions", "reports")}
+        self.counts = {name: 0 for name in COLLECTIONS}
+        self.models: dict[str, dict[str, Any]] = {}  # the last line of each name wins
         self.counts["usersCreatedAsReferenced"] = 0
         self.in_flight: Counter[str] = Counter()
 
@@ -183,6 +192,10 @@ class _Plan:
                 _check_storable(record["document"], f"report '{record['id']}'")
                 _check_size(record["document"], f"report '{record['id']}'")
                 self._stage(record, None, user_key="")
+            elif collection == "models":
+                _check_storable(record["deployments"], f"model '{record['id']}'")
+                _check_size(record, f"model '{record['id']}'")
+                self.models[record["id"]] = record
             else:
                 raise InvalidInput(f"import refused: unknown collection '{collection}'")
 
@@ -267,6 +280,7 @@ class _Plan:
 
     # 4. write
     def write(self) -> dict[str, int]:
+        self._write_models()
         requests = list(self._new("generationRequests"))
         # Users count their requests queued or running (the in-flight limit): imported ones too.
         self.in_flight = Counter(r["user_id"] for r in requests if r["status"] in IN_FLIGHT)
@@ -289,6 +303,25 @@ class _Plan:
                 user_ref.update({"inFlight": firestore.Increment(self.in_flight[user_id])})
         self._write_new_users()
         return self.counts
+
+    def _write_models(self) -> None:
+        """A models line replaces the stored model, with a new configuration version, in one batch."""
+        changed = []
+        for chunk in _chunks(list(self.models.values()), LOOKUP):
+            refs = [self.db.collection(d.MODELS).document(r["id"]) for r in chunk]
+            stored = {snap.id: snap for snap in self.db.get_all(refs)}
+            for record in chunk:
+                model = model_from_record(record)
+                snap = stored.get(model.name)
+                if snap is None or not snap.exists or model_from(snap.id, snap.to_dict() or {}) != model:
+                    changed.append(model)
+        for chunk in _chunks(changed, WRITES - 1):
+            batch = self.db.batch()
+            for model in chunk:
+                batch.set(self.db.collection(d.MODELS).document(model.name), model_doc(model))
+            batch.set(self.db.collection(d.META).document(CONFIG_VERSION), {"value": random_id()})
+            batch.commit()
+        self.counts["models"] = len(changed)
 
     def _create_all(self, writes: Iterable[tuple[firestore.DocumentReference, dict[str, Any]]]) -> None:
         batch = self.db.batch()

@@ -31,6 +31,7 @@ from imagegen.storage.memory.keys import MemoryKeys
 from imagegen.storage.memory.outbox import MemoryOutbox
 from imagegen.storage.memory.reports import MemoryReports
 from imagegen.storage.memory.schedule import MemorySchedule
+from imagegen.storage.memory.slots import MemorySlots
 from imagegen.storage.memory.state import KeyRow, OptionRow
 from imagegen.storage.memory.transfer import Import, export_records
 
@@ -47,6 +48,7 @@ class MemoryStorage(
     MemoryOutbox,
     MemoryReports,
     MemorySchedule,
+    MemorySlots,
 ):
     # -- lifecycle --------------------------------------------------------------------------
     async def migrate(self) -> None:
@@ -99,4 +101,6 @@ class MemoryStorage(
             draft = copy.deepcopy(self._state)
             counts = Import(draft, now).run(records)
             self._state = draft  # every line went in: keep it all
+            if counts["models"]:
+                self._config_version += 1  # a catalog edit, as put_model
             return counts

@@ -7,6 +7,7 @@ as on the other adapters.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import replace
 
 from imagegen.domain.catalog import Catalog, ModelSettings
@@ -34,11 +35,19 @@ class MemoryCatalog(MemoryParts):
 
     async def put_model(self, model: ModelSettings) -> None:
         with self._lock:
-            # A copy: the caller's dicts are not the stored ones (as a database's row is not).
-            self._state.models[model.name] = replace(
-                model, deployments=copy.deepcopy(model.deployments), prices=dict(model.prices)
-            )
+            self._state.models[model.name] = _copy(model)
             self._config_version += 1
+
+    async def update_model(
+        self, name: str, change: Callable[[ModelSettings | None], ModelSettings]
+    ) -> ModelSettings:
+        with self._lock:
+            current = self._state.models.get(name)
+            updated = change(current)
+            if updated != current:
+                self._state.models[name] = _copy(updated)
+                self._config_version += 1
+            return updated
 
     async def put_option(self, kind: str, name: str, *, enabled: bool, cost: int | None = None) -> None:
         with self._lock:
@@ -60,3 +69,8 @@ class MemoryCatalog(MemoryParts):
             frozenset(enabled["colors"]),
             {name: int(option.cost or 0) for name, option in enabled["sizes"].items()},
         )
+
+
+def _copy(model: ModelSettings) -> ModelSettings:
+    """A copy: the caller's dicts are not the stored ones (as a database's row is not)."""
+    return replace(model, deployments=copy.deepcopy(model.deployments), prices=dict(model.prices))

@@ -35,6 +35,7 @@ class MemoryJobs(MemoryRefunds):
                 request,
                 status=Move.CLAIM.target,
                 attempts=request.attempts + 1,
+                progress=None,
                 started_at=request.started_at or now,
             )
             stored.lease_owner, stored.lease_expires_at = lease.worker_id, lease.until
@@ -106,6 +107,18 @@ class MemoryJobs(MemoryRefunds):
                 return False
             stored.request = replace(stored.request, status=Move.REQUEUE.target)
             stored.lease_owner = stored.lease_expires_at = None
+            return True
+
+    async def set_progress(self, request_id: str, worker_id: str, fraction: float) -> bool:
+        with self._lock:
+            stored = self._state.requests.get(request_id)
+            if (
+                stored is None
+                or stored.request.status is not Status.RUNNING
+                or stored.lease_owner != worker_id
+            ):
+                return False
+            stored.request = replace(stored.request, progress=min(1.0, max(0.0, fraction)))
             return True
 
     async def lease_holders(self) -> list[WorkerSeen]:

@@ -100,6 +100,7 @@ class State:
     meta: dict[str, str] = field(default_factory=dict)
     reports: dict[str, ReportRow] = field(default_factory=dict)
     runs: dict[str, RunRow] = field(default_factory=dict)
+    slots: dict[tuple[str, int], tuple[str, datetime]] = field(default_factory=dict)  # -> holder, until
     seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def entries(self) -> list[EntryRow]:

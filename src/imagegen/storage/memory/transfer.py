@@ -15,6 +15,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from imagegen.domain.catalog import model_from_record, model_record
 from imagegen.domain.errors import InvalidInput
 from imagegen.domain.generation import GenerationRequest, Status
 from imagegen.domain.ids import new_id
@@ -36,10 +37,12 @@ REQUEST_FIELDS = (
     "started_at",
     "completed_at",
 )
-COLLECTIONS = ("users", "generationRequests", "transactions", "reports")
+COLLECTIONS = ("users", "generationRequests", "transactions", "reports", "models")
 
 
 def export_records(state: State) -> Iterator[dict[str, Any]]:
+    for name in sorted(state.models):
+        yield model_record(state.models[name])
     for user_id in sorted(state.users):
         user = state.users[user_id]
         yield {"collection": "users", "id": user.id, "credits": user.credits, "created_at": user.created_at}
@@ -83,12 +86,20 @@ class Import:
             "generationRequests": self._request,
             "transactions": self._entry,
             "reports": self._report,
+            "models": self._model,
         }
         for record in records:
             handlers[record["collection"]](record)
         self._settle_balances()
         self._settle_unfinished()
         return self.counts
+
+    def _model(self, record: dict[str, Any]) -> None:
+        """A models line replaces the stored model (a binding and prices must survive a move)."""
+        model = model_from_record(record)
+        if self.state.models.get(model.name) != model:
+            self.state.models[model.name] = model
+            self.counts["models"] += 1
 
     def _user(self, record: dict[str, Any]) -> None:
         user_id = record["id"]

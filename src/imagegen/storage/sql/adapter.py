@@ -12,6 +12,8 @@ built, how each port call runs, so that no caller ever asks:
   for writers (WAL), where handing them to a thread and back costs more than the read. Should the
   database not be readable at once, or the loop's connection be in use by another loop, the read
   (having done nothing) runs on a thread instead.
+- on SQLite, a job's claim and completion are calls of the writer thread's batches too: jobs that
+  end together share one transaction instead of taking the write lock in turn.
 - everything else (writes, PostgreSQL's reads, long scans) runs on a thread pool the adapter owns.
 - PostgreSQL's LISTEN runs on the event loop, over an async connection.
 """
@@ -19,7 +21,7 @@ built, how each port call runs, so that no caller ever asks:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
@@ -52,6 +54,18 @@ class SqlStorage:
         self._threads = Threads(THREADS, "imagegen-sql")
         self._on_thread = self._threads.run
         self._read = self._read_on_loop if db.tx.reads_on_loop else self._on_thread
+        # SQLite writes one transaction at a time: there a job's claim and completion join the
+        # group-committing writer's batches, so the moves of jobs that end together share one
+        # transaction and one hand-over of the write lock. PostgreSQL runs each as one statement
+        # on a thread, where they do not wait for each other.
+        self._claim: Callable[..., Awaitable[GenerationRequest | None]]
+        self._complete: Callable[..., Awaitable[bool]]
+        if db.dialect.name == "sqlite":
+            self._claim = lambda *args: asyncio.wrap_future(db.queue_claim(*args))
+            self._complete = lambda *args: asyncio.wrap_future(db.queue_complete(*args))
+        else:
+            self._claim = lambda *args: self._on_thread(db.claim_job, *args)
+            self._complete = lambda *args: self._on_thread(db.complete, *args)
 
     async def _read_on_loop(self, call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         try:
@@ -99,6 +113,11 @@ class SqlStorage:
 
     async def put_model(self, model: ModelSettings) -> None:
         await self._on_thread(self.database.put_model, model)
+
+    async def update_model(
+        self, name: str, change: Callable[[ModelSettings | None], ModelSettings]
+    ) -> ModelSettings:
+        return await self._on_thread(self.database.update_model, name, change)
 
     async def put_option(self, kind: str, name: str, *, enabled: bool, cost: int | None = None) -> None:
         await self._on_thread(self.database.put_option, kind, name, enabled=enabled, cost=cost)
@@ -154,13 +173,13 @@ class SqlStorage:
     async def claim_job(
         self, lease: Lease, now: datetime, models: Collection[str] | None = None
     ) -> GenerationRequest | None:
-        return await self._on_thread(self.database.claim_job, lease, now, models)
+        return await self._claim(lease, now, models)
 
     async def extend_leases(self, leases: dict[str, str], lease_until: datetime) -> int:
         return await self._on_thread(self.database.extend_leases, leases, lease_until)
 
     async def complete(self, request_id: str, worker_id: str, image_url: str, now: datetime) -> bool:
-        return await self._on_thread(self.database.complete, request_id, worker_id, image_url, now)
+        return await self._complete(request_id, worker_id, image_url, now)
 
     async def fail_and_refund(
         self,
@@ -182,11 +201,21 @@ class SqlStorage:
     async def requeue(self, request_id: str, now: datetime) -> bool:
         return await self._on_thread(self.database.requeue, request_id, now)
 
+    async def set_progress(self, request_id: str, worker_id: str, fraction: float) -> bool:
+        return await self._on_thread(self.database.set_progress, request_id, worker_id, fraction)
+
     async def lease_holders(self) -> list[WorkerSeen]:
         return await self._on_thread(self.database.lease_holders)  # the running jobs' leases
 
     async def queues(self, now: datetime) -> list[ModelQueue]:
         return await self._on_thread(self.database.queues, now)  # a scan of the queue
+
+    # -- engine slots -----------------------------------------------------------------------
+    async def take_slot(self, key: str, limit: int, holder: str, until: datetime, now: datetime) -> bool:
+        return await self._on_thread(self.database.take_slot, key, limit, holder, until, now)
+
+    async def release_slot(self, key: str, holder: str) -> None:
+        await self._on_thread(self.database.release_slot, key, holder)
 
     # -- api keys ---------------------------------------------------------------------------
     async def add_api_key(self, key_id: str, key_hash: str, user_id: str | None, now: datetime) -> ApiKey:

@@ -6,6 +6,7 @@ a process that priced a create from a cached copy finds out at the debit (StaleC
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Connection, insert, update
@@ -31,7 +32,7 @@ def read_catalog(conn: Connection) -> Catalog:
 
 
 def read_model(conn: Connection, name: str) -> ModelSettings | None:
-    row = conn.execute(sql.MODELS.where(t.models.c.name == name)).first()
+    row = conn.execute(sql.MODEL, {"p_name": name}).first()
     return None if row is None else model_from(row)
 
 
@@ -109,6 +110,20 @@ class SqlCatalog(SqlParts):
     def put_model(self, model: ModelSettings) -> None:
         with self.tx.write() as conn:
             write_model(conn, model)
+
+    @retrying
+    def update_model(
+        self, name: str, change: Callable[[ModelSettings | None], ModelSettings]
+    ) -> ModelSettings:
+        with self.tx.write() as conn:
+            # FOR UPDATE: PostgreSQL holds the row until the write (SQLite's BEGIN IMMEDIATE already
+            # serializes writers; SQLAlchemy leaves the clause out there).
+            row = conn.execute(sql.MODELS.where(t.models.c.name == name).with_for_update()).first()
+            current = None if row is None else model_from(row)
+            updated = change(current)
+            if updated != current:
+                write_model(conn, updated)
+            return updated
 
     @retrying
     def put_option(self, kind: str, name: str, *, enabled: bool, cost: int | None = None) -> None:

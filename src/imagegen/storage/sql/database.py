@@ -37,6 +37,7 @@ from imagegen.storage.sql.keys import SqlKeys
 from imagegen.storage.sql.outbox import SqlOutbox
 from imagegen.storage.sql.reports import SqlReports
 from imagegen.storage.sql.schedule import SqlSchedule
+from imagegen.storage.sql.slots import SqlSlots
 from imagegen.storage.sql.transactions import Transactions
 from imagegen.storage.sql.transfer import export_records, import_records
 
@@ -54,6 +55,7 @@ class SqlDatabase(
     SqlOutbox,
     SqlReports,
     SqlSchedule,
+    SqlSlots,
     SqlAudit,
 ):
     def __init__(self, url: str) -> None:

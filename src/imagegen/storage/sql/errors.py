@@ -11,6 +11,7 @@ from typing import ParamSpec, TypeVar
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from imagegen import metrics
 from imagegen.domain.errors import StorageUnavailable
 
 P = ParamSpec("P")
@@ -36,6 +37,7 @@ def retrying(method: Callable[P, R]) -> Callable[P, R]:
                 return method(*args, **kwargs)
             except Retryable:
                 if attempt == MAX_ATTEMPTS:
+                    metrics.storage_error("contention")
                     raise
                 time.sleep(random.uniform(0, 0.005 * 2**attempt))
         raise AssertionError("unreachable")
@@ -60,6 +62,7 @@ def translate(exc: DBAPIError) -> Exception:
     if getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
         return Retryable(f"transaction conflict: {_first_line(exc)}")
     if isinstance(exc, OperationalError) or exc.connection_invalidated:
+        metrics.storage_error("unavailable")
         return StorageUnavailable(f"database unavailable: {_first_line(exc)}")
     return exc
 

@@ -8,8 +8,9 @@ same transaction as its refund and webhook delivery: a duplicate or late call ch
 from __future__ import annotations
 
 from collections.abc import Collection
+from concurrent.futures import Future
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, and_, func, or_, select, tuple_, update
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from imagegen.storage.sql.dialects import Dialect
 
 gr = t.generation_requests
+R = TypeVar("R")
 
 
 def claim_in_transaction(conn: Connection, params: dict[str, Any], now: datetime) -> GenerationRequest | None:
@@ -73,17 +75,38 @@ def finish_with_refund(
     return True
 
 
+def claim_params(lease: Lease, now: datetime, models: Collection[str] | None) -> dict[str, Any] | None:
+    """The claim's parameters; None when it may take no model at all (nothing to claim)."""
+    params: dict[str, Any] = {"p_worker": lease.worker_id, "p_lease_until": lease.until, "p_now": now}
+    if models is not None:
+        if not models:
+            return None
+        params["p_models"] = sorted(models)
+    return params
+
+
+def _done(value: R) -> Future[R]:
+    future: Future[R] = Future()
+    future.set_result(value)
+    return future
+
+
 class SqlJobs(SqlParts):
     @retrying
     def claim_job(
         self, lease: Lease, now: datetime, models: Collection[str] | None = None
     ) -> GenerationRequest | None:
-        params: dict[str, Any] = {"p_worker": lease.worker_id, "p_lease_until": lease.until, "p_now": now}
-        if models is not None:
-            if not models:
-                return None
-            params["p_models"] = sorted(models)
-        return self.dialect.claim_job(self.tx, params, now)
+        params = claim_params(lease, now, models)
+        return None if params is None else self.dialect.claim_job(self.tx, params, now)
+
+    def queue_claim(
+        self, lease: Lease, now: datetime, models: Collection[str] | None = None
+    ) -> Future[GenerationRequest | None]:
+        """The claim as a call of the group-committing writer's next batch (SQLite: see the adapter)."""
+        params = claim_params(lease, now, models)
+        if params is None:
+            return _done(None)
+        return self.writes.submit(lambda conn, _batch: claim_in_transaction(conn, params, now))
 
     @retrying
     def extend_leases(self, leases: dict[str, str], lease_until: datetime) -> int:
@@ -102,6 +125,13 @@ class SqlJobs(SqlParts):
     def complete(self, request_id: str, worker_id: str, image_url: str, now: datetime) -> bool:
         params = {"p_id": request_id, "p_worker": worker_id, "p_image_url": image_url, "p_now": now}
         return self.dialect.complete(self.tx, params, now)
+
+    def queue_complete(self, request_id: str, worker_id: str, image_url: str, now: datetime) -> Future[bool]:
+        """The completion as a call of the group-committing writer's next batch (SQLite: see the adapter)."""
+        params = {"p_id": request_id, "p_worker": worker_id, "p_image_url": image_url, "p_now": now}
+        return self.writes.submit(
+            lambda conn, _batch: complete_in_transaction(conn, self.dialect, params, now)
+        )
 
     @retrying
     def fail_and_refund(
@@ -145,6 +175,12 @@ class SqlJobs(SqlParts):
             return result.rowcount == 1
 
     @retrying
+    def set_progress(self, request_id: str, worker_id: str, fraction: float) -> bool:
+        held = and_(gr.c.id == request_id, gr.c.lease_owner == worker_id, sql.status_is(Status.RUNNING.value))
+        with self.tx.write() as conn:
+            result = conn.execute(update(gr).where(held).values(progress=min(1.0, max(0.0, fraction))))
+            return result.rowcount == 1
+
     @retrying
     def lease_holders(self) -> list[WorkerSeen]:
         query = select(gr.c.lease_owner, gr.c.lease_expires_at).where(
@@ -154,6 +190,7 @@ class SqlJobs(SqlParts):
             rows = conn.execute(query).all()
         return workers_seen((owner, until) for owner, until in rows if until is not None)
 
+    @retrying
     def queues(self, now: datetime) -> list[ModelQueue]:
         query = (
             select(gr.c.model, gr.c.status, func.count(), func.min(gr.c.created_at))

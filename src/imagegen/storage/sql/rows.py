@@ -31,6 +31,7 @@ def request_from(row: Row[Any]) -> GenerationRequest:
         idempotency_key=row.idempotency_key,
         webhook=row.webhook,
         webhook_events=_events(row.webhook_events),
+        progress=row._mapping.get("progress"),
     )
 
 

@@ -171,6 +171,7 @@ _claimed_values: dict[str, Any] = {
     "lease_owner": bindparam("p_worker"),
     "lease_expires_at": bindparam("p_lease_until", type_=t.UTCDateTime()),
     "attempts": gr.c.attempts + 1,
+    "progress": None,
     "started_at": func.coalesce(gr.c.started_at, bindparam("p_now", type_=t.UTCDateTime())),
 }
 
@@ -323,6 +324,7 @@ DEBIT_ROWS = RowsStatement(DEBIT_MANY, DEBIT_ONE, DEBIT_COLUMNS, key="p_user")  
 
 # -- catalog ---------------------------------------------------------------------------------------
 MODELS = select(t.models)
+MODEL = MODELS.where(t.models.c.name == bindparam("p_name"))  # a job reads it before each drawing
 ENABLED_STYLES = select(t.styles.c.name).where(t.styles.c.enabled)
 ENABLED_COLORS = select(t.colors.c.name).where(t.colors.c.enabled)
 ENABLED_SIZES = select(t.sizes.c.name, t.sizes.c.cost).where(t.sizes.c.enabled)

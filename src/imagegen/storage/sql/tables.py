@@ -112,6 +112,7 @@ generation_requests = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("started_at", UTCDateTime, nullable=True),
     Column("completed_at", UTCDateTime, nullable=True),
+    Column("progress", Float, nullable=True),  # 0..1 while running, as the engine reports it
     Index("ix_requests_created", "created_at"),
     Index("ix_requests_user_created", "user_id", "created_at"),
     Index(
@@ -229,6 +230,16 @@ webhook_deliveries = Table(
         sqlite_where=text("state = 'pending'"),
         postgresql_where=text("state = 'pending'"),
     ),
+)
+
+# A deployment's concurrency across processes: slot n of deployment `key` is held until expires_at.
+engine_slots = Table(
+    "engine_slots",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("slot", Integer, primary_key=True),
+    Column("holder", String(255), nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
 )
 
 scheduled_runs = Table(

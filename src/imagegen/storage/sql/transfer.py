@@ -1,4 +1,4 @@
-"""Bulk export and import of users, requests, ledger entries and reports, inside one transaction.
+"""Bulk export and import of models, users, requests, ledger entries and reports, in one transaction.
 
 Records are the service layer's normalized dicts (snake_case, aware datetimes, a `collection` key).
 Import is idempotent by id, creates referenced-but-missing users with 0 credits, and keeps invariant 1
@@ -18,18 +18,24 @@ from typing import Any
 from sqlalchemy import Connection, Table, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from imagegen.domain.catalog import model_from_record, model_record
 from imagegen.domain.errors import InvalidInput
 from imagegen.domain.generation import Status
 from imagegen.domain.ids import new_id
 from imagegen.domain.ledger import EntryType
+from imagegen.storage.sql import statements as sql
 from imagegen.storage.sql import tables as t
+from imagegen.storage.sql.catalog import read_model, write_model
 from imagegen.storage.sql.dialects import Dialect
+from imagegen.storage.sql.rows import model_from
 
 BATCH = 1000
-COLLECTIONS = ("users", "generationRequests", "transactions", "reports")
+COLLECTIONS = ("users", "generationRequests", "transactions", "reports", "models")
 
 
 def export_records(conn: Connection) -> Iterator[dict[str, Any]]:
+    for row in conn.execute(sql.MODELS.order_by(t.models.c.name)).all():  # a few: read whole
+        yield model_record(model_from(row))
     streaming = conn.execution_options(yield_per=BATCH)
     for row in streaming.execute(select(t.users).order_by(t.users.c.id)):
         yield {
@@ -109,6 +115,15 @@ class _Import:
         self._requests(by_collection["generationRequests"])
         self._entries(by_collection["transactions"])
         self._reports(by_collection["reports"])
+        self._models(by_collection["models"])
+
+    def _models(self, records: list[dict[str, Any]]) -> None:
+        """A models line replaces the stored model (a binding and prices must survive a move)."""
+        for record in records:
+            model = model_from_record(record)
+            if read_model(self.conn, model.name) != model:
+                write_model(self.conn, model)
+                self.counts["models"] += 1
 
     def _existing(self, user_ids: set[str]) -> set[str]:
         if not user_ids:
