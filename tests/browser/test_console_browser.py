@@ -25,6 +25,8 @@ def page(chromium: Any, server: Server) -> Iterator[Any]:
     context = chromium.new_context(base_url=server.url, viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(10_000)
+    refused: list[str] = []  # what the pages' Content-Security-Policy blocked, if anything
+    page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
     page.goto("/console")
     assert page.url.endswith("/console/sign-in")
     page.fill("input[name=key]", server.keys()["admin"])
@@ -32,6 +34,7 @@ def page(chromium: Any, server: Server) -> Iterator[Any]:
     page.wait_for_url("**/console")
     yield page
     context.close()
+    assert refused == []
 
 
 def test_a_new_generation_appears_on_the_overview_without_a_reload(

@@ -38,6 +38,9 @@ def test_sign_in_sets_a_strict_http_only_cookie(server: Server, browser: httpx.C
     assert "Secure" not in cookie  # plain HTTP: a Secure cookie would never come back
     page = browser.get("/console")
     assert page.status_code == 200 and "Overview" in page.text
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "script-src 'self'" in policy
+    assert page.headers["cache-control"] == "no-store"
 
 
 def test_behind_https_the_cookies_are_secure(server: Server) -> None:

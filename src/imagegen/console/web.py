@@ -29,6 +29,15 @@ from imagegen.service.keys import Principal
 
 HERE = Path(__file__).parent
 FLASH_COOKIE = "imagegen_console_flash"
+# Everything a page uses comes from this server; generated images may live on an image store's
+# HTTPS host. No inline script, no framing of the console by another site.
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: https:; script-src 'self'; "
+    "style-src 'self'; frame-src 'self'; frame-ancestors 'self'; form-action 'self'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
 MAX_FORM_BYTES = 64 * 1024
 templates = Environment(
     loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(), trim_blocks=True
@@ -91,7 +100,7 @@ class Console:
 
 def render(request: Request, template: str, status: int = 200, **values: Any) -> HTMLResponse:
     html = templates.get_template(template).render(request=request, **values)
-    return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+    return HTMLResponse(html, status_code=status, headers=PAGE_HEADERS)
 
 
 def is_https(request: Request) -> bool:
