@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.run-stamp
 DEV_STAMP := $(VENV)/.dev-stamp
 
-.PHONY: install run test lint format bench-deps clean firebase-tools functions-venv emulators
+.PHONY: install run test lint format chromium bench-deps clean firebase-tools functions-venv emulators
 
 # Firebase (docs/firebase.md): the Firebase CLI in a project-local folder, and the Debian Firestore
 # emulator jar behind a launcher jar the CLI can run (it runs `java -jar`; Debian's jar has no
@@ -18,7 +18,7 @@ FIRESTORE_LAUNCHER := $(FIREBASE_DIR)/cloud-firestore-emulator.jar
 FIRESTORE_MAIN := com.google.cloud.datastore.emulator.firestore.CloudFirestore
 FUNCTIONS_VENV := functions/venv
 
-install: $(DEV_STAMP)
+install: $(DEV_STAMP) chromium
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "imagegen needs Python 3.11+"'
@@ -40,7 +40,7 @@ run: $(RUN_STAMP)
 
 # Two workers, each taking whole files (module fixtures such as one server per file stay together).
 TEST_WORKERS ?= 2
-test: $(DEV_STAMP)
+test: $(DEV_STAMP) chromium
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(DEV_STAMP)
@@ -52,6 +52,12 @@ lint: $(DEV_STAMP)
 format: $(DEV_STAMP)
 	$(BIN)/ruff format src tests bench functions
 	$(BIN)/ruff check --fix src tests bench functions
+
+# The console's browser tests (tests/browser) drive Debian's Chromium through Playwright; Playwright's
+# own browser download cannot work here. Installed when missing and root; otherwise those tests skip.
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update && apt-get install -y chromium; } \
+		|| echo "chromium is missing (not root?): the browser tests will skip"
 
 # The HTTP benchmarks drive load with wrk (Debian's package): see bench/README.md.
 bench-deps: $(DEV_STAMP)

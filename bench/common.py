@@ -298,7 +298,7 @@ def _write_keys(path: Path, pairs: list[tuple[str, str]]) -> Path:
 def _admin_key(data_dir: Path) -> str:
     for line in (data_dir / "initial-keys.txt").read_text().splitlines():
         if line.startswith("admin "):
-            return line.split(" ", 1)[1]
+            return line.split()[1]
     raise RuntimeError("no admin key in initial-keys.txt")
 
 

@@ -373,7 +373,8 @@ def prepare(host: str, clients: int) -> tuple[list[tuple[str, str]], list[str]]:
         on_loop(service.first_start(storage, utcnow()))
         keys = []
         for n in range(clients):
-            _, key = on_loop(service.create_user(storage, f"bench-{n}", CREDITS, utcnow()))
+            _, issued = on_loop(service.create_user(storage, f"bench-{n}", CREDITS, utcnow()))
+            key = issued.key
             keys.append((f"bench-{n}", key))
     finally:
         on_loop(storage.close())

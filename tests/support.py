@@ -89,7 +89,7 @@ class Server:
 
     def keys(self) -> dict[str, str]:
         lines = (self.data_dir / "initial-keys.txt").read_text().splitlines()
-        return dict(line.split(" ", 1) for line in lines if line and not line.startswith("#"))
+        return dict(line.split()[:2] for line in lines if line and not line.startswith("#"))
 
     def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}

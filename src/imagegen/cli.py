@@ -29,6 +29,8 @@ from imagegen.clock import utcnow
 from imagegen.domain import reports
 from imagegen.domain.catalog import ModelSettings
 from imagegen.domain.errors import ImagegenError
+from imagegen.domain.generation import iso
+from imagegen.domain.keys import ApiKey
 from imagegen.engines.registry import Registry
 from imagegen.ports import Storage
 from imagegen.reporting import render_html, render_markdown
@@ -42,9 +44,13 @@ app = typer.Typer(
 users_app = typer.Typer(help="Manage users.", no_args_is_help=True)
 credits_app = typer.Typer(help="Move credits.", no_args_is_help=True)
 models_app = typer.Typer(help="Bind models to engines, set their own prices.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Manage API keys on the server's machine (how to recover a lost admin key).", no_args_is_help=True
+)
 app.add_typer(users_app, name="users")
 app.add_typer(credits_app, name="credits")
 app.add_typer(models_app, name="models")
+app.add_typer(keys_app, name="keys")
 
 DatabaseUrl = Annotated[
     str | None,
@@ -197,11 +203,65 @@ def users_create(
     data_dir: DataDir = None,
 ) -> None:
     """Create a user; the new API key is printed alone on the last line."""
-    user, key = _with_storage(
+    user, issued = _with_storage(
         database_url, data_dir, lambda storage: service.create_user(storage, user_id, credits, utcnow())
     )
-    typer.echo(f"created user {user.id} with {user.credits} credits; API key:", err=True)
-    typer.echo(key)
+    typer.echo(f"created user {user.id} with {user.credits} credits; key id {issued.id}; API key:", err=True)
+    typer.echo(issued.key)
+
+
+@keys_app.command("create")
+def keys_create(
+    user_id: Annotated[str | None, typer.Argument(help="The user the key acts for")] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="An admin key, acting on every user")] = False,
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Create a key for USER, or an admin key with --admin; the key is printed alone on the last line."""
+    if admin == (user_id is not None):
+        _fail("give a USER or --admin (one of them)")
+
+    async def create(storage: Storage) -> service.IssuedKey:
+        if user_id is not None:
+            await service.get_user(storage, user_id)
+        return await service.issue_key(storage, user_id, utcnow())
+
+    issued = _with_storage(database_url, data_dir, create)
+    typer.echo(
+        f"created {'an admin key' if admin else f'a key for {user_id}'}, id {issued.id}; API key:", err=True
+    )
+    typer.echo(issued.key)
+
+
+@keys_app.command("list")
+def keys_list(
+    user_id: Annotated[str | None, typer.Argument(help="Only this user's keys (default: every key)")] = None,
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+) -> None:
+    """List keys (never the keys themselves): id, who, created, last used, revoked."""
+
+    async def listed(storage: Storage) -> list[ApiKey]:
+        if user_id is not None:
+            await service.get_user(storage, user_id)
+        return await service.list_keys(storage, user_id)
+
+    keys = _with_storage(database_url, data_dir, listed)
+    typer.echo("id\tuser\tcreated\tlast_used\trevoked")
+    for key in keys:
+        when = [iso(key.created_at) or "-", iso(key.last_used_at) or "-", iso(key.revoked_at) or "-"]
+        typer.echo("\t".join([key.id, key.user_id or "(admin)", *when]))
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (`imagegen keys list`)")],
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Revoke a key at once: every running process refuses it from its next request."""
+    _with_storage(database_url, data_dir, lambda storage: service.revoke_key(storage, key_id, utcnow()))
+    typer.echo(f"revoked key {key_id}")
 
 
 @credits_app.command("grant", context_settings={"ignore_unknown_options": True})
@@ -428,12 +488,7 @@ def backfill(
     data_dir: DataDir = None,
 ) -> None:
     """Run the weekly report for every ISO week in a range, oldest first (after an import)."""
-    try:
-        weeks = reports.weeks_from(reports.iso_week(from_week), reports.iso_week(to_week))
-    except ValueError as exc:
-        _fail(str(exc))
-    if not weeks:
-        _fail(f"--from {from_week} is after --to {to_week}")
+    weeks = _run(service.weeks_between, from_week, to_week)
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
     ) as bar:

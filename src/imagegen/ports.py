@@ -13,7 +13,7 @@ no caller asks which kind of storage it holds.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -25,6 +25,7 @@ from imagegen.domain.idempotency import Idempotency, StoredResponse
 from imagegen.domain.keys import ApiKey
 from imagegen.domain.ledger import NO_FILTER, EntryType, LedgerEntry, LedgerFilter
 from imagegen.domain.paging import Page
+from imagegen.domain.queues import ModelQueue
 from imagegen.domain.reports import GroupCount
 from imagegen.domain.users import User
 from imagegen.domain.webhooks import WebhookDelivery
@@ -126,7 +127,11 @@ class Generations(Protocol):
 class Jobs(Protocol):
     """The queue workers take jobs from, and the moves that end a job (a refund at most once)."""
 
-    async def claim_job(self, lease: Lease, now: datetime) -> GenerationRequest | None: ...
+    async def claim_job(
+        self, lease: Lease, now: datetime, models: Collection[str] | None = None
+    ) -> GenerationRequest | None:
+        """Starts the oldest pending job (of one of `models`, when given) under `lease`."""
+
     async def extend_leases(self, leases: dict[str, str], lease_until: datetime) -> int:
         """Extends the leases of {request id: worker id} still held; how many were."""
 
@@ -142,6 +147,8 @@ class Jobs(Protocol):
     ) -> bool: ...
     async def expired_jobs(self, now: datetime) -> list[GenerationRequest]: ...
     async def requeue(self, request_id: str, now: datetime) -> bool: ...
+    async def queues(self, now: datetime) -> list[ModelQueue]:
+        """Per model with jobs pending or running: their counts and the oldest pending one."""
 
 
 class Keys(Protocol):
@@ -150,6 +157,11 @@ class Keys(Protocol):
     async def add_api_key(self, key_id: str, key_hash: str, user_id: str | None, now: datetime) -> ApiKey: ...
     async def revoke_api_key(self, key_id: str, now: datetime) -> bool: ...
     async def find_api_key(self, key_hash: str) -> ApiKey | None: ...
+    async def list_api_keys(self, user_id: str | None) -> list[ApiKey]:
+        """A user's keys, revoked ones included, oldest first; None: every key, admin keys too."""
+
+    async def record_key_uses(self, used: dict[str, datetime]) -> None:
+        """Each key's last use, moved forward only; the configuration version stays as it is."""
 
 
 class IdempotencyStore(Protocol):

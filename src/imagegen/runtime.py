@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 
 from imagegen import service
 from imagegen.background.completions import Completions
+from imagegen.background.key_uses import record_key_uses
 from imagegen.background.listener import listen
 from imagegen.background.scheduler import Scheduler
 from imagegen.background.signal import JobSignal
@@ -24,6 +25,7 @@ from imagegen.models.simulated import SimulatedModel
 from imagegen.ports import ImageStore, Storage
 from imagegen.ratelimit import RateLimiter
 from imagegen.service.config_cache import ConfigCache
+from imagegen.service.key_uses import KeyUses
 from imagegen.settings import Settings
 from imagegen.storage import open_storage_adapter
 from imagegen.storage.s3_images import open_image_store
@@ -72,9 +74,11 @@ def write_initial_keys(settings: Settings, first: service.FirstStart) -> Path:
     already (another database's keys, or a link planted there), it is left alone and the keys go
     to `initial-keys.<n>.txt` instead. The keys themselves are never logged.
     """
-    lines = [f"admin {first.admin_key}"] + [f"{user} {key}" for user, key in first.user_keys.items()]
+    lines = [f"admin {first.admin.key} {first.admin.id}"]
+    lines += [f"{user} {issued.key} {issued.id}" for user, issued in first.users.items()]
     text = (
-        "# imagegen API keys created at first start (shown once; stored hashed)\n" + "\n".join(lines) + "\n"
+        "# imagegen API keys created at first start (shown once; stored hashed)\n"
+        "# who, the key, its id (`imagegen keys list`, `imagegen keys revoke ID`)\n" + "\n".join(lines) + "\n"
     )
     path = settings.keys_file
     for n in range(1, 1000):
@@ -109,6 +113,7 @@ class Runtime:
     signal: JobSignal = field(default_factory=JobSignal)
     completions: Completions = field(default_factory=Completions)
     tasks: Tasks = field(default_factory=Tasks)
+    key_uses: KeyUses = field(default_factory=KeyUses)  # the keys' last use, written in the background
     limiter: RateLimiter = field(init=False)
     config: ConfigCache = field(init=False)  # the create path's catalog and keys
     # The engines installed here (entry points): what a binding set through this process may name.
@@ -126,6 +131,9 @@ class Runtime:
     async def start(self) -> None:
         settings = self.settings
         self.tasks.start("imagegen-listen", listen(self.storage, self.signal, self.completions))
+        if settings.serves_http:
+            uses = record_key_uses(self.key_uses, self.storage, settings.key_use_interval_seconds)
+            self.tasks.start("imagegen-key-uses", uses)
         if settings.runs_jobs:
             self._workers().start(self.tasks)
             self.tasks.start("imagegen-webhooks", (await self._dispatcher()).run())
@@ -145,4 +153,5 @@ class Runtime:
     async def stop(self) -> None:
         self.signal.wake_all()
         await self.tasks.stop()
+        await self.key_uses.flush(self.storage)  # the last interval's uses
         await self.storage.close()

@@ -101,6 +101,9 @@ class Settings(BaseSettings):
         False, description="Serve POST /_bench/noop, a route that does nothing: the benchmarks' ceiling"
     )
     default_page_size: int = Field(50, ge=1)
+    key_use_interval_seconds: float = Field(
+        60.0, gt=0, le=3600, description="How often a process writes its keys' last use (lastUsedAt)"
+    )
 
     @field_validator("webhook_secret")
     @classmethod

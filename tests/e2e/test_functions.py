@@ -324,7 +324,8 @@ async def test_the_sweeper_finishes_jobs_whose_invocation_died(
 async def test_a_warm_instance_prices_refuses_and_revokes_as_the_database_says_on_the_next_create(
     functions: dict[str, str], keys: dict[str, str], firestore: FirestoreStorage
 ) -> None:
-    key_id, key = await service.issue_key(firestore, "testUser1", utcnow())
+    issued = await service.issue_key(firestore, "testUser1", utcnow())
+    key_id, key = issued.id, issued.key
     before = create(functions, key, GENERATION)  # the instance now holds the catalog and the key
     await service.set_option(firestore, "sizes", "512x512", enabled=True, cost=7)
     repriced = create(functions, key, GENERATION)

@@ -85,8 +85,8 @@ async def firestore(firestore_clean: str) -> AsyncIterator[FirestoreStorage]:
 
 
 async def user_with_key(storage: FirestoreStorage, user_id: str, credits: int) -> str:
-    _, key = await service.create_user(storage, user_id, credits, utcnow())
-    return key
+    _, issued = await service.create_user(storage, user_id, credits, utcnow())
+    return issued.key
 
 
 def concurrently(calls: int, call: Callable[[int], httpx.Response]) -> list[httpx.Response]:

@@ -26,7 +26,7 @@ def mode(path: Path) -> int:
 
 def keys_in(path: Path) -> dict[str, str]:
     lines = path.read_text().splitlines()
-    return dict(line.split(" ", 1) for line in lines if line and not line.startswith("#"))
+    return dict(line.split()[:2] for line in lines if line and not line.startswith("#"))
 
 
 def assert_no_secret_in(text: str, secrets: list[str]) -> None:

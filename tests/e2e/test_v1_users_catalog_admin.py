@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.e2e.helpers import create_user
-from tests.support import Server
+from tests.support import Server, ServerFactory
 
 BODY = {"model": "model-a", "style": "anime", "color": "vibrant", "size": "512x512", "prompt": "a heron"}
 _names = itertools.count()
@@ -356,3 +356,22 @@ def test_openapi_documents_the_auth_and_not_found_errors_of_every_v1_route(serve
     for (_, path), operation in v1_operations(server).items():
         expected = {"401", "403"} | ({"404"} if "{" in path and "catalog" not in path else set())
         assert expected <= set(operation["responses"]), path
+
+
+def test_the_admin_reads_the_queue_per_model_and_a_user_key_may_not(servers: ServerFactory) -> None:
+    server = servers.start(IMAGEGEN_WORKERS="0")  # nobody runs the jobs: they wait
+    user_id, user = new_user(server)
+    with server.client(server.keys()["admin"]) as admin, user:
+        for model in ("model-a", "model-a", "model-b"):
+            created = user.post("/v1/generations", json={**BODY, "model": model, "userId": user_id})
+            assert created.status_code == 202, created.text
+
+        answer = admin.get("/v1/admin/queues")
+
+        assert answer.status_code == 200, answer.text
+        queues = {q["model"]: q for q in answer.json()["queues"]}
+        assert (queues["model-a"]["pending"], queues["model-a"]["running"]) == (2, 0)
+        assert (queues["model-b"]["pending"], queues["model-b"]["running"]) == (1, 0)
+        assert queues["model-a"]["oldestPendingAt"].endswith("Z")
+        assert queues["model-a"]["oldestPendingAgeSeconds"] >= 0
+        assert user.get("/v1/admin/queues").status_code == 403

@@ -476,6 +476,44 @@ async def test_every_catalog_edit_and_key_revocation_changes_the_version_and_a_s
     assert created
 
 
+# -- keys: listed with their ids, creation, last use and revocation -------------------------------
+async def test_a_users_keys_are_listed_oldest_first_with_their_revocation_and_every_key_with_none(
+    storage: Storage,
+) -> None:
+    first = await storage.add_api_key("k-first", "hash-first", "testUser2", T0)
+    second = await storage.add_api_key("k-second", "hash-second", "testUser2", T0 + MINUTE)
+    await storage.add_api_key("k-admin", "hash-admin", None, T0)
+    assert await storage.revoke_api_key(first.id, T0 + 2 * MINUTE)
+
+    listed = [k for k in await storage.list_api_keys("testUser2") if k.id.startswith("k-")]
+    every = {k.id: k for k in await storage.list_api_keys(None)}
+
+    assert [(k.id, k.user_id, k.created_at, k.revoked_at) for k in listed] == [
+        ("k-first", "testUser2", T0, T0 + 2 * MINUTE),
+        ("k-second", "testUser2", T0 + MINUTE, None),
+    ]
+    assert second.id in every and every["k-admin"].is_admin
+    assert {k.user_id for k in every.values()} >= {None, "testUser1", "testUser2"}  # the first start's
+    assert await storage.list_api_keys("nobody") == []
+
+
+async def test_a_keys_last_use_moves_forward_only_and_changes_no_configuration(storage: Storage) -> None:
+    key = await storage.add_api_key("k-used", "hash-used", "testUser1", T0)
+    version = await storage.config_version()
+
+    await storage.record_key_uses({key.id: T0 + 2 * MINUTE, "k-unknown": T0})
+    await storage.record_key_uses({key.id: T0 + MINUTE})  # an older note, from a slower process
+
+    found = await storage.find_api_key("hash-used")
+    assert found is not None and found.last_used_at == T0 + 2 * MINUTE
+    assert await storage.config_version() == version  # no cached create is made stale by a use
+    assert await storage.revoke_api_key(key.id, T0 + 3 * MINUTE)
+    await storage.record_key_uses({key.id: T0 + 4 * MINUTE})
+    assert await storage.find_api_key("hash-used") is None  # a use after revocation revives nothing
+    (listed,) = [k for k in await storage.list_api_keys("testUser1") if k.id == key.id]
+    assert (listed.revoked_at, listed.last_used_at) == (T0 + 3 * MINUTE, T0 + 4 * MINUTE)
+
+
 # -- a claimed create: the creator runs the job (a Cloud Function) --------------------------------
 async def test_a_claimed_create_is_running_under_the_lease_and_no_worker_can_claim_it(
     storage: Storage,

@@ -70,7 +70,8 @@ async def test_a_key_revoked_since_it_was_cached_is_refused_and_nothing_is_debit
     storage: MemoryStorage,
 ) -> None:
     cache = ConfigCache(storage)
-    key_id, key = await service.issue_key(storage, "testUser1", T0)
+    issued = await service.issue_key(storage, "testUser1", T0)
+    key_id, key = issued.id, issued.key
     key_hash = service.hash_key(key)
     assert await cache.principal_key(key_hash) is not None
     assert await storage.revoke_api_key(key_id, T0)

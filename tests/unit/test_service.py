@@ -306,10 +306,11 @@ async def test_a_credit_move_retried_with_its_key_happens_once(storage: MemorySt
 
 
 async def test_users_are_created_once_with_their_opening_balance_and_a_key(storage: MemoryStorage) -> None:
-    user, key = await service.create_user(storage, "alice", 20, T0)
+    user, issued = await service.create_user(storage, "alice", 20, T0)
 
     assert (user.id, user.credits) == ("alice", 20)
-    assert (await service.authenticate(storage, key)).user_id == "alice"
+    key = await service.authenticate(storage, issued.key)
+    assert (key.user_id, key.id) == ("alice", issued.id)
     with pytest.raises(UserExists):
         await service.create_user(storage, "alice", 5, T0)
 
@@ -324,7 +325,8 @@ async def test_a_user_with_a_bad_id_or_negative_credits_is_refused(
 
 # -- keys -------------------------------------------------------------------------------------
 async def test_a_revoked_key_no_longer_authenticates(storage: MemoryStorage) -> None:
-    key_id, key = await service.issue_key(storage, "testUser1", T0)
+    issued = await service.issue_key(storage, "testUser1", T0)
+    key_id, key = issued.id, issued.key
     assert (await service.authenticate(storage, key)).id == key_id
 
     assert await storage.revoke_api_key(key_id, T0)

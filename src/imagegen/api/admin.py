@@ -19,8 +19,8 @@ from imagegen.api.users import Entry
 from imagegen.background.webhooks import signing_secret
 from imagegen.clock import utcnow
 from imagegen.domain.catalog import ModelSettings
-from imagegen.domain.errors import InvalidInput, NotFound
-from imagegen.domain.generation import ID_RULE, valid_id
+from imagegen.domain.generation import iso
+from imagegen.domain.keys import ApiKey
 from imagegen.settings import Settings
 
 # Answers that carry a key or a secret: no browser, proxy or CDN may keep a copy.
@@ -73,11 +73,40 @@ class NewUserOut(BaseModel):
     id: str
     credits: int
     apiKey: str = Field(description="Shown this once; stored hashed")  # noqa: N815
+    keyId: str = Field(description="The key's id: to list it and revoke it by")  # noqa: N815
 
 
 class IssuedKey(BaseModel):
     keyId: str  # noqa: N815
     apiKey: str = Field(description="Shown this once; stored hashed")  # noqa: N815
+
+
+class QueueOut(BaseModel):
+    model: str
+    pending: int = Field(description="Jobs waiting for a worker")
+    running: int = Field(description="Jobs a worker holds now")
+    oldestPendingAt: str | None = Field(description="When the oldest waiting job was created")  # noqa: N815
+    oldestPendingAgeSeconds: float | None = Field(description="How long it has waited")  # noqa: N815
+
+
+class QueuesOut(BaseModel):
+    at: str
+    queues: list[QueueOut]
+
+
+class KeyOut(BaseModel):
+    id: str
+    userId: str | None = Field(description="null: an admin key")  # noqa: N815
+    createdAt: str  # noqa: N815
+    lastUsedAt: str | None = Field(  # noqa: N815
+        description="When a request last used it, up to IMAGEGEN_KEY_USE_INTERVAL_SECONDS behind"
+    )
+    revokedAt: str | None  # noqa: N815
+
+
+class KeyPage(BaseModel):
+    items: list[KeyOut]
+    nextCursor: str | None = Field(description="Always null: a user's keys come in one page")  # noqa: N815
 
 
 class SigningSecret(BaseModel):
@@ -100,8 +129,8 @@ async def create_user(
     body = await strict_body(request, NewUser)
 
     async def run() -> JSONResponse:
-        user, key = await service.create_user(runtime.storage, body.userId, body.credits, utcnow())
-        payload = {"id": user.id, "credits": user.credits, "apiKey": key}
+        user, issued = await service.create_user(runtime.storage, body.userId, body.credits, utcnow())
+        payload = {"id": user.id, "credits": user.credits, "apiKey": issued.key, "keyId": issued.id}
         headers = {"Location": f"/v1/users/{user.id}", **NO_STORE}
         return JSONResponse(payload, status_code=201, headers=headers)
 
@@ -147,16 +176,44 @@ async def move_credits(
 )
 async def issue_key(user_id: str, runtime: RuntimeDep, _admin: AdminDep) -> JSONResponse:
     await service.get_user(runtime.storage, user_id)
-    key_id, key = await service.issue_key(runtime.storage, user_id, utcnow())
-    return JSONResponse({"keyId": key_id, "apiKey": key}, status_code=201, headers=NO_STORE)
+    issued = await service.issue_key(runtime.storage, user_id, utcnow())
+    return JSONResponse({"keyId": issued.id, "apiKey": issued.key}, status_code=201, headers=NO_STORE)
 
 
-@router.delete("/keys/{key_id}", status_code=204, summary="Revoke an API key at once")
+@router.get(
+    "/users/{user_id}/keys",
+    response_model=KeyPage,
+    summary="A user's API keys: ids, creation, last use, revocation (never the keys)",
+)
+async def list_user_keys(user_id: str, runtime: RuntimeDep, _admin: AdminDep) -> dict[str, Any]:
+    await service.get_user(runtime.storage, user_id)
+    return {
+        "items": [key_body(k) for k in await service.list_keys(runtime.storage, user_id)],
+        "nextCursor": None,
+    }
+
+
+@router.get("/keys", response_model=KeyPage, summary="Every API key, admin keys included (never the keys)")
+async def list_all_keys(runtime: RuntimeDep, _admin: AdminDep) -> dict[str, Any]:
+    return {
+        "items": [key_body(k) for k in await service.list_keys(runtime.storage, None)],
+        "nextCursor": None,
+    }
+
+
+def key_body(key: ApiKey) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "userId": key.user_id,
+        "createdAt": iso(key.created_at),
+        "lastUsedAt": iso(key.last_used_at),
+        "revokedAt": iso(key.revoked_at),
+    }
+
+
+@router.delete("/keys/{key_id}", status_code=204, summary="Revoke an API key at once, on every process")
 async def revoke_key(key_id: str, runtime: RuntimeDep, _admin: AdminDep) -> Response:
-    if not valid_id(key_id):
-        raise InvalidInput(f"Invalid key id '{key_id[:80]}': {ID_RULE}")
-    if not await runtime.storage.revoke_api_key(key_id, utcnow()):
-        raise NotFound("No active key with this id", keyId=key_id)
+    await service.revoke_key(runtime.storage, key_id, utcnow())
     return Response(status_code=204)
 
 
@@ -261,6 +318,29 @@ def model_body(model: ModelSettings, settings: Settings) -> dict[str, Any]:
 
 def binding_body(model: ModelSettings) -> dict[str, Any]:
     return {"model": model.name, **model.binding_json()}
+
+
+@router.get(
+    "/queues",
+    response_model=QueuesOut,
+    summary="The job queue per model: pending, running, the oldest waiting",
+)
+async def queues(runtime: RuntimeDep, _admin: AdminDep) -> dict[str, Any]:
+    now = utcnow()
+    found = await service.model_queues(runtime.storage, now)
+    return {
+        "at": iso(now),
+        "queues": [
+            {
+                "model": q.model,
+                "pending": q.pending,
+                "running": q.running,
+                "oldestPendingAt": iso(q.oldest_pending_at),
+                "oldestPendingAgeSeconds": q.oldest_pending_age_s,
+            }
+            for q in found
+        ],
+    }
 
 
 @router.get(

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from imagegen import __version__
+from imagegen import __version__, console
 from imagegen.api import admin, case_study, catalog, errors, generations, openapi, reports, system, users
 from imagegen.api.limits import RequestLimits
 from imagegen.runtime import Runtime
@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     openapi.install(app, settings)
     for module in (system, generations, users, catalog, reports, admin, case_study):
         app.include_router(module.router)
+    console.install(app)
     if settings.bench_routes:
         app.include_router(system.bench_router)
     return app

@@ -21,7 +21,9 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 async def get_principal(request: Request, runtime: RuntimeDep) -> Principal:
-    return await principal_for(runtime.storage, runtime.settings, request.headers.get("authorization"))
+    principal = await principal_for(runtime.storage, runtime.settings, request.headers.get("authorization"))
+    runtime.key_uses.seen(principal.key_id)
+    return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
@@ -30,7 +32,9 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 async def creating_principal(request: Request, runtime: RuntimeDep) -> Principal:
     """The caller of a create, from the process's key cache (checked by the debit, see
     service/config_cache.py)."""
-    return await cached_principal(runtime.config, runtime.settings, request.headers.get("authorization"))
+    principal = await cached_principal(runtime.config, runtime.settings, request.headers.get("authorization"))
+    runtime.key_uses.seen(principal.key_id)
+    return principal
 
 
 CreatingPrincipalDep = Annotated[Principal, Depends(creating_principal)]

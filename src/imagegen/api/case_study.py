@@ -54,6 +54,7 @@ async def get_user_credits(
     # The answer rendered straight to JSON: this route is read far more often than anything is written.
     runtime: Runtime = request.app.state.runtime
     principal = await principal_for(runtime.storage, runtime.settings, request.headers.get("authorization"))
+    runtime.key_uses.seen(principal.key_id)
     if not userId:
         raise InvalidInput("Missing required query parameter: userId")
     service.check_user_id(userId)

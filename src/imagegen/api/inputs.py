@@ -30,8 +30,15 @@ async def principal_for(storage: Keys, settings: Settings, authorization: str | 
     if settings.no_auth:
         return ADMIN
     token = bearer_token(authorization)
-    key = await service.authenticate(storage, token)
-    return Principal(key.user_id, service.hash_key(token or ""))
+    if not token:
+        raise Unauthenticated(MISSING_KEY)
+    return await principal_for_hash(storage, service.hash_key(token))
+
+
+async def principal_for_hash(storage: Keys, key_hash: str) -> Principal:
+    """The caller whose key has this hash, read now (the API's routes and the console's pages)."""
+    key = await service.authenticate_hash(storage, key_hash)
+    return Principal(key.user_id, key_hash, key.id)
 
 
 async def cached_principal(config: ConfigCache, settings: Settings, authorization: str | None) -> Principal:
@@ -49,7 +56,7 @@ async def cached_principal(config: ConfigCache, settings: Settings, authorizatio
     key = await config.principal_key(key_hash)
     if key is None:
         raise Unauthenticated(UNKNOWN_KEY)
-    return Principal(key.user_id, key_hash)
+    return Principal(key.user_id, key_hash, key.id)
 
 
 def bearer_token(authorization: str | None) -> str | None:

@@ -7,7 +7,7 @@ are gathered here so that callers write `service.create_generation(...)`.
 
 from imagegen.service.audit import verify
 from imagegen.service.bindings import bind_model, model_settings, set_prices, unbind_model
-from imagegen.service.catalog import CATALOG_KINDS, set_model, set_option
+from imagegen.service.catalog import CATALOG_KINDS, model_queues, set_model, set_option
 from imagegen.service.checks import check_cursor, check_idempotency_key, check_user_id
 from imagegen.service.config_cache import ConfigCache
 from imagegen.service.credits import (
@@ -30,7 +30,20 @@ from imagegen.service.generations import (
     prepare_generation,
     wait_until_done,
 )
-from imagegen.service.keys import ADMIN, KEY_PREFIX, Principal, authenticate, hash_key, issue_key, new_key
+from imagegen.service.keys import (
+    ADMIN,
+    KEY_PREFIX,
+    IssuedKey,
+    Principal,
+    authenticate,
+    authenticate_hash,
+    hash_key,
+    issue_key,
+    list_keys,
+    new_key,
+    revoke_key,
+)
+from imagegen.service.overview import Overview, overview
 from imagegen.service.reports import (
     BASELINE_WEEKS,
     get_report,
@@ -39,6 +52,7 @@ from imagegen.service.reports import (
     parse_period,
     report_history,
     run_report,
+    weeks_between,
 )
 
 __all__ = [
@@ -48,8 +62,11 @@ __all__ = [
     "KEY_PREFIX",
     "ConfigCache",
     "FirstStart",
+    "IssuedKey",
+    "Overview",
     "Principal",
     "authenticate",
+    "authenticate_hash",
     "bind_model",
     "cancel_generation",
     "check_cursor",
@@ -67,16 +84,21 @@ __all__ = [
     "hash_key",
     "is_terminal",
     "issue_key",
+    "list_keys",
+    "revoke_key",
     "ledger_page",
     "list_generations",
     "list_reports",
     "mark_expected",
+    "model_queues",
     "model_settings",
     "move_credits",
     "new_key",
+    "overview",
     "parse_period",
     "prepare_generation",
     "report_history",
+    "revoke_key",
     "run_report",
     "set_model",
     "set_option",
@@ -85,4 +107,5 @@ __all__ = [
     "user_totals",
     "verify",
     "wait_until_done",
+    "weeks_between",
 ]

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime
+from typing import Protocol
 
 from imagegen.domain.catalog import Catalog, ModelSettings
 from imagegen.domain.errors import InvalidInput
 from imagegen.domain.generation import ID_RULE, valid_id
-from imagegen.ports import CatalogStore
+from imagegen.domain.queues import ModelQueue, including
+from imagegen.ports import CatalogStore, Jobs
+
+
+class QueueReader(CatalogStore, Jobs, Protocol):
+    """The catalog, and the queue counted per model."""
+
 
 CATALOG_KINDS = ("styles", "colors", "sizes")
 
@@ -57,3 +65,10 @@ async def set_model(
         )
 
     return await storage.update_model(name, change)
+
+
+async def model_queues(storage: QueueReader, now: datetime) -> list[ModelQueue]:
+    """The queue per model: every catalog model (with zeros when idle) and any other model that
+    still has jobs queued (one removed from the catalog, or one no running worker serves)."""
+    catalog = await storage.catalog()
+    return including(await storage.queues(now), catalog.models)

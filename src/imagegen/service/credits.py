@@ -12,7 +12,7 @@ from imagegen.domain.users import User
 from imagegen.domain.validation import text_problem
 from imagegen.ports import Credits, Keys
 from imagegen.service.checks import check_cursor, check_idempotency_key, check_user_id
-from imagegen.service.keys import issue_key
+from imagegen.service.keys import IssuedKey, issue_key
 
 
 class CreditsAndKeys(Credits, Keys, Protocol):
@@ -34,14 +34,15 @@ async def get_credits(
     return user, await storage.ledger(user_id, limit, cursor)
 
 
-async def create_user(storage: CreditsAndKeys, user_id: str, credits: int, now: datetime) -> tuple[User, str]:
-    """Creates a user with an opening grant and returns the user's new API key."""
+async def create_user(
+    storage: CreditsAndKeys, user_id: str, credits: int, now: datetime
+) -> tuple[User, IssuedKey]:
+    """Creates a user with an opening grant and returns the user's new API key, with its id."""
     check_user_id(user_id)
     if credits < 0:
         raise InvalidInput("credits must be 0 or more")
     user = await storage.create_user(user_id, credits, now)
-    _, key = await issue_key(storage, user_id, now)
-    return user, key
+    return user, await issue_key(storage, user_id, now)
 
 
 async def move_credits(

@@ -8,13 +8,21 @@ from datetime import datetime
 from imagegen.domain.catalog import INITIAL_DATA, Catalog, InitialData
 from imagegen.domain.ids import new_id
 from imagegen.ports import Database
-from imagegen.service.keys import hash_key, new_key
+from imagegen.service.keys import IssuedKey, hash_key, new_key
 
 
 @dataclass(frozen=True)
 class FirstStart:
-    admin_key: str
-    user_keys: dict[str, str]
+    admin: IssuedKey
+    users: dict[str, IssuedKey]  # user id -> its key
+
+    @property
+    def admin_key(self) -> str:
+        return self.admin.key
+
+    @property
+    def user_keys(self) -> dict[str, str]:
+        return {user_id: issued.key for user_id, issued in self.users.items()}
 
 
 async def first_start(
@@ -27,10 +35,10 @@ async def first_start(
         colors=frozenset(data.colors),
         sizes=dict(data.sizes),
     )
-    admin_key = new_key()
-    user_keys = {user_id: new_key() for user_id in data.users}
-    keys: list[tuple[str, str, str | None]] = [(new_id(), hash_key(admin_key), None)]
-    keys += [(new_id(), hash_key(key), user_id) for user_id, key in user_keys.items()]
+    admin = IssuedKey(new_id(), new_key())
+    users = {user_id: IssuedKey(new_id(), new_key(), user_id) for user_id in data.users}
+    keys: list[tuple[str, str, str | None]] = [(admin.id, hash_key(admin.key), None)]
+    keys += [(issued.id, hash_key(issued.key), user_id) for user_id, issued in users.items()]
     if not await storage.load_initial_data(catalog, dict(data.users), keys, now):
         return None
-    return FirstStart(admin_key, user_keys)
+    return FirstStart(admin, users)

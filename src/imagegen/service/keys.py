@@ -7,7 +7,8 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from imagegen.domain.errors import Forbidden, Unauthenticated
+from imagegen.domain.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
+from imagegen.domain.generation import ID_RULE, valid_id
 from imagegen.domain.ids import new_id
 from imagegen.domain.keys import ApiKey
 from imagegen.ports import Keys
@@ -21,6 +22,7 @@ class Principal:
 
     user_id: str | None
     key_hash: str | None = field(default=None, compare=False, repr=False)  # None with --no-auth
+    key_id: str | None = field(default=None, compare=False)  # None with --no-auth
 
     @property
     def is_admin(self) -> bool:
@@ -49,17 +51,45 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-async def issue_key(storage: Keys, user_id: str | None, now: datetime) -> tuple[str, str]:
-    """A new key for a user (or an admin key for None): (key id, the key, shown only now)."""
+@dataclass(frozen=True)
+class IssuedKey:
+    """A key just made: its id (to list and revoke it by) and the key itself, shown only now."""
+
+    id: str
+    key: str = field(repr=False)
+    user_id: str | None = None
+
+
+async def issue_key(storage: Keys, user_id: str | None, now: datetime) -> IssuedKey:
+    """A new key for a user (or an admin key for None)."""
     key = new_key()
     stored = await storage.add_api_key(new_id(), hash_key(key), user_id, now)
-    return stored.id, key
+    return IssuedKey(stored.id, key, user_id)
+
+
+async def list_keys(storage: Keys, user_id: str | None) -> list[ApiKey]:
+    """A user's keys (revoked ones too), oldest first; None: every key, admin keys included."""
+    return await storage.list_api_keys(user_id)
+
+
+async def revoke_key(storage: Keys, key_id: str, now: datetime) -> None:
+    """Revokes a key at once, on every process: the revocation changes the configuration version,
+    which every cached create checks in its own transaction (service/config_cache.py)."""
+    if not valid_id(key_id):
+        raise InvalidInput(f"Invalid key id '{key_id[:80]}': {ID_RULE}")
+    if not await storage.revoke_api_key(key_id, now):
+        raise NotFound("No active key with this id", keyId=key_id)
 
 
 async def authenticate(storage: Keys, key: str | None) -> ApiKey:
     if not key:
         raise Unauthenticated(MISSING_KEY)
-    found = await storage.find_api_key(hash_key(key))
+    return await authenticate_hash(storage, hash_key(key))
+
+
+async def authenticate_hash(storage: Keys, key_hash: str) -> ApiKey:
+    """The active key with this hash (the console's session keeps the hash, never the key)."""
+    found = await storage.find_api_key(key_hash)
     if found is None:
         raise Unauthenticated(UNKNOWN_KEY)
     return found

@@ -113,6 +113,17 @@ def _period(
         raise InvalidInput(str(exc)) from exc
 
 
+def weeks_between(from_week: str, to_week: str) -> list[reports.Period]:
+    """The ISO weeks from one to another, both included, oldest first (a backfill's weeks)."""
+    try:
+        weeks = reports.weeks_from(reports.iso_week(from_week), reports.iso_week(to_week))
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from exc
+    if not weeks:
+        raise InvalidInput(f"{from_week} is after {to_week}")
+    return weeks
+
+
 async def list_reports(storage: Reports, limit: int, cursor: str | None) -> Page[dict[str, Any]]:
     check_cursor(cursor)
     return await storage.list_reports(limit, cursor)

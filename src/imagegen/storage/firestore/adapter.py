@@ -12,7 +12,7 @@ and locks here are written for the sync one: one hop to a thread per call is the
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +24,7 @@ from imagegen.domain.idempotency import Idempotency, StoredResponse
 from imagegen.domain.keys import ApiKey
 from imagegen.domain.ledger import NO_FILTER, EntryType, LedgerEntry, LedgerFilter
 from imagegen.domain.paging import Page
+from imagegen.domain.queues import ModelQueue
 from imagegen.domain.reports import GroupCount
 from imagegen.domain.users import User
 from imagegen.domain.webhooks import WebhookDelivery
@@ -145,8 +146,10 @@ class FirestoreStorage:
         return await self._on_thread(self.database.cancel_and_refund, request_id, now)
 
     # -- jobs -------------------------------------------------------------------------------
-    async def claim_job(self, lease: Lease, now: datetime) -> GenerationRequest | None:
-        return await self._on_thread(self.database.claim_job, lease, now)
+    async def claim_job(
+        self, lease: Lease, now: datetime, models: Collection[str] | None = None
+    ) -> GenerationRequest | None:
+        return await self._on_thread(self.database.claim_job, lease, now, models)
 
     async def extend_leases(self, leases: dict[str, str], lease_until: datetime) -> int:
         return await self._on_thread(self.database.extend_leases, leases, lease_until)
@@ -174,6 +177,9 @@ class FirestoreStorage:
     async def requeue(self, request_id: str, now: datetime) -> bool:
         return await self._on_thread(self.database.requeue, request_id, now)
 
+    async def queues(self, now: datetime) -> list[ModelQueue]:
+        return await self._on_thread(self.database.queues, now)
+
     # -- api keys ---------------------------------------------------------------------------
     async def add_api_key(self, key_id: str, key_hash: str, user_id: str | None, now: datetime) -> ApiKey:
         return await self._on_thread(self.database.add_api_key, key_id, key_hash, user_id, now)
@@ -183,6 +189,12 @@ class FirestoreStorage:
 
     async def find_api_key(self, key_hash: str) -> ApiKey | None:
         return await self._on_thread(self.database.find_api_key, key_hash)
+
+    async def list_api_keys(self, user_id: str | None) -> list[ApiKey]:
+        return await self._on_thread(self.database.list_api_keys, user_id)
+
+    async def record_key_uses(self, used: dict[str, datetime]) -> None:
+        await self._on_thread(self.database.record_key_uses, used)
 
     # -- idempotency keys -------------------------------------------------------------------
     async def begin_idempotent(

@@ -8,7 +8,7 @@ the document's update time, so a concurrent change makes them fail, not win.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +16,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from imagegen.domain.generation import GenerationRequest, Move, Status
+from imagegen.domain.queues import QUEUED, ModelQueue, QueueCount, model_queues
 from imagegen.ports import Lease
 from imagegen.storage.firestore import docs as d
 from imagegen.storage.firestore.conditional import Reads, Writes, commit_unchanged
@@ -29,19 +30,23 @@ CLAIM_ROUNDS = 50
 
 class FirestoreJobs(FirestoreRefunds):
     @translated
-    def claim_job(self, lease: Lease, now: datetime) -> GenerationRequest | None:
+    def claim_job(
+        self, lease: Lease, now: datetime, models: Collection[str] | None = None
+    ) -> GenerationRequest | None:
         """Claims the oldest pending job, or another of the oldest few when a competitor took it.
+
+        `models` (at most 30: Firestore's limit for `in`) narrows the queue to those models' jobs.
 
         Every claimer reading the queue's head inside a transaction would make one lock convoy; instead
         each candidate is claimed by a write conditional on its update time, so of two claimers of
         the same job exactly one wins and the other moves on at once to another candidate.
         """
-        pending = (
-            self._requests()
-            .where(filter=cond("status", "==", Status.PENDING.value))
-            .order_by("createdAt")
-            .order_by("__name__")
-        )
+        pending = self._requests().where(filter=cond("status", "==", Status.PENDING.value))
+        if models is not None:
+            if not models:
+                return None
+            pending = pending.where(filter=cond("model", "in", sorted(models)))
+        pending = pending.order_by("createdAt").order_by("__name__")
         for _ in range(CLAIM_ROUNDS):
             candidates = list(pending.limit(CLAIM_CANDIDATES).stream())
             if not candidates:
@@ -195,6 +200,20 @@ class FirestoreJobs(FirestoreRefunds):
             return {"status": Move.REQUEUE.target.value, "leaseOwner": None, "leaseExpiresAt": None}
 
         return self._conditional_update(self._requests().document(request_id), decide) is not None
+
+    @translated
+    def queues(self, now: datetime) -> list[ModelQueue]:
+        """Reads the model and creation time of every queued job (the queue, not the history)."""
+        counts: dict[tuple[str, Status], QueueCount] = {}
+        for status in QUEUED:
+            query = self._requests().where(filter=cond("status", "==", status.value))
+            for snap in query.select(["model", "createdAt"]).stream():
+                data = snap.to_dict() or {}
+                model, created = str(data.get("model")), d.utc(data.get("createdAt"))
+                seen = counts.get((model, status))
+                oldest = created if seen is None or seen.oldest is None else min(seen.oldest, created or now)
+                counts[(model, status)] = QueueCount(model, status, (seen.count if seen else 0) + 1, oldest)
+        return model_queues(counts.values(), now)
 
 
 def _running_for(data: dict[str, Any], worker_id: str) -> bool:

@@ -7,18 +7,26 @@ worker that lost its lease cannot complete or refund a request twice.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import replace
 from datetime import datetime
 
 from imagegen.domain.generation import GenerationRequest, Move, Status
+from imagegen.domain.queues import QUEUED, ModelQueue, QueueCount, model_queues
 from imagegen.ports import Lease
 from imagegen.storage.memory.refunds import MemoryRefunds
 
 
 class MemoryJobs(MemoryRefunds):
-    async def claim_job(self, lease: Lease, now: datetime) -> GenerationRequest | None:
+    async def claim_job(
+        self, lease: Lease, now: datetime, models: Collection[str] | None = None
+    ) -> GenerationRequest | None:
         with self._lock:
-            pending = [s for s in self._state.requests.values() if Move.CLAIM.allows(s.request.status)]
+            pending = [
+                s
+                for s in self._state.requests.values()
+                if Move.CLAIM.allows(s.request.status) and (models is None or s.request.model in models)
+            ]
             if not pending:
                 return None
             stored = min(pending, key=lambda s: (s.request.created_at, s.request.id))
@@ -99,3 +107,18 @@ class MemoryJobs(MemoryRefunds):
             stored.request = replace(stored.request, status=Move.REQUEUE.target)
             stored.lease_owner = stored.lease_expires_at = None
             return True
+
+    async def queues(self, now: datetime) -> list[ModelQueue]:
+        counts: dict[tuple[str, Status], QueueCount] = {}
+        with self._lock:
+            for stored in self._state.requests.values():
+                request = stored.request
+                if request.status not in QUEUED:
+                    continue
+                key = (request.model, request.status)
+                seen = counts.get(key)
+                oldest = request.created_at if seen is None else min(seen.oldest or now, request.created_at)
+                counts[key] = QueueCount(
+                    request.model, request.status, (seen.count if seen else 0) + 1, oldest
+                )
+        return model_queues(counts.values(), now)

@@ -32,3 +32,16 @@ class MemoryKeys(MemoryParts):
                 if stored.key_hash == key_hash and stored.key.revoked_at is None:
                     return stored.key
         return None
+
+    async def list_api_keys(self, user_id: str | None) -> list[ApiKey]:
+        with self._lock:
+            keys = [row.key for row in self._state.keys.values()]
+        chosen = [k for k in keys if user_id is None or k.user_id == user_id]
+        return sorted(chosen, key=lambda k: (k.created_at, k.id))
+
+    async def record_key_uses(self, used: dict[str, datetime]) -> None:
+        with self._lock:  # not a configuration change: the version stays as it is
+            for key_id, at in used.items():
+                stored = self._state.keys.get(key_id)
+                if stored is not None and (stored.key.last_used_at is None or stored.key.last_used_at < at):
+                    stored.key = replace(stored.key, last_used_at=at)

@@ -7,13 +7,15 @@ same transaction as its refund and webhook delivery: a duplicate or late call ch
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, and_, select, tuple_, update
+from sqlalchemy import Connection, and_, func, or_, select, tuple_, update
 
 from imagegen.domain.generation import GenerationRequest, Move, Status
 from imagegen.domain.ledger import EntryType
+from imagegen.domain.queues import QUEUED, ModelQueue, QueueCount, model_queues
 from imagegen.ports import Lease
 from imagegen.storage.sql import statements as sql
 from imagegen.storage.sql import tables as t
@@ -30,7 +32,7 @@ gr = t.generation_requests
 
 
 def claim_in_transaction(conn: Connection, params: dict[str, Any], now: datetime) -> GenerationRequest | None:
-    row = conn.execute(sql.CLAIM_JOB, params).first()
+    row = conn.execute(sql.CLAIM_JOB["p_models" in params], params).first()
     if row is None:
         return None
     request = request_from(row)
@@ -73,8 +75,14 @@ def finish_with_refund(
 
 class SqlJobs(SqlParts):
     @retrying
-    def claim_job(self, lease: Lease, now: datetime) -> GenerationRequest | None:
-        params = {"p_worker": lease.worker_id, "p_lease_until": lease.until, "p_now": now}
+    def claim_job(
+        self, lease: Lease, now: datetime, models: Collection[str] | None = None
+    ) -> GenerationRequest | None:
+        params: dict[str, Any] = {"p_worker": lease.worker_id, "p_lease_until": lease.until, "p_now": now}
+        if models is not None:
+            if not models:
+                return None
+            params["p_models"] = sorted(models)
         return self.dialect.claim_job(self.tx, params, now)
 
     @retrying
@@ -135,3 +143,24 @@ class SqlJobs(SqlParts):
             )
             self.dialect.notify(conn, sql.JOBS_CHANNEL)
             return result.rowcount == 1
+
+    @retrying
+    def queues(self, now: datetime) -> list[ModelQueue]:
+        query = (
+            select(gr.c.model, gr.c.status, func.count(), func.min(gr.c.created_at))
+            .where(or_(*(sql.status_is(status.value) for status in QUEUED)))
+            .group_by(gr.c.model, gr.c.status)
+        )
+        with self.tx.read() as conn:
+            rows = conn.execute(query).all()
+        counts = [QueueCount(model, Status(status), n, _aware(oldest)) for model, status, n, oldest in rows]
+        return model_queues(counts, now)
+
+
+def _aware(value: Any) -> datetime | None:
+    """min() over a UTCDateTime column comes back as the driver gives it (SQLite: a string)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return t.UTCDateTime().process_result_value(value, None)

@@ -76,7 +76,7 @@ class Postgres(Dialect):
         # three. If the oldest has one, the transaction claims it (or a later job, if another worker
         # was quicker) and writes its "start" delivery.
         with tx.statement() as conn:
-            found = conn.execute(sql.CLAIM_QUIETLY, params).first()
+            found = conn.execute(sql.CLAIM_QUIETLY["p_models" in params], params).first()
         if found is None:
             return None  # nothing pending
         if found.id is not None:

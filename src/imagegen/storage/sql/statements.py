@@ -15,6 +15,7 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     Text,
+    Update,
     any_,
     bindparam,
     cast,
@@ -156,14 +157,15 @@ def may(move: Move) -> ColumnElement[bool]:
     return gr.c.status.in_([literal_column(f"'{value}'", gr.c.status.type) for value in sources])
 
 
-# The oldest pending job, locked, skipping those another worker has locked.
-_oldest_pending_query = (
-    select(gr.c.id)
-    .where(may(Move.CLAIM))
-    .order_by(gr.c.created_at)
-    .limit(1)
-    .with_for_update(skip_locked=True)
-)
+# The oldest pending job (of the models in p_models, for a worker serving only some), locked,
+# skipping those another worker has locked.
+def _oldest_pending(of_models: bool) -> Select[Any]:
+    query = select(gr.c.id).where(may(Move.CLAIM))
+    if of_models:
+        query = query.where(gr.c.model.in_(bindparam("p_models", expanding=True)))
+    return query.order_by(gr.c.created_at).limit(1).with_for_update(skip_locked=True)
+
+
 _claimed_values: dict[str, Any] = {
     "status": Move.CLAIM.target.value,
     "lease_owner": bindparam("p_worker"),
@@ -171,30 +173,37 @@ _claimed_values: dict[str, Any] = {
     "attempts": gr.c.attempts + 1,
     "started_at": func.coalesce(gr.c.started_at, bindparam("p_now", type_=t.UTCDateTime())),
 }
-CLAIM_JOB = (
-    update(gr)
-    .where(gr.c.id == _oldest_pending_query.scalar_subquery(), may(Move.CLAIM))
-    .values(_claimed_values)
-    .returning(*gr.c)
-)
+
+
+def _claim_job(of_models: bool) -> Update:
+    oldest = _oldest_pending(of_models).scalar_subquery()
+    return update(gr).where(gr.c.id == oldest, may(Move.CLAIM)).values(_claimed_values).returning(*gr.c)
+
+
+# CLAIM_JOB[of_models]: claims the oldest pending job (of p_models, if of_models).
+CLAIM_JOB = {False: _claim_job(False), True: _claim_job(True)}
 # A request created for its creator to run (a claimed create): started in the debit's transaction.
 CLAIM_CREATED = (
     update(gr).where(gr.c.id == bindparam("p_id"), may(Move.CLAIM)).values(_claimed_values).returning(*gr.c)
 )
+
+
 # PostgreSQL: the claim as one statement outside any transaction, for the oldest pending job if it
 # has no webhook (whose "start" delivery is written beside the claim, in Python). No row: nothing is
 # pending; a row without an id (only `oldest_id`): the oldest has a webhook, for CLAIM_JOB to take.
-_oldest = _oldest_pending_query.add_columns(gr.c.webhook).cte("oldest")
-_claimed = (
-    update(gr)
-    .where(gr.c.id == _oldest.c.id, may(Move.CLAIM), _oldest.c.webhook.is_(None))
-    .values(_claimed_values)
-    .returning(*gr.c)
-    .cte("claimed")
-)
-CLAIM_QUIETLY = select(_oldest.c.id.label("oldest_id"), *_claimed.c).select_from(
-    _oldest.outerjoin(_claimed, true())
-)
+def _claim_quietly(of_models: bool) -> Select[Any]:
+    oldest = _oldest_pending(of_models).add_columns(gr.c.webhook).cte("oldest")
+    claimed = (
+        update(gr)
+        .where(gr.c.id == oldest.c.id, may(Move.CLAIM), oldest.c.webhook.is_(None))
+        .values(_claimed_values)
+        .returning(*gr.c)
+        .cte("claimed")
+    )
+    return select(oldest.c.id.label("oldest_id"), *claimed.c).select_from(oldest.outerjoin(claimed, true()))
+
+
+CLAIM_QUIETLY = {False: _claim_quietly(False), True: _claim_quietly(True)}
 _completed_conditions = (
     gr.c.id == bindparam("p_id"),
     may(Move.COMPLETE),

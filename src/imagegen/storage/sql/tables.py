@@ -179,6 +179,7 @@ api_keys = Table(
     Column("user_id", String(128), ForeignKey("users.id"), nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("revoked_at", UTCDateTime, nullable=True),
+    Column("last_used_at", UTCDateTime, nullable=True),
 )
 
 reports = Table(
