@@ -161,3 +161,17 @@ async def test_binding_pricing_or_reading_a_model_not_in_the_catalog_is_not_foun
     with pytest.raises(ModelNotFound):
         await service.model_settings(storage, "model-z")
     assert await storage.model_settings("model-z") is None
+
+
+async def test_a_workflow_input_that_only_mentions_a_token_is_not_taken_for_a_credential(
+    storage: Storage,
+) -> None:
+    node = {
+        "class_type": "BNK_CLIPTextEncodeAdvanced",
+        "inputs": {"text": "{{prompt}}", "token_normalization": "none"},
+    }
+    comfy = {"engine": "comfyui", "settings": {"base_url": "http://gpu-1:8188", "workflow": {"6": node}}}
+
+    bound = await service.bind_model(storage, REGISTRY, "model-a", {"deployments": [comfy]})
+
+    assert bound.deployments[0]["settings"]["workflow"]["6"] == node

@@ -325,13 +325,14 @@ async def test_a_models_binding_and_prices_round_trip_and_unbinding_leaves_nothi
 
 
 async def test_concurrent_edits_of_one_model_each_keep_the_others_fields(storage: Storage) -> None:
+    # Each edit changes one field; a read-modify-write outside one transaction loses some of them.
     fields = [
         {"failure_rate": 0.5},
         {"latency_ms": 7},
         {"deployments": BINDING},
         {"prices": {"512x512": 2}},
         {"enabled": False},
-    ] * 2
+    ]  # five at once: on Firestore, more on one document only measure the emulator's contention
 
     def setting(changes: dict[str, object]) -> Callable[[ModelSettings | None], ModelSettings]:
         def change(current: ModelSettings | None) -> ModelSettings:

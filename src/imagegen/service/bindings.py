@@ -25,7 +25,11 @@ from imagegen.engines.binding import parse_binding
 from imagegen.engines.registry import Registry
 from imagegen.ports import CatalogStore
 
-SECRET_FIELD = re.compile(r"(?i)(api[_-]?key|secret|password|passwd|token|authorization|credential)")
+# A field whose name is, or ends in, a credential's name: `api_key`, `x-api-key`, `hf_token`,
+# `client_secret`; not `token_normalization` (a ComfyUI node's input) or `max_tokens`.
+SECRET_FIELD = re.compile(
+    r"(?i)(.*[_-])?(api[_-]?key|apikey|secret|password|passwd|token|authorization|credentials?|bearer)"
+)
 SECRET_VALUE = re.compile(
     r"(?i)(\bbearer\s+\S{8,}|\b(?:sk|rk|pk)-[A-Za-z0-9_-]{8,}|\b(api[_-]?key|token|secret|password)=[^\s&]+)"
 )
@@ -135,7 +139,7 @@ def credential_problems(data: object, where: str = "") -> Iterator[Problem]:
     if isinstance(data, dict):
         for key, value in data.items():
             field = f"{where}.{key}" if where else str(key)
-            if isinstance(key, str) and key not in ALLOWED_FIELDS and SECRET_FIELD.search(key):
+            if isinstance(key, str) and key not in ALLOWED_FIELDS and SECRET_FIELD.fullmatch(key):
                 yield Problem(field, CREDENTIAL)
             else:
                 yield from credential_problems(value, field)
