@@ -64,6 +64,9 @@ def test_two_api_processes_count_together_whichever_answers_the_scrape(
     temp = tmp_path / "tmp"  # where `serve` makes its processes' shared metrics folder
     temp.mkdir()
     server = servers.start("--processes", "2", TMPDIR=str(temp), IMAGEGEN_METRICS_TOKEN=TOKEN, **JSON_LOGS)
+    with server.client(server.keys()["admin"]) as admin:  # credits for however many creates it takes
+        grant = admin.post("/v1/admin/users/testUser1/credits", json={"amount": 100_000, "reason": "metered"})
+    assert grant.status_code in (200, 201), grant.text
     key = server.keys()["testUser1"]
     made = 0
 
